@@ -1,0 +1,368 @@
+"""The build driver: pinned llama.cpp sources + patches/ + ggml_kernels/ -> a patched llama.cpp.
+
+Steps, each cached under $TRITPACK_HOME (never inside the repo):
+1. fetch   the llama-cpp-python sdist named in patches/llama-cpp.pin with pip, check its sha256
+           (a mismatch stops before anything is unpacked);
+2. unpack  its vendor/llama.cpp into sdist/<name>-<sha>/;
+3. patch   a copy of it with the series in patches/, idempotently (a patch whose reverse applies
+           is skipped), into src/llama.cpp-<hash of sdist and patches>/;
+           TRITPACK_LLAMA_CPP_SOURCE=<dir> patches and uses that tree instead (kernel work);
+4. build   with the top-level CMakeLists.txt (ggml_kernels/ attached with target_sources) in
+           build/<hash of source and flags>/; a stamp records the hash of everything that went in
+           (sdist sha256, patches, ggml_kernels, CMakeLists.txt, flags), so a second build with
+           nothing changed returns at once, and a change to the kernels rebuilds incrementally.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+from .errors import TritpackError
+from .paths import source_root, tritpack_home
+
+# what `tritpack-gguf build` makes: the libraries, the tools the commands drive, llama.cpp's tests
+LIBRARIES = ["llama", "ggml", "ggml-base", "ggml-cpu"]
+PROGRAMS = ["llama-quantize", "llama-bench", "llama-perplexity", "llama-imatrix", "llama-completion",
+            "llama-server", "test-quantize-fns", "test-backend-ops"]
+DEFAULT_CUDA_ARCHS = "80;86;89;90"
+STAMP = "tritpack-build.json"
+
+Progress = Callable[[str, int, int], None]  # (stage or message, done, total)
+
+
+def _quiet(_msg: str, _done: int = 0, _total: int = 0) -> None:
+    pass
+
+
+@dataclass(frozen=True)
+class Pin:
+    package: str
+    version: str
+    sha256: str
+    llama_cpp_commit: str
+    ggml_version: str
+
+    @classmethod
+    def load(cls, path: Path) -> "Pin":
+        values: dict[str, str] = {}
+        for n, line in enumerate(path.read_text().splitlines(), 1):
+            line = line.split("#", 1)[0].strip()
+            if not line:
+                continue
+            key, sep, value = line.partition("=")
+            if not sep:
+                raise TritpackError(f"line {n} is not `key = value`", path=path)
+            values[key.strip()] = value.strip()
+        try:
+            return cls(**{f: values[f] for f in cls.__dataclass_fields__})
+        except KeyError as e:
+            raise TritpackError(f"missing key {e.args[0]!r}", path=path) from None
+
+    @property
+    def sdist_name(self) -> str:
+        return f"{self.package.replace('-', '_')}-{self.version}.tar.gz"
+
+
+@dataclass
+class BuildResult:
+    key: str
+    build_dir: str
+    lib_dir: str
+    source_dir: str
+    cuda: bool
+    cuda_archs: str | None
+    cached: bool
+    seconds: float
+    outputs: list[str] = field(default_factory=list)
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _hash_files(h: "hashlib._Hash", root: Path, paths: list[Path]) -> None:
+    for p in paths:
+        h.update(str(p.relative_to(root)).encode() + b"\0")
+        h.update(p.read_bytes() + b"\0")
+
+
+def patch_series(root: Path) -> list[Path]:
+    return sorted((root / "patches").glob("*.patch"))
+
+
+def kernel_sources(root: Path) -> list[Path]:
+    return sorted(p for p in (root / "ggml_kernels").rglob("*") if p.is_file() and "__pycache__" not in p.parts)
+
+
+@contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """One build at a time per cache entry (helpers and tests may start builds concurrently)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _atomic_dir(dest: Path, fill: Callable[[Path], None]) -> None:
+    """Make `dest` appear complete or not at all: fill a temporary sibling, then rename it."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}."))
+    try:
+        fill(tmp)
+        os.replace(tmp, dest)
+    except OSError:
+        if not dest.is_dir():  # not a concurrent twin that finished first
+            raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+# ----------------------------------------------------------------------------- fetch and unpack
+
+def fetch_sdist(pin: Pin, home: Path, progress: Progress = _quiet) -> Path:
+    """The verified sdist tarball, downloaded with pip once and kept in $TRITPACK_HOME/downloads."""
+    dest = home / "downloads" / pin.sdist_name
+    if dest.is_file() and sha256_file(dest) == pin.sha256:
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    progress(f"fetching {pin.package}=={pin.version} with pip", 0, 0)
+    with tempfile.TemporaryDirectory(dir=dest.parent) as tmp:
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
+               "--no-build-isolation", "--quiet", "-d", tmp, f"{pin.package}=={pin.version}"]
+        r = subprocess.run(cmd, capture_output=True, text=True)
+        got = Path(tmp) / pin.sdist_name
+        if r.returncode != 0 or not got.is_file():
+            # --no-build-isolation needs scikit-build-core installed; retry the plain way
+            cmd.remove("--no-build-isolation")
+            r = subprocess.run(cmd, capture_output=True, text=True)
+        if r.returncode != 0 or not got.is_file():
+            raise TritpackError(f"pip could not download {pin.package}=={pin.version}: "
+                                f"{(r.stderr or r.stdout).strip()[-400:]}",
+                                hint="check network access to PyPI")
+        verify_sha256(got, pin.sha256)
+        os.replace(got, dest)
+    return dest
+
+
+def verify_sha256(path: Path, expected: str) -> None:
+    actual = sha256_file(path)
+    if actual != expected:
+        raise TritpackError(
+            f"sha256 mismatch: expected {expected}, got {actual}; nothing was unpacked",
+            path=path,
+            hint="the download is not the pinned llama.cpp source; delete it and build again, "
+                 "or update patches/llama-cpp.pin deliberately",
+        )
+
+
+def unpack_llama_cpp(pin: Pin, tarball: Path, home: Path, progress: Progress = _quiet) -> Path:
+    """vendor/llama.cpp of the verified sdist, unpacked once into $TRITPACK_HOME/sdist/."""
+    dest = home / "sdist" / f"{pin.package}-{pin.version}-{pin.sha256[:12]}" / "llama.cpp"
+    if (dest / "CMakeLists.txt").is_file():
+        return dest
+    verify_sha256(tarball, pin.sha256)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    progress("unpacking llama.cpp", 0, 0)
+    top = f"{pin.package.replace('-', '_')}-{pin.version}/vendor/llama.cpp/"
+
+    def fill(tmp: Path) -> None:
+        with tarfile.open(tarball) as tf:
+            members = []
+            for m in tf.getmembers():
+                if m.name.startswith(top) and m.name != top + ".git":  # .git: a submodule pointer
+                    m.name = m.name[len(top):]
+                    members.append(m)
+            if not members:
+                raise TritpackError(f"no {top} in the source distribution", path=tarball)
+            tf.extractall(tmp, members=members, filter="data")
+
+    _atomic_dir(dest, fill)
+    return dest
+
+
+# ----------------------------------------------------------------------------- patch
+
+def _git_apply(tree: Path, patch: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["git", "apply", "--whitespace=nowarn", *args, str(patch)], cwd=tree,
+                          capture_output=True, text=True,
+                          env={**os.environ, "GIT_DIR": "/nonexistent"})  # never the repo around it
+
+
+def apply_patches(tree: Path, patches: list[Path], progress: Progress = _quiet) -> list[str]:
+    """Apply the series idempotently; return the names applied now (skipped ones are already in)."""
+    applied = []
+    for i, patch in enumerate(patches):
+        progress(f"patch {patch.name}", i, len(patches))
+        if _git_apply(tree, patch, "--check").returncode == 0:
+            r = _git_apply(tree, patch)
+            if r.returncode != 0:
+                raise TritpackError(f"patch {patch.name} failed to apply: {r.stderr.strip()}", path=tree)
+            applied.append(patch.name)
+        elif _git_apply(tree, patch, "--check", "--reverse").returncode == 0:
+            continue  # already applied
+        else:
+            err = _git_apply(tree, patch, "--check").stderr.strip()
+            raise TritpackError(
+                f"patch {patch.name} does not apply: {err}", path=tree,
+                hint=f"regenerate it: set TRITPACK_LLAMA_CPP_SOURCE to a llama.cpp tree at the pinned "
+                     f"commit with the patches before it applied, make the change there and write "
+                     f"`git diff` of that concern's files to patches/{patch.name} (see patches/README.md)",
+            )
+    progress("patched", len(patches), len(patches))
+    return applied
+
+
+def prepare_source(pin: Pin, root: Path, home: Path, progress: Progress = _quiet) -> Path:
+    """The patched llama.cpp tree to build."""
+    patches = patch_series(root)
+    override = os.environ.get("TRITPACK_LLAMA_CPP_SOURCE")
+    if override:
+        tree = Path(override).expanduser().resolve()
+        if not (tree / "ggml" / "include" / "ggml.h").is_file():
+            raise TritpackError("not a llama.cpp source tree (no ggml/include/ggml.h)", path=tree,
+                                hint="TRITPACK_LLAMA_CPP_SOURCE must point at a llama.cpp checkout")
+        apply_patches(tree, patches, progress)
+        return tree
+    h = hashlib.sha256(pin.sha256.encode())
+    _hash_files(h, root, patches)
+    tree = home / "src" / f"llama.cpp-{pin.sha256[:8]}-{h.hexdigest()[:12]}"
+    if (tree / "CMakeLists.txt").is_file():
+        return tree
+    pristine = unpack_llama_cpp(pin, fetch_sdist(pin, home, progress), home, progress)
+
+    def fill(work: Path) -> None:
+        progress("copying llama.cpp", 0, 0)
+        shutil.copytree(pristine, work, symlinks=True, dirs_exist_ok=True)
+        apply_patches(work, patches, progress)
+
+    _atomic_dir(tree, fill)
+    return tree
+
+
+# ----------------------------------------------------------------------------- build
+
+def _flags(cuda: bool, archs: str | None) -> dict:
+    return {"cuda": cuda, "cuda_archs": (archs or DEFAULT_CUDA_ARCHS) if cuda else None,
+            "build_type": "Release", "native": True}
+
+
+def input_key(pin: Pin, root: Path, source: Path, flags: dict) -> str:
+    """Hash of everything that goes into a build."""
+    h = hashlib.sha256()
+    h.update(json.dumps({"sdist": pin.sha256, "source": str(source), **flags}, sort_keys=True).encode())
+    _hash_files(h, root, patch_series(root) + kernel_sources(root) + [root / "CMakeLists.txt"])
+    return h.hexdigest()
+
+
+def _outputs(build_dir: Path, cuda: bool) -> list[Path]:
+    libs = LIBRARIES + (["ggml-cuda"] if cuda else [])
+    return [build_dir / "bin" / f"lib{n}.so" for n in libs] + [build_dir / "bin" / p for p in PROGRAMS]
+
+
+def read_stamp(build_dir: Path) -> dict | None:
+    try:
+        return json.loads((build_dir / STAMP).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+_NINJA = re.compile(r"^\[(\d+)/(\d+)\]")
+
+
+def _run_logged(cmd: list[str], log: Path, progress: Progress, stage: str, env: dict) -> None:
+    with open(log, "a", buffering=1) as f:  # line-buffered: the log can be followed live
+        f.write("$ " + " ".join(cmd) + "\n")
+        f.flush()
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            f.write(line)
+            m = _NINJA.match(line)
+            if m:
+                progress(stage, int(m.group(1)), int(m.group(2)))
+        rc = proc.wait()
+    if rc != 0:
+        tail = "".join(log.read_text().splitlines(keepends=True)[-25:])
+        raise TritpackError(f"{stage} failed (exit {rc}); last lines of the log:\n{tail}", path=log)
+
+
+def build(cuda: bool = False, archs: str | None = None, jobs: int | None = None,
+          progress: Progress = _quiet) -> BuildResult:
+    """Build (or find cached) the patched llama.cpp; returns where its libraries and programs are."""
+    t0 = time.monotonic()
+    root = source_root()
+    home = tritpack_home()
+    pin = Pin.load(root / "patches" / "llama-cpp.pin")
+    flags = _flags(cuda, archs)
+    for tool in ("cmake", "ninja", "git"):
+        if shutil.which(tool) is None:
+            raise TritpackError(f"`{tool}` is not on PATH", hint=f"install {tool} (Debian: apt-get install {tool})")
+    source = prepare_source(pin, root, home, progress)
+    tree_key = hashlib.sha256(json.dumps({"root": str(root), "source": str(source), **flags},
+                                         sort_keys=True).encode()).hexdigest()[:16]
+    build_dir = home / "build" / f"{'cuda' if cuda else 'cpu'}-{tree_key}"
+    with _locked(home / "build" / f"{build_dir.name}.lock"):
+        key = input_key(pin, root, source, flags)
+        outputs = _outputs(build_dir, cuda)
+        stamp = read_stamp(build_dir)
+        if stamp and stamp.get("key") == key and all(p.exists() for p in outputs):
+            return BuildResult(**{**stamp, "cached": True, "seconds": time.monotonic() - t0})
+        build_dir.mkdir(parents=True, exist_ok=True)
+        (build_dir / STAMP).unlink(missing_ok=True)
+        log = build_dir / "build.log"
+        log.write_text("")
+        env = dict(os.environ)
+        cfg = ["cmake", "-S", str(root), "-B", str(build_dir), "-G", "Ninja",
+               "-DCMAKE_BUILD_TYPE=Release", f"-DTRITPACK_LLAMA_SOURCE={source}",
+               f"-DTRITPACK_CUDA={'ON' if cuda else 'OFF'}"]
+        if cuda:
+            cfg.append(f"-DCMAKE_CUDA_ARCHITECTURES={flags['cuda_archs']}")
+        if shutil.which("ccache"):
+            cfg += ["-DCMAKE_C_COMPILER_LAUNCHER=ccache", "-DCMAKE_CXX_COMPILER_LAUNCHER=ccache"]
+            if cuda:
+                cfg.append("-DCMAKE_CUDA_COMPILER_LAUNCHER=ccache")
+        progress("configure", 0, 0)
+        _run_logged(cfg, log, progress, "configure", env)
+        targets = LIBRARIES + (["ggml-cuda"] if cuda else []) + PROGRAMS
+        _run_logged(["cmake", "--build", str(build_dir), "-j", str(jobs or os.cpu_count() or 2),
+                     "--target", *targets], log, progress, "compile", env)
+        missing = [str(p) for p in outputs if not p.exists()]
+        if missing:
+            raise TritpackError(f"the build finished without {', '.join(missing)}", path=log)
+        result = BuildResult(key=key, build_dir=str(build_dir), lib_dir=str(build_dir / "bin"),
+                             source_dir=str(source), cuda=cuda, cuda_archs=flags["cuda_archs"],
+                             cached=False, seconds=time.monotonic() - t0,
+                             outputs=[str(p) for p in outputs])
+        tmp = build_dir / (STAMP + ".tmp")
+        tmp.write_text(json.dumps(asdict(result), indent=2))
+        os.replace(tmp, build_dir / STAMP)
+        _remember(home, result)
+        return result
+
+
+def _remember(home: Path, result: BuildResult) -> None:
+    """$TRITPACK_HOME/latest-<cpu|cuda>.json: where the runtime finds the newest build of each kind."""
+    tmp = home / f".latest-{os.getpid()}.json"
+    tmp.write_text(json.dumps(asdict(result), indent=2))
+    os.replace(tmp, home / f"latest-{'cuda' if result.cuda else 'cpu'}.json")

@@ -1,0 +1,31 @@
+"""`tritpack-gguf build`: the patched llama.cpp, CPU or CUDA, cached by content."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Annotated
+
+import typer
+
+from .. import build as _build
+from ._common import JsonOpt, print_json, progress_bar
+
+
+def build_command(
+    cuda: Annotated[bool, typer.Option("--cuda", help="Build the CUDA backend too.")] = False,
+    arch: Annotated[str | None, typer.Option("--arch", help="CUDA architectures, e.g. 90 or '80;86' (default 80;86;89;90).")] = None,
+    jobs: Annotated[int | None, typer.Option("--jobs", "-j", help="Parallel compile jobs (default: all cores).")] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Fetch, verify and patch the pinned llama.cpp, build it with our kernels, print the library folder."""
+    if arch and not cuda:
+        cuda = True
+    archs = arch.replace(",", ";") if arch else None
+    with progress_bar(enabled=not json_out) as update:
+        result = _build.build(cuda=cuda, archs=archs, jobs=jobs, progress=update)
+    if json_out:
+        print_json(asdict(result))
+        return
+    how = "up to date (cached)" if result.cached else f"built in {result.seconds:.0f} s"
+    typer.echo(f"{how}: {result.build_dir}", err=True)
+    typer.echo(result.lib_dir)

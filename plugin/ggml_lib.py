@@ -1,0 +1,165 @@
+"""ctypes access to the patched ggml: quantize, dequantize and dot products through the C kernels.
+
+The converter uses the C quantizers through here (the numpy references in converters/ are for the
+tests), and the tests use it to compare C with numpy bit for bit.
+"""
+
+from __future__ import annotations
+
+import ctypes as C
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+from .converters.gguf_types import TP1, TP4
+from .errors import TritpackError
+from .runtime import library_dir, tritpack_version_of
+
+TYPE_TP1 = TP1.id
+TYPE_TP4 = TP4.id
+
+_to_float_t = C.CFUNCTYPE(None, C.c_void_p, C.c_void_p, C.c_int64)
+_from_float_t = C.CFUNCTYPE(None, C.c_void_p, C.c_void_p, C.c_int64)
+_vec_dot_t = C.CFUNCTYPE(None, C.c_int, C.c_void_p, C.c_size_t, C.c_void_p, C.c_size_t, C.c_void_p,
+                         C.c_size_t, C.c_int)
+
+
+class _TypeTraits(C.Structure):
+    _fields_ = [("type_name", C.c_char_p), ("blck_size", C.c_int64), ("blck_size_interleave", C.c_int64),
+                ("type_size", C.c_size_t), ("is_quantized", C.c_bool),
+                ("to_float", C.c_void_p), ("from_float_ref", C.c_void_p)]
+
+
+class _TypeTraitsCPU(C.Structure):
+    _fields_ = [("from_float", C.c_void_p), ("vec_dot", C.c_void_p), ("vec_dot_type", C.c_int),
+                ("nrows", C.c_int64)]
+
+
+def _f32(a: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(a, dtype=np.float32)
+
+
+@dataclass
+class GGML:
+    lib_dir: Path
+    base: C.CDLL
+    cpu: C.CDLL
+
+    def __post_init__(self) -> None:
+        b, c = self.base, self.cpu
+        b.ggml_get_type_traits.restype = C.POINTER(_TypeTraits)
+        b.ggml_get_type_traits.argtypes = [C.c_int]
+        c.ggml_get_type_traits_cpu.restype = C.POINTER(_TypeTraitsCPU)
+        c.ggml_get_type_traits_cpu.argtypes = [C.c_int]
+        b.ggml_quantize_chunk.restype = C.c_size_t
+        b.ggml_quantize_chunk.argtypes = [C.c_int, C.c_void_p, C.c_void_p, C.c_int64, C.c_int64, C.c_int64, C.c_void_p]
+        b.ggml_validate_row_data.restype = C.c_bool
+        b.ggml_validate_row_data.argtypes = [C.c_int, C.c_void_p, C.c_size_t]
+        c.ggml_cpu_init()
+
+    # --- type facts
+    def traits(self, t: int) -> _TypeTraits:
+        if not 0 <= t < self.type_count:
+            raise TritpackError(f"ggml type {t} is out of range for this library")
+        return self.base.ggml_get_type_traits(t).contents
+
+    @property
+    def type_count(self) -> int:
+        # ggml has no getter for GGML_TYPE_COUNT; the patched library has 82 (TP1=80, TP4=81)
+        return 82 if self.is_patched else 43
+
+    @property
+    def is_patched(self) -> bool:
+        return tritpack_version_of(self.lib_dir) is not None
+
+    def knows(self, t: int) -> bool:
+        return 0 <= t < self.type_count and self.traits(t).blck_size > 0
+
+    def type_name(self, t: int) -> str:
+        return self.traits(t).type_name.decode()
+
+    def block_size(self, t: int) -> int:
+        return self.traits(t).blck_size
+
+    def type_size(self, t: int) -> int:
+        return self.traits(t).type_size
+
+    def row_size(self, t: int, n: int) -> int:
+        return self.type_size(t) * n // self.block_size(t)
+
+    # --- kernels
+    def quantize_chunk(self, t: int, x: np.ndarray, imatrix: np.ndarray | None = None) -> np.ndarray:
+        """ggml_quantize_chunk over a 2-D float32 array; returns uint8 (nrows, row_bytes)."""
+        x = _f32(np.atleast_2d(x))
+        nrows, n = x.shape
+        if n % self.block_size(t):
+            raise TritpackError(f"rows of {n} are not a multiple of {self.type_name(t)}'s block of {self.block_size(t)}")
+        out = np.empty((nrows, self.row_size(t, n)), dtype=np.uint8)
+        im = None if imatrix is None else _f32(imatrix)
+        if im is not None and im.shape != (n,):
+            raise TritpackError(f"imatrix has shape {im.shape}, expected ({n},)")
+        written = self.base.ggml_quantize_chunk(t, x.ctypes.data, out.ctypes.data, 0, nrows, n,
+                                                None if im is None else im.ctypes.data)
+        assert written == out.nbytes, (written, out.nbytes)
+        return out
+
+    def dequantize(self, t: int, data: np.ndarray, n: int | None = None) -> np.ndarray:
+        """The type's to_float over `data` (uint8, rows of whole blocks); float32 of the same row count."""
+        data = np.ascontiguousarray(data, dtype=np.uint8)
+        rows = data.reshape(-1, data.shape[-1]) if data.ndim > 1 else data.reshape(1, -1)
+        per_row = rows.shape[1] // self.type_size(t) * self.block_size(t)
+        if n is not None and n != per_row:
+            raise TritpackError(f"{rows.shape[1]} bytes per row hold {per_row} values, not {n}")
+        out = np.empty((rows.shape[0], per_row), dtype=np.float32)
+        fn = _to_float_t(self.traits(t).to_float)
+        fn(rows.ctypes.data, out.ctypes.data, out.size)
+        return out if data.ndim > 1 else out[0]
+
+    def vec_dot(self, t: int, x_row: np.ndarray, y: np.ndarray) -> float:
+        """CPU vec_dot of one quantized row with float activations, quantized first to the type's
+        vec_dot_type by that type's CPU from_float, as ggml's mul_mat does."""
+        tc = self.cpu.ggml_get_type_traits_cpu(t).contents
+        vt = tc.vec_dot_type
+        y = _f32(y).ravel()
+        yq = np.empty(self.row_size(vt, y.size), dtype=np.uint8)
+        _from_float_t(self.cpu.ggml_get_type_traits_cpu(vt).contents.from_float)(y.ctypes.data, yq.ctypes.data, y.size)
+        x_row = np.ascontiguousarray(x_row, dtype=np.uint8)
+        s = np.zeros(1, dtype=np.float32)
+        _vec_dot_t(tc.vec_dot)(y.size, s.ctypes.data, 0, x_row.ctypes.data, 0, yq.ctypes.data, 0, 1)
+        return float(s[0])
+
+    def quantize_activations(self, t: int, y: np.ndarray) -> np.ndarray:
+        """y quantized to `t`'s vec_dot_type (what vec_dot sees), as bytes."""
+        vt = self.cpu.ggml_get_type_traits_cpu(t).contents.vec_dot_type
+        y = _f32(y).ravel()
+        yq = np.empty(self.row_size(vt, y.size), dtype=np.uint8)
+        _from_float_t(self.cpu.ggml_get_type_traits_cpu(vt).contents.from_float)(y.ctypes.data, yq.ctypes.data, y.size)
+        return yq
+
+    def validate_row_data(self, t: int, data: np.ndarray) -> bool:
+        data = np.ascontiguousarray(data, dtype=np.uint8)
+        return bool(self.base.ggml_validate_row_data(t, data.ctypes.data, data.nbytes))
+
+    def cpu_features(self) -> list[str]:
+        feats = []
+        for name in ("sse3", "ssse3", "avx", "avx2", "f16c", "fma", "avx_vnni", "avx512", "avx512_vbmi",
+                     "avx512_vnni", "avx512_bf16", "amx_int8", "neon", "arm_fma", "fp16_va", "dotprod",
+                     "matmul_int8", "sve", "sme", "riscv_v", "vsx", "wasm_simd"):
+            fn = getattr(self.cpu, f"ggml_cpu_has_{name}", None)
+            if fn is not None:
+                fn.restype = C.c_int
+                if fn():
+                    feats.append(name)
+        return feats
+
+
+@lru_cache(maxsize=None)
+def load_ggml(lib_dir: str | Path | None = None) -> GGML:
+    """The patched ggml libraries (default: the newest build, see runtime.library_dir)."""
+    d = Path(lib_dir).resolve() if lib_dir else library_dir(prefer_cuda=False)
+    mode = C.RTLD_GLOBAL
+    base = C.CDLL(str(d / "libggml-base.so"), mode=mode)
+    cpu = C.CDLL(str(d / "libggml-cpu.so"), mode=mode)
+    return GGML(d, base, cpu)

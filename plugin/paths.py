@@ -1,0 +1,30 @@
+"""Where things live: the cache outside the repo, and the source tree the build needs."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from .errors import TritpackError
+
+
+def tritpack_home() -> Path:
+    """$TRITPACK_HOME, default ~/.cache/tritpack-gguf: downloads, unpacked sources, builds."""
+    env = os.environ.get("TRITPACK_HOME")
+    return Path(env).expanduser().resolve() if env else Path.home() / ".cache" / "tritpack-gguf"
+
+
+def source_root() -> Path:
+    """The tritpack-gguf checkout (CMakeLists.txt, patches/, ggml_kernels/) that `build` compiles.
+
+    $TRITPACK_SOURCE_DIR overrides; otherwise the checkout this package is installed from (editable).
+    """
+    env = os.environ.get("TRITPACK_SOURCE_DIR")
+    root = Path(env).expanduser().resolve() if env else Path(__file__).resolve().parent.parent
+    if not (root / "CMakeLists.txt").is_file() or not (root / "patches").is_dir():
+        raise TritpackError(
+            "the tritpack-gguf source tree (CMakeLists.txt, patches/, ggml_kernels/) was not found",
+            path=root,
+            hint="install from a checkout with `pip install -e .`, or set TRITPACK_SOURCE_DIR to one",
+        )
+    return root

@@ -1,0 +1,30 @@
+"""Shared fixtures: the patched llama.cpp build (built or found in the cache once per session)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def patched_build():
+    """The build of the current sources (cached by content: a no-op when nothing changed)."""
+    from tritpack_gguf.build import build
+
+    result = build()
+    os.environ["TRITPACK_LIB_DIR"] = result.lib_dir
+    return result
+
+
+@pytest.fixture(scope="session")
+def lib_dir(patched_build) -> Path:
+    return Path(patched_build.lib_dir)
+
+
+@pytest.fixture(scope="session")
+def ggml(lib_dir):
+    from tritpack_gguf.ggml_lib import load_ggml
+
+    return load_ggml(lib_dir)

@@ -1,0 +1,98 @@
+"""The build pipeline: pin, sha256 check, idempotent patch series, cached builds."""
+
+from __future__ import annotations
+
+import io
+import shutil
+import subprocess
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from tritpack_gguf import build as B
+from tritpack_gguf.errors import TritpackError
+from tritpack_gguf.paths import source_root, tritpack_home
+
+ROOT = source_root()
+PIN = B.Pin.load(ROOT / "patches" / "llama-cpp.pin")
+
+
+def test_pin_names_the_sdist_and_commit():
+    assert PIN.package == "llama-cpp-python" and PIN.version == "0.3.36"
+    assert len(PIN.sha256) == 64 and int(PIN.sha256, 16)
+    assert PIN.llama_cpp_commit.startswith("0c1e57098")
+
+
+def test_patch_series_is_numbered_one_concern_each():
+    patches = B.patch_series(ROOT)
+    assert patches, "no patches"
+    for i, p in enumerate(patches, 1):
+        assert p.name.startswith(f"{i:04d}-"), p.name
+        text = p.read_text()
+        assert text.startswith("Subject: [PATCH] "), f"{p.name} has no message"
+        message = text.split("\n---\n", 1)[0]
+        assert len(message.splitlines()) >= 3, f"{p.name}: the message must say why"
+
+
+def _fresh_unpack(tmp_path: Path) -> Path:
+    pristine = B.unpack_llama_cpp(PIN, B.fetch_sdist(PIN, tritpack_home()), tritpack_home())
+    tree = tmp_path / "llama.cpp"
+    shutil.copytree(pristine, tree, symlinks=True)
+    return tree
+
+
+def test_series_applies_cleanly_and_idempotently(tmp_path):
+    tree = _fresh_unpack(tmp_path)
+    patches = B.patch_series(ROOT)
+    assert B.apply_patches(tree, patches) == [p.name for p in patches]
+    # applied: every patch reverse-applies, and a second run applies nothing
+    for p in patches:
+        assert B._git_apply(tree, p, "--check", "--reverse").returncode == 0, p.name
+    assert B.apply_patches(tree, patches) == []
+    header = (tree / "ggml" / "include" / "ggml.h").read_text()
+    assert "GGML_TYPE_TP1     = 80" in header and "GGML_TYPE_COUNT   = 82" in header
+    # no rejects or backups left behind
+    left = subprocess.run(["find", str(tree), "-name", "*.rej", "-o", "-name", "*.orig"],
+                          capture_output=True, text=True).stdout
+    assert left == ""
+
+
+def test_patch_that_no_longer_applies_stops_with_its_name(tmp_path):
+    tree = _fresh_unpack(tmp_path)
+    bad = tmp_path / "0099-ggml-break-things.patch"
+    good = B.patch_series(ROOT)[0].read_text()
+    bad.write_text(good.replace("GGML_TYPE_Q2_0    = 42,", "GGML_TYPE_Q2_0    = 4242,"))
+    with pytest.raises(TritpackError) as e:
+        B.apply_patches(tree, [bad])
+    assert "0099-ggml-break-things.patch" in str(e.value) and "regenerate" in str(e.value)
+
+
+def test_sha256_mismatch_unpacks_nothing(tmp_path):
+    fake = tmp_path / "llama_cpp_python-0.3.36.tar.gz"
+    with tarfile.open(fake, "w:gz") as tf:
+        data = b"cmake_minimum_required(VERSION 3.14)\n"
+        info = tarfile.TarInfo("llama_cpp_python-0.3.36/vendor/llama.cpp/CMakeLists.txt")
+        info.size = len(data)
+        tf.addfile(info, io.BytesIO(data))
+    home = tmp_path / "home"
+    with pytest.raises(TritpackError) as e:
+        B.unpack_llama_cpp(PIN, fake, home)
+    assert "sha256 mismatch" in str(e.value) and "nothing was unpacked" in str(e.value)
+    assert not (home / "sdist").exists() or not any((home / "sdist").rglob("CMakeLists.txt"))
+
+
+def test_input_key_changes_with_kernels_and_flags(tmp_path):
+    src = Path("/nonexistent/llama.cpp")
+    k_cpu = B.input_key(PIN, ROOT, src, B._flags(False, None))
+    assert k_cpu == B.input_key(PIN, ROOT, src, B._flags(False, None))
+    assert k_cpu != B.input_key(PIN, ROOT, src, B._flags(True, None))
+    assert B.input_key(PIN, ROOT, src, B._flags(True, "90")) != B.input_key(PIN, ROOT, src, B._flags(True, None))
+
+
+def test_second_build_is_cached(patched_build):
+    again = B.build()
+    assert again.cached and again.key == patched_build.key
+    assert again.seconds < 10
+    for out in again.outputs:
+        assert Path(out).exists(), out

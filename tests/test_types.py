@@ -1,0 +1,52 @@
+"""One definition of each type: the Python registry, gguf-py and the C library agree."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import gguf
+from tritpack_gguf.converters.gguf_types import BY_NAME, TP1, TP4, TRITPACK_TYPES, register
+
+
+def test_ids_are_in_the_private_range():
+    for t in TRITPACK_TYPES:
+        assert 80 <= t.id <= 95
+    stock = [m.value for m in gguf.GGMLQuantizationType if m.name not in BY_NAME]
+    assert max(stock) < 80
+
+
+def test_gguf_knows_our_types_once():
+    register()  # idempotent
+    assert gguf.GGMLQuantizationType.TP1 == 80 and gguf.GGMLQuantizationType(81).name == "TP4"
+    assert gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType.TP1] == (64, 15)
+    assert gguf.LlamaFileType(TP4.id).name == "MOSTLY_TP4"
+    assert [m.name for m in gguf.GGMLQuantizationType].count("TP1") == 1
+    assert gguf.quant_shape_to_byte_shape((3, 576), TP1.qtype) == (3, 576 // 64 * 15)
+
+
+@pytest.mark.parametrize("t", TRITPACK_TYPES, ids=lambda t: t.name)
+def test_c_library_agrees_with_python(ggml, t):
+    assert ggml.is_patched
+    assert ggml.type_name(t.id) == t.name.lower()
+    assert ggml.block_size(t.id) == t.block_size
+    assert ggml.type_size(t.id) == t.type_size
+    assert t.bpw <= 4.5
+
+
+def test_unused_ids_have_a_name_not_null(ggml):
+    # ids between mainline's last type and our range have no traits; their name must not be NULL
+    assert ggml.type_name(60) == "unknown" and ggml.block_size(60) == 0
+
+
+def test_validate_row_data_rejects_nan_and_inf_scales(ggml):
+    for t in TRITPACK_TYPES:
+        x = np.random.default_rng(1).standard_normal((2, 128)).astype(np.float32)
+        q = ggml.quantize_chunk(t.id, x)
+        assert ggml.validate_row_data(t.id, q)
+        block = q.reshape(-1, t.type_size).copy()
+        off = 13 if t is TP1 else 0  # offset of the fp16 scale in the block
+        for bits in (0x7C00, 0x7E00, 0xFC00):  # +Inf, NaN, -Inf
+            bad = block.copy()
+            bad[1, off:off + 2] = np.frombuffer(np.uint16(bits).tobytes(), dtype=np.uint8)
+            assert not ggml.validate_row_data(t.id, bad.ravel()), (t.name, hex(bits))
