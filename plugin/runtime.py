@@ -72,14 +72,24 @@ def activate(lib_dir: str | Path | None = None) -> Path:
 def load(path: str | Path, **kwargs):
     """Open a GGUF (TritPack or stock) with llama_cpp.Llama on the patched library. Every keyword of
     llama_cpp.Llama passes through (n_gpu_layers, n_ctx, ...)."""
-    from .gguf_check import check_types_supported
-
-    activate()
+    d = activate()
     p = Path(path)
     if not p.is_file():
         raise TritpackError("no such file", path=p)
-    check_types_supported(p)
+    check_types_supported(p, d)
     kwargs.setdefault("verbose", False)
     import llama_cpp
 
     return llama_cpp.Llama(model_path=str(p), **kwargs)
+
+
+def check_types_supported(path: Path, lib_dir: Path) -> None:
+    """Fail with a build hint when the file holds a tensor type the library in `lib_dir` lacks."""
+    from .converters.reader import GGUFFile
+    from .ggml_lib import load_ggml
+
+    g = load_ggml(lib_dir)
+    for t in GGUFFile(path).tensors:
+        if not g.knows(int(t.type)):
+            raise TritpackError(f"tensor type {t.type.name} is not supported by the library in {lib_dir}",
+                                path=path, tensor=t.name, hint=BUILD_HINT)

@@ -8,7 +8,9 @@ import typer
 
 from ..errors import TritpackError
 from . import build as _build
+from . import convert as _convert
 from . import doctor as _doctor
+from . import export as _export
 
 app = typer.Typer(
     name="tritpack-gguf",
@@ -19,30 +21,20 @@ app = typer.Typer(
 )
 app.command("build")(_build.build_command)
 app.command("doctor")(_doctor.doctor_command)
+app.command("convert")(_convert.convert_command)
+app.command("export")(_export.export_command)
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Console entry point: runs the app and turns a TritpackError into one line and an exit code."""
+    """Console entry point: runs the app and turns a TritpackError into one line and an exit code
+    (usage errors are click's own, exit code 2)."""
     try:
-        app(args=argv, standalone_mode=False)
+        app(args=argv, standalone_mode=True)
     except TritpackError as e:
         typer.echo(f"tritpack-gguf: error: {e}", err=True)
         return e.exit_code
-    except KeyboardInterrupt:
-        typer.echo("tritpack-gguf: interrupted", err=True)
-        return 130
-    except typer.Exit as e:
-        return e.exit_code
-    except typer.Abort:
-        typer.echo("tritpack-gguf: aborted", err=True)
-        return 1
-    except Exception as e:  # click usage errors and the like
-        import click
-
-        if isinstance(e, click.ClickException):
-            e.show()
-            return e.exit_code
-        raise
+    except SystemExit as e:
+        return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
     return 0
 
 

@@ -30,10 +30,11 @@ def progress_bar(enabled: bool = True) -> Iterator[Any]:
 
         def plain(msg: str, done: int = 0, total: int = 0) -> None:
             now = time.monotonic()
-            if msg != last["stage"] or now - last["t"] > 30:
+            stage = msg.split(" ", 1)[0]  # a line per stage (and every 30 s), not per tensor
+            if stage != last["stage"] or now - last["t"] > 30:
                 frac = f" {done}/{total}" if total else ""
                 sys.stderr.write(f"tritpack-gguf: {msg}{frac}\n")
-                last.update(stage=msg, t=now)
+                last.update(stage=stage, t=now)
 
         yield plain
         return
@@ -48,3 +49,21 @@ def progress_bar(enabled: bool = True) -> Iterator[Any]:
             p.update(task, description=msg, completed=done, total=total or None)
 
         yield update
+
+
+def resolve_model_arg(model: str):
+    """A model argument: an existing file, else an Ollama model name resolved in the local store."""
+    from pathlib import Path
+
+    from ..errors import TritpackError
+
+    p = Path(model).expanduser()
+    if p.exists():
+        return p
+    try:
+        from ..ollama import looks_like_ollama_ref, resolve_ollama_model
+    except ImportError:
+        raise TritpackError("no such file", path=p) from None
+    if looks_like_ollama_ref(model):
+        return resolve_ollama_model(model)
+    raise TritpackError("no such file", path=p)

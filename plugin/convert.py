@@ -1,0 +1,470 @@
+"""`convert`: any GGUF llama.cpp can load -> a TritPack GGUF, streamed tensor by tensor.
+
+The input is memory-mapped and never modified; each tensor is dequantized, checked, quantized by
+the C kernels of the patched library (in parallel over row chunks), measured against its source
+and written; the output appears at its final path only when complete (temporary file, then an
+atomic rename or link).
+"""
+
+from __future__ import annotations
+
+import ctypes as C
+import errno
+import hashlib
+import math
+import os
+import re
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType as Q, GGUFValueType, GGUFWriter
+
+from . import __version__
+from .converters import policy
+from .converters.gguf_types import TP1, TP4
+from .converters.imatrix import load_imatrix
+from .converters.metrics import ErrorStats
+from .converters.reader import GGUFFile, TensorInfo, copy_fields, to_float32
+from .errors import TritpackError
+from .ggml_lib import GGML, load_ggml
+
+Progress = Callable[[str, int, int], None]
+CHUNK_VALUES = 1 << 22          # floats per work chunk (16 MB of float32)
+ALPHA_SAMPLE_ROWS = 256         # rows the per-tensor TP1 alpha search looks at
+TIER_SAMPLE_ROWS = 64           # rows the mixed-precision planner measures per tensor
+TIERS = {"HOT": Q.Q8_0, "WARM": TP4.qtype, "COLD": TP1.qtype}
+SUFFIX = {"tp4": "TP4", "tp1": "TP1", "mixed": "MIX"}
+
+
+@dataclass
+class ConvertOptions:
+    type: str = "tp4"
+    output: Path | None = None
+    budget: int | None = None       # bytes, for --type mixed
+    bpw: float | None = None        # bits per weight, for --type mixed
+    target_cos: float | None = None
+    alpha: float | None = None      # None: searched per tensor
+    imatrix: Path | None = None
+    keep: list[str] = field(default_factory=list)
+    threads: int | None = None
+    force: bool = False
+    dry_run: bool = False
+
+
+@dataclass
+class TensorPlan:
+    name: str
+    shape: tuple[int, ...]
+    src_type: str
+    dst_type: str
+    reason: str
+    src_bytes: int
+    dst_bytes: int
+    quantize: bool
+    tier: str | None = None
+    alpha: float | None = None
+    cos: float | None = None
+    snr_db: float | None = None
+    rmse: float | None = None
+    lossless: bool | None = None
+
+
+@dataclass
+class ConvertReport:
+    input: str
+    output: str | None
+    type: str
+    tensors: list[TensorPlan]
+    size_before: int
+    size_after: int
+    n_weights: int
+    seconds: float = 0.0
+    dry_run: bool = False
+
+    @property
+    def ratio(self) -> float:
+        return self.size_before / self.size_after if self.size_after else 0.0
+
+    @property
+    def bpw(self) -> float:
+        return 8.0 * self.size_after / self.n_weights if self.n_weights else 0.0
+
+    def type_counts(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for t in self.tensors:
+            counts[t.dst_type] = counts.get(t.dst_type, 0) + 1
+        return counts
+
+    def worst(self, k: int = 5) -> list[TensorPlan]:
+        measured = [t for t in self.tensors if t.quantize and t.cos is not None]
+        return sorted(measured, key=lambda t: t.cos)[:k]
+
+    def as_dict(self) -> dict:
+        return {"input": self.input, "output": self.output, "type": self.type, "dry_run": self.dry_run,
+                "size_before": self.size_before, "size_after": self.size_after, "ratio": round(self.ratio, 4),
+                "bpw": round(self.bpw, 4), "n_weights": self.n_weights, "seconds": round(self.seconds, 3),
+                "type_counts": self.type_counts(), "lossless_tensors": [t.name for t in self.tensors if t.lossless],
+                "tensors": [asdict(t) for t in self.tensors]}
+
+
+def parse_size(text: str) -> int:
+    """'2.5GB', '700MB', '1.5GiB', '123456' -> bytes."""
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([kKmMgGtT]?)(i?)[bB]?\s*", text)
+    if not m:
+        raise TritpackError(f"cannot read size {text!r} (examples: 2.5GB, 700MB, 1GiB)")
+    value, unit, binary = float(m.group(1)), m.group(2).upper(), m.group(3)
+    base = 1024 if binary else 1000
+    return int(value * base ** " KMGT".index(unit or " "))
+
+
+def default_output(inp: Path, type_: str) -> Path:
+    return inp.with_name(f"{inp.stem}-{SUFFIX[type_]}.gguf")
+
+
+# ----------------------------------------------------------------------------- planning
+
+def _sample_rows(n_rows: int, k: int) -> np.ndarray:
+    return np.unique(np.linspace(0, n_rows - 1, num=min(k, n_rows)).astype(np.int64))
+
+
+def _float_rows(src: GGUFFile, g: GGML, t: TensorInfo, rows: np.ndarray) -> np.ndarray:
+    raw = src.raw(t)
+    return to_float32(g, t, np.ascontiguousarray(raw[rows]), path=src.path)
+
+
+def _check_finite(src: GGUFFile, t: TensorInfo, x: np.ndarray, first_row: int = 0) -> None:
+    if not np.all(np.isfinite(x)):
+        bad = np.argwhere(~np.isfinite(x))[0]
+        raise TritpackError(f"NaN or Inf weight at row {first_row + int(bad[0])}, column {int(bad[1])}",
+                            path=src.path, tensor=t.name)
+
+
+class Quantizer:
+    """Quantizes float rows into a ggml type with the C kernels, in parallel over row slices."""
+
+    def __init__(self, g: GGML, threads: int | None):
+        self.g = g
+        self.threads = max(1, threads or os.cpu_count() or 1)
+        self.pool = ThreadPoolExecutor(self.threads) if self.threads > 1 else None
+        fn = g.base.tritpack_quantize_tp1
+        fn.restype = C.c_size_t
+        fn.argtypes = [C.c_void_p, C.c_void_p, C.c_int64, C.c_int64, C.c_void_p, C.c_float]
+        self._tp1 = fn
+        s = g.base.tritpack_tp1_search_alpha
+        s.restype = C.c_float
+        s.argtypes = [C.c_void_p, C.c_int64, C.c_int64, C.c_void_p, C.c_float, C.POINTER(C.c_float)]
+        self._search = s
+
+    def close(self) -> None:
+        if self.pool:
+            self.pool.shutdown()
+
+    def search_alpha(self, x: np.ndarray, imatrix: np.ndarray | None, target_cos: float | None) -> tuple[float, float]:
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        out = C.c_float(0.0)
+        im = None if imatrix is None else imatrix.ctypes.data
+        alpha = self._search(x.ctypes.data, x.shape[0], x.shape[1], im, C.c_float(target_cos or 0.0), C.byref(out))
+        return float(alpha), float(out.value)
+
+    def quantize(self, t: Q, x: np.ndarray, imatrix: np.ndarray | None, alpha: float | None) -> np.ndarray:
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        nrows, n = x.shape
+        if t == Q.F32:
+            return x.view(np.uint8).reshape(nrows, -1)
+        out = np.empty((nrows, policy.row_bytes(t, n)), dtype=np.uint8)
+        im = None if imatrix is None else imatrix.ctypes.data
+
+        def work(r0: int, r1: int) -> None:
+            if t == TP1.qtype:
+                self._tp1(x[r0:r1].ctypes.data, out[r0:r1].ctypes.data, r1 - r0, n, im, C.c_float(alpha or 0.75))
+            else:
+                self.g.base.ggml_quantize_chunk(int(t), x[r0:r1].ctypes.data, out[r0:r1].ctypes.data, 0, r1 - r0, n, im)
+
+        step = max(1, math.ceil(nrows / (self.threads * 2)))
+        slices = [(r, min(r + step, nrows)) for r in range(0, nrows, step)]
+        if self.pool and len(slices) > 1:
+            list(self.pool.map(lambda s: work(*s), slices))
+        else:
+            for s in slices:
+                work(*s)
+        return out
+
+
+def _imatrix_for(imatrix: dict[str, np.ndarray] | None, t: TensorInfo) -> np.ndarray | None:
+    if not imatrix:
+        return None
+    w = imatrix.get(t.name)
+    if w is None:
+        w = imatrix.get(t.name.removesuffix(".weight"))
+    if w is None:
+        return None
+    if w.size != t.row_length:  # per-expert imatrix: average over experts for a 2-D view
+        if w.size % t.row_length:
+            raise TritpackError(f"imatrix has {w.size} weights, the tensor's rows have {t.row_length}", tensor=t.name)
+        w = w.reshape(-1, t.row_length).mean(axis=0).astype(np.float32)
+    return np.ascontiguousarray(w)
+
+
+def plan_conversion(src: GGUFFile, opts: ConvertOptions, g: GGML, q: Quantizer,
+                    imatrix: dict[str, np.ndarray] | None, progress: Progress) -> list[TensorPlan]:
+    if opts.type not in policy.TARGETS:
+        raise TritpackError(f"unknown --type {opts.type!r}; choose one of {', '.join(policy.TARGETS)}")
+    target = TP1.qtype if opts.type == "tp1" else TP4.qtype
+    names = {t.name for t in src.tensors}
+    tied = "output.weight" not in names
+    plans: list[TensorPlan] = []
+    for i, t in enumerate(src.tensors):
+        progress(f"planning {t.name}", i, len(src.tensors))
+        if t.type not in GGML_QUANT_SIZES or not g.knows(int(t.type)):
+            raise TritpackError(f"unknown tensor type {int(t.type)}", path=src.path, tensor=t.name)
+        d = policy.decide(t, target, opts.keep, tied)
+        if d.quantize and d.type != TP1.qtype and policy.may_be_ternary(t):
+            x = src.float32(t, g)
+            _check_finite(src, t, x)
+            if policy.is_ternary(x):
+                d = policy.Decision(TP1.qtype, f"ternary-valued {t.type.name}: TP1, lossless")
+            del x
+        plans.append(TensorPlan(t.name, t.shape, t.type.name, d.type.name, d.reason, t.nbytes,
+                                policy.tensor_bytes(d.type, t) if d.quantize else t.nbytes, d.quantize))
+    if opts.type == "mixed":
+        _plan_tiers(src, opts, g, q, imatrix, plans, progress)
+    for i, (t, p) in enumerate(zip(src.tensors, plans)):
+        if p.quantize and p.dst_type == TP1.qtype.name:
+            progress(f"calibrating {t.name}", i, len(plans))
+            p.alpha = _tp1_alpha(src, g, q, t, p, opts, imatrix)
+    return plans
+
+
+def _tp1_alpha(src: GGUFFile, g: GGML, q: Quantizer, t: TensorInfo, p: TensorPlan, opts: ConvertOptions,
+               imatrix: dict[str, np.ndarray] | None) -> float:
+    """TP1's threshold factor for one tensor: --alpha, else searched on sample rows (largest
+    cosine, or the smallest error meeting --target-cos). Ternary tensors need none: any alpha in
+    (0, 1) keeps exactly their nonzero trits."""
+    if "lossless" in p.reason:
+        p.lossless = True
+        return 0.5
+    if opts.alpha is not None:
+        return opts.alpha
+    sample = _float_rows(src, g, t, _sample_rows(t.n_rows, ALPHA_SAMPLE_ROWS))
+    _check_finite(src, t, sample)
+    return q.search_alpha(sample, _imatrix_for(imatrix, t), opts.target_cos)[0]
+
+
+def _plan_tiers(src: GGUFFile, opts: ConvertOptions, g: GGML, q: Quantizer,
+                imatrix: dict[str, np.ndarray] | None, plans: list[TensorPlan], progress: Progress) -> None:
+    """Tiered mixed precision: each tiered tensor HOT (Q8_0), WARM (TP4) or COLD (TP1), chosen from
+    measured error (relative squared error on sample rows, times the tensor's size, weighted by the
+    imatrix when given) to meet the budget with the least total error: start all COLD, then take
+    the upgrades with the best error saved per byte until the budget is spent."""
+    n_weights = sum(t.n_elements for t in src.tensors)
+    if opts.budget is None and opts.bpw is None:
+        raise TritpackError("--type mixed needs --budget SIZE or --bpw X")
+    budget = opts.budget if opts.budget is not None else int(opts.bpw * n_weights / 8)
+    tiered = [(p, t) for p, t in zip(plans, src.tensors)
+              if p.quantize and p.dst_type == TP4.qtype.name and policy.fits(TP1.qtype, t.row_length)]
+    fixed = sum(p.dst_bytes for p in plans) - sum(p.dst_bytes for p, _ in tiered)
+    err: dict[str, dict[str, float]] = {}
+    for i, (p, t) in enumerate(tiered):
+        progress(f"measuring tiers {t.name}", i, len(tiered))
+        rows = _sample_rows(t.n_rows, TIER_SAMPLE_ROWS)
+        x = _float_rows(src, g, t, rows)
+        _check_finite(src, t, x)
+        w = _imatrix_for(imatrix, t)
+        ww = np.ones(t.row_length) if w is None else w.astype(np.float64)
+        ref = float(((x.astype(np.float64) ** 2) * ww).sum()) or 1.0
+        alpha = opts.alpha if opts.alpha is not None else q.search_alpha(x, w, opts.target_cos)[0]
+        err[p.name] = {}
+        for tier, qt in TIERS.items():
+            y = g.dequantize(int(qt), q.quantize(qt, x, w, alpha))
+            err[p.name][tier] = float((((x - y).astype(np.float64) ** 2) * ww).sum()) / ref * t.n_elements
+    sizes = {tier: {p.name: policy.tensor_bytes(qt, t) for p, t in tiered} for tier, qt in TIERS.items()}
+    choice = {p.name: "COLD" for p, _ in tiered}
+    total = fixed + sum(sizes["COLD"].values())
+    if total > budget:
+        raise TritpackError(f"the budget of {budget / 1e6:.1f} MB is below the smallest mix "
+                            f"({total / 1e6:.1f} MB: all tiered tensors TP1, the rest as the policy keeps them)")
+    order = {"COLD": "WARM", "WARM": "HOT"}
+    while True:
+        best = None
+        for name, tier in choice.items():
+            nxt = order.get(tier)
+            if nxt is None:
+                continue
+            extra = sizes[nxt][name] - sizes[tier][name]
+            gain = err[name][tier] - err[name][nxt]
+            if extra <= 0 or total + extra > budget or gain <= 0:
+                continue
+            score = gain / extra
+            if best is None or score > best[0]:
+                best = (score, name, nxt, extra)
+        if best is None:
+            break
+        _, name, nxt, extra = best
+        choice[name] = nxt
+        total += extra
+    for p, t in tiered:
+        tier = choice[p.name]
+        p.tier = tier
+        p.dst_type = TIERS[tier].name
+        p.dst_bytes = sizes[tier][p.name]
+        p.reason = f"tier {tier} ({p.dst_type})"
+
+
+# ----------------------------------------------------------------------------- writing
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 24), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _ftype(plans: list[TensorPlan], opts: ConvertOptions) -> int:
+    if opts.type == "tp1":
+        return TP1.id
+    if opts.type == "tp4":
+        return TP4.id
+    by = {TP1.qtype.name: 0, TP4.qtype.name: 0}
+    for p in plans:
+        if p.dst_type in by:
+            by[p.dst_type] += p.dst_bytes
+    return TP4.id if by[TP4.qtype.name] >= by[TP1.qtype.name] else TP1.id
+
+
+def _convert_tensor(src: GGUFFile, g: GGML, q: Quantizer, t: TensorInfo, p: TensorPlan, opts: ConvertOptions,
+                    imatrix: dict[str, np.ndarray] | None, write: Callable[[bytes], None],
+                    done: Callable[[int], None]) -> None:
+    raw = src.raw(t)
+    if not p.quantize:
+        step = max(1, CHUNK_VALUES // max(1, t.row_length))
+        for r0 in range(0, max(t.n_rows, 1), step):
+            chunk = raw[r0:r0 + step]
+            write(chunk.tobytes())
+            done(chunk.nbytes)
+        return
+    dst = Q[p.dst_type]
+    w = _imatrix_for(imatrix, t)
+    stats = ErrorStats()
+    step = max(1, CHUNK_VALUES // t.row_length)
+    for r0 in range(0, t.n_rows, step):
+        rows = raw[r0:r0 + step]
+        x = to_float32(g, t, rows, path=src.path)
+        _check_finite(src, t, x, r0)
+        out = q.quantize(dst, x, w, p.alpha)
+        y = x if dst == Q.F32 else g.dequantize(int(dst), out)
+        stats.add(x, y)
+        write(out.tobytes())
+        done(rows.nbytes)
+    m = stats.as_dict()
+    p.cos, p.snr_db, p.rmse = m["cos"], m["snr_db"], m["rmse"]
+    if p.lossless:
+        p.lossless = stats.exact
+        if not stats.exact:
+            p.reason = p.reason.replace("lossless", "NOT lossless (values changed)")
+
+
+def convert(inp: str | Path, opts: ConvertOptions, progress: Progress = lambda *a: None,
+            g: GGML | None = None) -> ConvertReport:
+    t0 = time.monotonic()
+    inp = Path(inp)
+    src = GGUFFile(inp)
+    out = Path(opts.output) if opts.output else default_output(inp, opts.type)
+    if not opts.dry_run:
+        if out.exists() and out.resolve() == inp.resolve():
+            raise TritpackError("the output would overwrite the input", path=out)
+        if out.exists() and not opts.force:
+            raise TritpackError("output exists", path=out, hint="use --force to overwrite it, or -o to choose another name")
+        if not out.parent.is_dir():
+            raise TritpackError("the output folder does not exist", path=out.parent)
+    g = g or load_ggml()
+    imatrix = load_imatrix(opts.imatrix) if opts.imatrix else None
+    q = Quantizer(g, opts.threads)
+    try:
+        plans = plan_conversion(src, opts, g, q, imatrix, progress)
+        report = ConvertReport(str(inp), None if opts.dry_run else str(out), opts.type, plans,
+                               size_before=sum(t.nbytes for t in src.tensors),
+                               size_after=sum(p.dst_bytes for p in plans),
+                               n_weights=sum(t.n_elements for t in src.tensors), dry_run=opts.dry_run)
+        if not opts.dry_run:
+            _write(src, out, opts, g, q, imatrix, plans, progress)
+    finally:
+        q.close()
+    report.seconds = time.monotonic() - t0
+    return report
+
+
+def _write(src: GGUFFile, out: Path, opts: ConvertOptions, g: GGML, q: Quantizer,
+           imatrix: dict[str, np.ndarray] | None, plans: list[TensorPlan], progress: Progress) -> None:
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
+    writer = GGUFWriter(tmp, src.architecture)
+    try:
+        copy_fields(src, writer, skip={"general.file_type", "general.architecture"} |
+                    {k for k in src.fields if k.startswith("tritpack.")})
+        writer.add_key_value("general.file_type", _ftype(plans, opts), GGUFValueType.UINT32)
+        writer.add_key_value("tritpack.converter_version", __version__, GGUFValueType.STRING)
+        writer.add_key_value("tritpack.source_sha256", _sha256(src.path), GGUFValueType.STRING)
+        writer.add_key_value("tritpack.type", opts.type, GGUFValueType.STRING)
+        alphas = [(p.name, float(p.alpha)) for p in plans if p.alpha is not None]
+        if alphas:  # the per-tensor TP1 calibration
+            writer.add_key_value("tritpack.alpha.tensors", [n for n, _ in alphas], GGUFValueType.ARRAY,
+                                 sub_type=GGUFValueType.STRING)
+            writer.add_key_value("tritpack.alpha.values", [a for _, a in alphas], GGUFValueType.ARRAY,
+                                 sub_type=GGUFValueType.FLOAT32)
+        for t, p in zip(src.tensors, plans):
+            writer.add_tensor_info(t.name, (*t.shape[:-1], p.dst_bytes // max(1, t.n_rows)),
+                                   np.dtype(np.uint8), p.dst_bytes, raw_dtype=Q[p.dst_type])
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_ti_data_to_file()
+        fout = writer.fout[0]
+        total = sum(t.nbytes for t in src.tensors)
+        state = {"done": 0, "t0": time.monotonic()}
+        for i, (t, p) in enumerate(zip(src.tensors, plans)):
+            writer.write_padding(fout, fout.tell())
+            start = fout.tell()
+
+            def done(n: int, i=i, t=t) -> None:
+                state["done"] += n
+                progress(f"tensor {i + 1}/{len(plans)} {t.name}", state["done"], total)
+
+            _convert_tensor(src, g, q, t, p, opts, imatrix, fout.write, done)
+            written = fout.tell() - start
+            if written != p.dst_bytes:
+                raise TritpackError(f"wrote {written} bytes, expected {p.dst_bytes}", path=out, tensor=t.name)
+            writer.write_padding(fout, written)
+        fout.flush()
+        os.fsync(fout.fileno())
+        writer.close()
+        _publish(tmp, out, opts.force)
+    except OSError as e:
+        if e.errno == errno.ENOSPC:
+            raise TritpackError("no space left on the device while writing; nothing was written", path=out) from None
+        if e.errno == errno.EFBIG:
+            raise TritpackError("file size limit exceeded while writing; nothing was written", path=out) from None
+        raise TritpackError(f"cannot write: {e.strerror or e}", path=out) from None
+    finally:
+        writer.close()
+        tmp.unlink(missing_ok=True)
+
+
+def _publish(tmp: Path, out: Path, force: bool) -> None:
+    """Make the complete file appear at `out`: replace with --force, else create only if absent."""
+    if force:
+        os.replace(tmp, out)
+        return
+    try:
+        os.link(tmp, out)  # fails if `out` exists: two conversions never interleave or clobber
+    except FileExistsError:
+        raise TritpackError("output appeared while converting (another conversion?)", path=out,
+                            hint="use --force to overwrite it") from None
+    except OSError as e:
+        if e.errno not in (errno.EPERM, errno.EXDEV, errno.ENOTSUP, errno.EMLINK):
+            raise
+        if out.exists():
+            raise TritpackError("output exists", path=out, hint="use --force") from None
+        os.replace(tmp, out)
