@@ -52,18 +52,14 @@ def progress_bar(enabled: bool = True) -> Iterator[Any]:
 
 
 def resolve_model_arg(model: str):
-    """A model argument: an existing file, else an Ollama model name resolved in the local store."""
+    """A model argument: an existing file, else an Ollama model name resolved in the local store.
+    Returns (path, default_output_dir_and_stem or None): outputs of an Ollama model go to the current
+    folder, never beside the blob inside Ollama's store."""
     from pathlib import Path
 
-    from ..errors import TritpackError
+    from ..ollama import looks_like_ollama_ref, ollama_output_stem, resolve_model_input
 
-    p = Path(model).expanduser()
-    if p.exists():
-        return p
-    try:
-        from ..ollama import looks_like_ollama_ref, resolve_ollama_model
-    except ImportError:
-        raise TritpackError("no such file", path=p) from None
-    if looks_like_ollama_ref(model):
-        return resolve_ollama_model(model)
-    raise TritpackError("no such file", path=p)
+    path = resolve_model_input(model)
+    if not Path(model).expanduser().exists() and looks_like_ollama_ref(model):
+        return path, Path.cwd() / ollama_output_stem(model)
+    return path, None

@@ -46,7 +46,9 @@ def convert_command(
                                    budget=_convert.parse_size(budget) if budget else None, bpw=bpw,
                                    target_cos=target_cos, alpha=alpha_v, imatrix=imatrix, keep=keep or [],
                                    threads=threads, force=force, dry_run=dry_run)
-    path = resolve_model_arg(model)
+    path, stem = resolve_model_arg(model)
+    if stem is not None and opts.output is None:
+        opts.output = _convert.default_output(stem.with_name(stem.name + ".gguf"), opts.type)
     with progress_bar(enabled=not json_out) as update:
         report = _convert.convert(path, opts, progress=update)
     if json_out:

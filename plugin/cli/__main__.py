@@ -1,0 +1,7 @@
+"""`python -m tritpack_gguf.cli` = the `tritpack-gguf` command."""
+
+import sys
+
+from . import main
+
+sys.exit(main())
