@@ -11,6 +11,7 @@ from . import build as _build
 from . import convert as _convert
 from . import doctor as _doctor
 from . import export as _export
+from . import inspect as _inspect
 from . import lmstudio as _lmstudio
 from . import ollama as _ollama
 
@@ -25,6 +26,8 @@ app.command("build")(_build.build_command)
 app.command("doctor")(_doctor.doctor_command)
 app.command("convert")(_convert.convert_command)
 app.command("export")(_export.export_command)
+app.command("inspect")(_inspect.inspect_command)
+app.command("estimate")(_inspect.estimate_command)
 app.add_typer(_ollama.app, name="ollama", help="Convert what Ollama has; register converted models with Ollama.")
 app.add_typer(_lmstudio.app, name="lmstudio", help="Import converted models into LM Studio.")
 
