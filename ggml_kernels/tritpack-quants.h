@@ -22,6 +22,22 @@ GGML_API void   quantize_row_tp1_ref(const float * GGML_RESTRICT x, block_tp1 * 
 GGML_API void   dequantize_row_tp1(const block_tp1 * GGML_RESTRICT x, float * GGML_RESTRICT y, int64_t k);
 GGML_API size_t quantize_tp1(const float * GGML_RESTRICT src, void * GGML_RESTRICT dst, int64_t nrows, int64_t n_per_row, const float * imatrix);
 
+// TP1 threshold factor: per 64-block, tau = alpha * mean|x|, trit = sign(x) where |x| > tau (or |x| is
+// the block maximum), else 0. The default (quantize_row_tp1_ref, from_float) is the best alpha for
+// Gaussian weights (measured: the cosine peaks near 0.76; 0.75 is within 5e-5 and on the search
+// lattice); quantize_tp1 searches alpha on each chunk of rows it is given.
+#define TRITPACK_TP1_DEFAULT_ALPHA 0.75f
+
+// TP1 with an explicit alpha (the converter's per-tensor entry point). imatrix: n_per_row floats or
+// NULL. Returns nrows * row size in bytes.
+GGML_API size_t tritpack_quantize_tp1(const float * GGML_RESTRICT src, void * GGML_RESTRICT dst, int64_t nrows, int64_t n_per_row, const float * imatrix, float alpha);
+// Searches alpha on the lattice k/32 (coarse 0.5..1.75 in steps of 1/4, then refined to 1/32) for
+// rows src. target_cos <= 0: the alpha of the largest (imatrix-weighted) cosine similarity between
+// src and its dequantization; target_cos > 0: among the alphas evaluated whose cosine reaches
+// target_cos, the one with the smallest weighted squared error (the largest cosine if none does).
+// *out_cos (if not NULL) receives the chosen alpha's cosine.
+GGML_API float  tritpack_tp1_search_alpha(const float * src, int64_t nrows, int64_t n_per_row, const float * imatrix, float target_cos, float * out_cos);
+
 // TP4 (tp4.c)
 GGML_API void   quantize_row_tp4_ref(const float * GGML_RESTRICT x, block_tp4 * GGML_RESTRICT y, int64_t k);
 GGML_API void   dequantize_row_tp4(const block_tp4 * GGML_RESTRICT x, float * GGML_RESTRICT y, int64_t k);

@@ -1,0 +1,365 @@
+// TP1 reference kernels (ggml-base): quantization with a per-tensor threshold factor alpha, the alpha
+// search, and dequantization. The block layout is documented in tritpack-common.h.
+//
+// Quantizing one block of 64 weights x (importance weights w, all 1 without an imatrix):
+//   a_j   = |x_j|
+//   tau   = alpha * mean(a)                                   (in double)
+//   keep  = a_j > tau  or  a_j == max(a)                      (a non-zero block never becomes all zero)
+//   trit  = keep ? sign(x_j) : 0
+//   scale = sum_keep(w a) / sum_keep(w)                       (least squares for that support; the
+//                                                             unweighted mean if sum_keep(w) <= 0)
+//   d     = fp16(min(float(scale), 65504))
+// When the non-zero values of a block all share one magnitude s (a ternary tensor) the scale is a mean
+// of equal values; the double sums below are within a few ulp of s, and fp16 rounding gives back s
+// whenever s is an fp16 value, so such tensors round-trip bit for bit (for any alpha >= 0). All-zero
+// blocks keep the sign bits of their zeros (code 0 times d = 0 is -0.0).
+//
+// Every sum is taken in a fixed order so that the numpy reference (converters/tp1.py) reproduces it bit
+// for bit: within a block, eight lanes l = 0..7 accumulate elements 8*i + l for i = 0..7 in order, then
+// ((l0+l1)+(l2+l3))+((l4+l5)+(l6+l7)); across blocks, sums run block by block in row-major order.
+// Products that feed sums are either exact in double (float * float) or kept separate by disabling
+// floating-point contraction for this file.
+
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC optimize("fp-contract=off")
+#elif defined(__clang__)
+#pragma STDC FP_CONTRACT OFF
+#endif
+
+#include "ggml-impl.h"
+#include "tritpack-quants.h"
+
+#include <assert.h>
+#include <math.h>
+#include <string.h>
+
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
+
+#define TP1_ROW_BLOCKS(n) ((n) / QK_TP1)
+
+// largest finite fp16 value: scales are clamped to it rather than overflowing to inf
+#define TP1_MAX_SCALE 65504.0f
+
+// ---------------------------------------------------------------------------------------------
+// packing
+// ---------------------------------------------------------------------------------------------
+
+// codes[e] in {0, 1, 2} (value + 1) for the 64 elements of a block -> 13 bytes, see tritpack-common.h
+static void tp1_pack(const uint8_t * codes, uint8_t * qs) {
+    for (int m = 0; m < 13; ++m) {
+        const int c4 = m < 12 ? codes[16*(m/3) + 13 + m%3] : 1;
+        const int v  = (((codes[m]*3 + codes[16 + m])*3 + codes[32 + m])*3 + codes[48 + m])*3 + c4;
+        qs[m] = (uint8_t) ((v*256 + 242) / 243);  // ceil(v * 256 / 243)
+    }
+}
+
+static inline double tp1_hsum8(const double s[8]) {
+    return ((s[0] + s[1]) + (s[2] + s[3])) + ((s[4] + s[5]) + (s[6] + s[7]));
+}
+
+// ---------------------------------------------------------------------------------------------
+// per-block statistics shared by the search and the quantizer
+// ---------------------------------------------------------------------------------------------
+
+typedef struct {
+    double a[QK_TP1];   // |x|
+    double w[QK_TP1];   // importance (1 without an imatrix)
+    double wa[QK_TP1];  // w * |x| (exact in double)
+    double sum;         // sum of |x| (lane order)
+    double xx;          // sum of w * x * x (lane order; the search's denominator)
+    float  amax;        // max |x|
+} tp1_block_prep;
+
+static inline void tp1_prep(const float * GGML_RESTRICT x, const float * GGML_RESTRICT w, tp1_block_prep * p) {
+    double s[8]  = {0, 0, 0, 0, 0, 0, 0, 0};
+    double sx[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    float amax = 0.0f;
+    for (int i = 0; i < 8; ++i) {
+        for (int l = 0; l < 8; ++l) {
+            const int    j  = 8*i + l;
+            const float  v  = fabsf(x[j]);
+            const double vd = (double) v;
+            const double wd = w ? (double) w[j] : 1.0;
+            p->a[j]  = vd;
+            p->w[j]  = wd;
+            p->wa[j] = wd * vd;
+            s[l]  += vd;
+            sx[l] += wd * (vd * vd);
+            amax = v > amax ? v : amax;
+        }
+    }
+    p->sum  = tp1_hsum8(s);
+    p->xx   = tp1_hsum8(sx);
+    p->amax = amax;
+}
+
+// the threshold: keep |x| > tau. A block whose tau reaches its max keeps its max elements instead: tau is
+// lowered to just under the max, which keeps exactly the elements equal to it (no float lies between).
+static inline double tp1_tau(const tp1_block_prep * p, float alpha) {
+    const double tau  = (double) alpha * (p->sum * 0.015625);
+    const double amax = (double) p->amax;
+    return tau < amax ? tau : nextafter(amax, 0.0);
+}
+
+// weighted sums over the kept support: *A = sum w*a, *W = sum w (with ones: sum a, count)
+static inline void tp1_support_sums(const tp1_block_prep * p, double tau, int weighted, double * A, double * W) {
+    const double * wa = weighted ? p->wa : p->a;
+#if defined(__SSE2__)
+    // the same lanes and order as the scalar loop below, two lanes per register
+    __m128d sa[4], sw[4];
+    for (int l = 0; l < 4; ++l) {
+        sa[l] = _mm_setzero_pd();
+        sw[l] = _mm_setzero_pd();
+    }
+    const __m128d t   = _mm_set1_pd(tau);
+    const __m128d one = _mm_set1_pd(1.0);
+    for (int i = 0; i < 8; ++i) {
+        for (int l = 0; l < 4; ++l) {
+            const int j = 8*i + 2*l;
+            const __m128d keep = _mm_cmpgt_pd(_mm_loadu_pd(p->a + j), t);
+            sa[l] = _mm_add_pd(sa[l], _mm_and_pd(keep, _mm_loadu_pd(wa + j)));
+            sw[l] = _mm_add_pd(sw[l], _mm_and_pd(keep, weighted ? _mm_loadu_pd(p->w + j) : one));
+        }
+    }
+    double ra[8], rw[8];
+    for (int l = 0; l < 4; ++l) {
+        _mm_storeu_pd(ra + 2*l, sa[l]);
+        _mm_storeu_pd(rw + 2*l, sw[l]);
+    }
+    *A = tp1_hsum8(ra);
+    *W = tp1_hsum8(rw);
+#else
+    double sa[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    double sw[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    for (int i = 0; i < 8; ++i) {
+        for (int l = 0; l < 8; ++l) {
+            const int j = 8*i + l;
+            const int keep = p->a[j] > tau;
+            sa[l] += keep ? wa[j] : 0.0;
+            sw[l] += keep ? (weighted ? p->w[j] : 1.0) : 0.0;
+        }
+    }
+    *A = tp1_hsum8(sa);
+    *W = tp1_hsum8(sw);
+#endif
+}
+
+// the block scale for a support; also returns the weighted sums used by the search
+static inline ggml_fp16_t tp1_block_scale(const tp1_block_prep * p, int weighted, double tau, double * A, double * W) {
+    tp1_support_sums(p, tau, weighted, A, W);
+    double d;
+    if (*W > 0.0) {
+        d = *A / *W;
+    } else {
+        // only with an imatrix whose weights are all zero (or negative) on the support
+        double Au, Wu;
+        tp1_support_sums(p, tau, 0, &Au, &Wu);
+        d = Au / Wu;
+    }
+    float df = (float) d;
+    if (!(df <= TP1_MAX_SCALE)) {
+        df = TP1_MAX_SCALE;
+    }
+    return GGML_FP32_TO_FP16(df);
+}
+
+// quantize one block with a given alpha (amax == 0: all-zero block)
+static void tp1_quantize_block(const float * GGML_RESTRICT x, const float * GGML_RESTRICT w, float alpha,
+                               block_tp1 * GGML_RESTRICT y) {
+    tp1_block_prep p;
+    tp1_prep(x, w, &p);
+    uint8_t codes[QK_TP1];
+    ggml_fp16_t d = 0;
+    if (p.amax > 0.0f) {
+        const double tau = tp1_tau(&p, alpha);
+        double A, W;
+        d = tp1_block_scale(&p, w != NULL, tau, &A, &W);
+        for (int j = 0; j < QK_TP1; ++j) {  // kept: 2 (+) or 0 (-), else 1; without branches
+            const int k = p.a[j] > tau;
+            const int s = x[j] > 0.0f;
+            codes[j] = (uint8_t) (1 - k + 2*(k & s));
+        }
+    } else {
+        // all zeros: d = 0, and code 0 (d * -1) keeps a negative zero's sign bit
+        for (int j = 0; j < QK_TP1; ++j) {
+            codes[j] = signbit(x[j]) ? 0 : 1;
+        }
+    }
+    tp1_pack(codes, y->qs);
+    memcpy(y->d, &d, sizeof(d));  // little endian
+}
+
+static float tp1_sanitize_alpha(float alpha) {
+    return alpha >= 0.0f ? (alpha <= 64.0f ? alpha : 64.0f) : 0.0f;  // also maps NaN to 0
+}
+
+// ---------------------------------------------------------------------------------------------
+// public entry points
+// ---------------------------------------------------------------------------------------------
+
+size_t tritpack_quantize_tp1(const float * GGML_RESTRICT src, void * GGML_RESTRICT dst, int64_t nrows,
+                             int64_t n_per_row, const float * imatrix, float alpha) {
+    assert(n_per_row % QK_TP1 == 0);
+    alpha = tp1_sanitize_alpha(alpha);
+    const int64_t nb = TP1_ROW_BLOCKS(n_per_row);
+    block_tp1 * y = (block_tp1 *) dst;
+    for (int64_t r = 0; r < nrows; ++r) {
+        for (int64_t b = 0; b < nb; ++b) {
+            tp1_quantize_block(src + r*n_per_row + b*QK_TP1, imatrix ? imatrix + b*QK_TP1 : NULL, alpha,
+                               y + r*nb + b);
+        }
+    }
+    return (size_t) nrows * (size_t) nb * sizeof(block_tp1);
+}
+
+void quantize_row_tp1_ref(const float * GGML_RESTRICT x, block_tp1 * GGML_RESTRICT y, int64_t k) {
+    assert(k % QK_TP1 == 0);
+    const int64_t nb = k / QK_TP1;
+    for (int64_t b = 0; b < nb; ++b) {
+        tp1_quantize_block(x + b*QK_TP1, NULL, TRITPACK_TP1_DEFAULT_ALPHA, y + b);
+    }
+}
+
+void dequantize_row_tp1(const block_tp1 * GGML_RESTRICT x, float * GGML_RESTRICT y, int64_t k) {
+    assert(k % QK_TP1 == 0);
+    static const float val[3] = { -1.0f, 0.0f, 1.0f };
+    static const uint8_t pow3[5] = { 1, 3, 9, 27, 81 };
+    const int64_t nb = k / QK_TP1;
+    for (int64_t b = 0; b < nb; ++b) {
+        ggml_fp16_t h;
+        memcpy(&h, x[b].d, sizeof(h));
+        const float d = GGML_FP16_TO_FP32(h);
+        float * GGML_RESTRICT yb = y + b*QK_TP1;
+        for (int m = 0; m < 13; ++m) {
+            const uint8_t q = x[b].qs[m];
+            for (int n = 0; n < 4; ++n) {
+                const int c = ((uint8_t) (q * pow3[n]) * 3) >> 8;
+                yb[16*n + m] = d * val[c];
+            }
+            if (m < 12) {
+                const int c = ((uint8_t) (q * 81) * 3) >> 8;
+                yb[16*(m/3) + 13 + m%3] = d * val[c];
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// alpha search
+// ---------------------------------------------------------------------------------------------
+
+// Candidate alphas live on a lattice alpha = m / TP1_ALPHA_DEN. A coarse pass evaluates m = 16, 24, ..., 56
+// (alpha 0.5 .. 1.75); three refinement passes evaluate best -/+ 4, 2, 1 (down to a step of 1/32).
+#define TP1_ALPHA_DEN 32
+#define TP1_MAX_CAND  8
+
+typedef struct {
+    int    m;
+    double cos;
+    double err;
+} tp1_cand;
+
+// one pass over the data evaluating several alphas; fills cos and err (weighted squared error)
+static void tp1_eval_pass(const float * src, int64_t nrows, int64_t n_per_row, const float * imatrix,
+                          tp1_cand * cand, int ncand) {
+    const int64_t nb = TP1_ROW_BLOCKS(n_per_row);
+    double dot[TP1_MAX_CAND], yy[TP1_MAX_CAND];
+    float alpha[TP1_MAX_CAND];
+    for (int c = 0; c < ncand; ++c) {
+        dot[c] = 0.0;
+        yy[c]  = 0.0;
+        alpha[c] = (float) cand[c].m / (float) TP1_ALPHA_DEN;
+    }
+    double xx = 0.0;
+    tp1_block_prep p;
+    for (int64_t r = 0; r < nrows; ++r) {
+        for (int64_t b = 0; b < nb; ++b) {
+            const float * x = src + r*n_per_row + b*QK_TP1;
+            const float * w = imatrix ? imatrix + b*QK_TP1 : NULL;
+            tp1_prep(x, w, &p);
+            xx += p.xx;
+            if (p.amax == 0.0f) {
+                continue;  // contributes nothing to dot and yy
+            }
+            for (int c = 0; c < ncand; ++c) {
+                double A, W;
+                const ggml_fp16_t h = tp1_block_scale(&p, w != NULL, tp1_tau(&p, alpha[c]), &A, &W);
+                const double d = (double) GGML_FP16_TO_FP32(h);
+                dot[c] += d * A;
+                yy[c]  += (d * d) * W;
+            }
+        }
+    }
+    for (int c = 0; c < ncand; ++c) {
+        if (xx > 0.0) {
+            cand[c].cos = yy[c] > 0.0 ? dot[c] / sqrt(xx * yy[c]) : 0.0;
+        } else {
+            cand[c].cos = 1.0;
+        }
+        cand[c].err = (xx - 2.0 * dot[c]) + yy[c];
+    }
+}
+
+float tritpack_tp1_search_alpha(const float * src, int64_t nrows, int64_t n_per_row, const float * imatrix,
+                                float target_cos, float * out_cos) {
+    assert(n_per_row % QK_TP1 == 0);
+    tp1_cand all[TP1_MAX_CAND * 4];
+    int nall = 0;
+
+    // coarse pass
+    tp1_cand pass[TP1_MAX_CAND];
+    int np = 0;
+    for (int m = 16; m <= 56; m += 8) {
+        pass[np].m = m;
+        np++;
+    }
+    tp1_eval_pass(src, nrows, n_per_row, imatrix, pass, np);
+    int best = 0;
+    for (int c = 0; c < np; ++c) {
+        all[nall++] = pass[c];
+        if (pass[c].cos > all[best].cos) {
+            best = nall - 1;
+        }
+    }
+    // refinement passes around the best so far
+    for (int step = 4; step >= 1; step /= 2) {
+        const int mb = all[best].m;
+        np = 0;
+        if (mb - step >= 1) {
+            pass[np++].m = mb - step;
+        }
+        pass[np++].m = mb + step;
+        tp1_eval_pass(src, nrows, n_per_row, imatrix, pass, np);
+        for (int c = 0; c < np; ++c) {
+            all[nall++] = pass[c];
+            if (pass[c].cos > all[best].cos) {
+                best = nall - 1;
+            }
+        }
+    }
+    int pick = best;
+    if (target_cos > 0.0f) {
+        // the smallest error among the candidates that reach the target cosine (else the best cosine)
+        int found = -1;
+        for (int c = 0; c < nall; ++c) {
+            if (all[c].cos >= (double) target_cos && (found < 0 || all[c].err < all[found].err)) {
+                found = c;
+            }
+        }
+        if (found >= 0) {
+            pick = found;
+        }
+    }
+    if (out_cos) {
+        *out_cos = (float) all[pick].cos;
+    }
+    return (float) all[pick].m / (float) TP1_ALPHA_DEN;
+}
+
+size_t quantize_tp1(const float * GGML_RESTRICT src, void * GGML_RESTRICT dst, int64_t nrows, int64_t n_per_row,
+                    const float * imatrix) {
+    const float alpha = tritpack_tp1_search_alpha(src, nrows, n_per_row, imatrix, 0.0f, NULL);
+    return tritpack_quantize_tp1(src, dst, nrows, n_per_row, imatrix, alpha);
+}
