@@ -40,15 +40,28 @@ _Static_assert(sizeof(block_tp1) == 15, "wrong tp1 block size/padding");
 #endif
 
 // ---------------------------------------------------------------------------------------------
-// TP4: 4-bit indices into a 16-entry codebook picked per block from a table of learned codebooks
-// compiled into the kernels, with an fp16 block scale and sub-block scale adjustments.
-// 64 weights per block, at most 36 bytes (4.5 bits per weight).
+// TP4: 4-bit indices into a 16-entry int8 codebook picked per block from a table of 16 learned
+// codebooks (ggml_kernels/tp4-codebooks.h, fitted by converters/tp4_fit.py), an fp16 block scale
+// and a signed 3-bit scale per sub-block of 16 weights:
+//
+//     weight[16*i + j] = d * tp4_scale(code_i) * tp4_codebooks[k][q]      i = 0..3, j = 0..15
+//     tp4_scale(c) = (c & 4) ? -(4 + (c & 3)) : 4 + (c & 3)              -7..-4, 4..7
+//
+//   d[2]   fp16 d, little endian
+//   sc[2]  16-bit little-endian field: bits 0..3 codebook k, bits 4+3i..6+3i code_i
+//   qs[32] byte j: low nibble = q of element j, high nibble = q of element 32 + j (j = 0..31), so
+//          the low nibbles of all 32 bytes are the 32 weights of the first Q8_0 block, in order,
+//          and the high nibbles those of the second (one 32-byte load, two pshufb)
+//
+// 2 + 2 + 32 = 36 bytes per 64 weights = 4.5 bits per weight (as IQ4_NL and Q4_0).
+// The sign of each sub-block scale lets a sub-block put its largest weight on the longer side of
+// the asymmetric codebooks; see tp4-codebooks.h for the measurements behind the layout.
 // ---------------------------------------------------------------------------------------------
 #define QK_TP4 64
+#define TP4_NSUB 4   // sub-blocks of 16 weights
 typedef struct {
     uint8_t d[2];    // fp16 block scale, little endian
-    uint8_t cb;      // codebook index into the compiled table
-    uint8_t sc;      // sub-block scale adjustments
+    uint8_t sc[2];   // codebook index (4 bits) and four 3-bit sub-block scale codes, little endian
     uint8_t qs[32];  // 64 4-bit indices
 } block_tp4;
 #ifdef __cplusplus
