@@ -16,6 +16,7 @@ Steps, each cached under $TRITPACK_HOME (never inside the repo):
 from __future__ import annotations
 
 import fcntl
+import filecmp
 import hashlib
 import json
 import os
@@ -234,7 +235,12 @@ def apply_patches(tree: Path, patches: list[Path], progress: Progress = _quiet) 
 
 
 def prepare_source(pin: Pin, root: Path, home: Path, progress: Progress = _quiet) -> Path:
-    """The patched llama.cpp tree to build."""
+    """The patched llama.cpp tree to build.
+
+    It lives at one path per pinned sdist; when the patch series changes, the series is applied to
+    a fresh copy of the pristine tree and only the files whose content differs are written into the
+    tree, so an incremental build recompiles what the new series changed and nothing else.
+    """
     patches = patch_series(root)
     override = os.environ.get("TRITPACK_LLAMA_CPP_SOURCE")
     if override:
@@ -246,18 +252,54 @@ def prepare_source(pin: Pin, root: Path, home: Path, progress: Progress = _quiet
         return tree
     h = hashlib.sha256(pin.sha256.encode())
     _hash_files(h, root, patches)
-    tree = home / "src" / f"llama.cpp-{pin.sha256[:8]}-{h.hexdigest()[:12]}"
-    if (tree / "CMakeLists.txt").is_file():
+    series = h.hexdigest()
+    tree = home / "src" / f"llama.cpp-{pin.sha256[:12]}"
+    marker = tree / ".tritpack-series"
+    if marker.is_file() and marker.read_text() == series:
         return tree
-    pristine = unpack_llama_cpp(pin, fetch_sdist(pin, home, progress), home, progress)
-
-    def fill(work: Path) -> None:
-        progress("copying llama.cpp", 0, 0)
-        shutil.copytree(pristine, work, symlinks=True, dirs_exist_ok=True)
-        apply_patches(work, patches, progress)
-
-    _atomic_dir(tree, fill)
+    with _locked(home / "src" / f"{tree.name}.lock"):
+        if marker.is_file() and marker.read_text() == series:
+            return tree
+        pristine = unpack_llama_cpp(pin, fetch_sdist(pin, home, progress), home, progress)
+        tree.mkdir(parents=True, exist_ok=True)
+        marker.unlink(missing_ok=True)  # a tree without its marker is re-synced next time
+        with tempfile.TemporaryDirectory(dir=tree.parent) as tmp:
+            work = Path(tmp) / "llama.cpp"
+            progress("copying llama.cpp", 0, 0)
+            shutil.copytree(pristine, work, symlinks=True)
+            apply_patches(work, patches, progress)
+            progress("updating the patched tree", 0, 0)
+            _sync_tree(work, tree, keep={marker.name})
+        marker.write_text(series)
     return tree
+
+
+def _sync_tree(src: Path, dst: Path, keep: set[str]) -> None:
+    """Make `dst` hold exactly the files of `src`, rewriting only those whose content differs."""
+    seen = set()
+    for dirpath, dirnames, filenames in os.walk(src):
+        rel_dir = Path(dirpath).relative_to(src)
+        (dst / rel_dir).mkdir(parents=True, exist_ok=True)
+        for name in filenames + [d for d in dirnames if (Path(dirpath) / d).is_symlink()]:
+            rel = rel_dir / name
+            seen.add(rel)
+            a, b = src / rel, dst / rel
+            if a.is_symlink():
+                if not b.is_symlink() or os.readlink(a) != os.readlink(b):
+                    if b.is_symlink() or b.exists():
+                        b.unlink()
+                    os.symlink(os.readlink(a), b)
+            elif b.is_symlink() or not b.is_file() or not filecmp.cmp(a, b, shallow=False):
+                if b.is_symlink():
+                    b.unlink()
+                shutil.copyfile(a, b)  # a new mtime, so that make/ninja see the change
+                shutil.copymode(a, b)
+    for dirpath, _, filenames in os.walk(dst):
+        rel_dir = Path(dirpath).relative_to(dst)
+        for name in filenames:
+            rel = rel_dir / name
+            if rel not in seen and str(rel) not in keep:
+                (dst / rel).unlink()
 
 
 # ----------------------------------------------------------------------------- build

@@ -448,8 +448,16 @@ def _write(src: GGUFFile, out: Path, opts: ConvertOptions, g: GGML, q: Quantizer
             raise TritpackError("file size limit exceeded while writing; nothing was written", path=out) from None
         raise TritpackError(f"cannot write: {e.strerror or e}", path=out) from None
     finally:
-        writer.close()
+        _close_quietly(writer)
         tmp.unlink(missing_ok=True)
+
+
+def _close_quietly(writer: GGUFWriter) -> None:
+    """Close after a failure: a buffer that cannot be flushed (disk full) must not mask the error."""
+    try:
+        writer.close()
+    except OSError:
+        pass
 
 
 def _publish(tmp: Path, out: Path, force: bool) -> None:

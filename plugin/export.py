@@ -64,7 +64,7 @@ def export_gguf(src_path: str | Path, dst_path: str | Path, to: str, *, force: b
     if dst.exists() and not force:
         raise TritpackError("output exists", path=dst, hint="use --force to overwrite it")
     g = load_ggml()
-    from .convert import Quantizer, _publish
+    from .convert import Quantizer, _close_quietly, _publish
 
     q = Quantizer(g, threads)
     plans = []
@@ -113,7 +113,7 @@ def export_gguf(src_path: str | Path, dst_path: str | Path, to: str, *, force: b
         raise TritpackError(f"cannot write: {e.strerror or e}", path=dst) from None
     finally:
         q.close()
-        writer.close()
+        _close_quietly(writer)
         tmp.unlink(missing_ok=True)
     return ExportReport(str(src.path), str(dst), to, {t.name: how for t, _, how in plans if how},
                         sum(t.nbytes for t in src.tensors), sum(sizes))

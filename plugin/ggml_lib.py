@@ -55,6 +55,8 @@ class GGML:
         c.ggml_get_type_traits_cpu.argtypes = [C.c_int]
         b.ggml_quantize_chunk.restype = C.c_size_t
         b.ggml_quantize_chunk.argtypes = [C.c_int, C.c_void_p, C.c_void_p, C.c_int64, C.c_int64, C.c_int64, C.c_void_p]
+        b.ggml_type_name.restype = C.c_char_p
+        b.ggml_type_name.argtypes = [C.c_int]
         b.ggml_validate_row_data.restype = C.c_bool
         b.ggml_validate_row_data.argtypes = [C.c_int, C.c_void_p, C.c_size_t]
         c.ggml_cpu_init()
@@ -78,7 +80,8 @@ class GGML:
         return 0 <= t < self.type_count and self.traits(t).blck_size > 0
 
     def type_name(self, t: int) -> str:
-        return self.traits(t).type_name.decode()
+        self.traits(t)  # range check
+        return self.base.ggml_type_name(t).decode()
 
     def block_size(self, t: int) -> int:
         return self.traits(t).blck_size

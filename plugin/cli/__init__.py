@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import sys
 
 import typer
@@ -35,6 +36,10 @@ app.add_typer(_lmstudio.app, name="lmstudio", help="Import converted models into
 def main(argv: list[str] | None = None) -> int:
     """Console entry point: runs the app and turns a TritpackError into one line and an exit code
     (usage errors are click's own, exit code 2)."""
+    def on_sigterm(signum, frame):  # like Ctrl-C: unwind, remove temporary files, exit non-zero
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_sigterm)
     try:
         app(args=argv, standalone_mode=True)
     except TritpackError as e:
