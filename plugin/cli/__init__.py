@@ -8,13 +8,18 @@ import sys
 import typer
 
 from ..errors import TritpackError
+from . import bench as _bench
 from . import build as _build
 from . import convert as _convert
+from . import demo as _demo
 from . import doctor as _doctor
 from . import export as _export
 from . import inspect as _inspect
 from . import lmstudio as _lmstudio
 from . import ollama as _ollama
+from . import run as _run
+from . import serve as _serve
+from . import verify as _verify
 
 app = typer.Typer(
     name="tritpack-gguf",
@@ -29,6 +34,11 @@ app.command("convert")(_convert.convert_command)
 app.command("export")(_export.export_command)
 app.command("inspect")(_inspect.inspect_command)
 app.command("estimate")(_inspect.estimate_command)
+app.command("run")(_run.run_command)
+app.command("verify")(_verify.verify_command)
+app.command("bench")(_bench.bench_command)
+app.command("serve")(_serve.serve_command)
+app.command("demo")(_demo.demo_command)
 app.add_typer(_ollama.app, name="ollama", help="Convert what Ollama has; register converted models with Ollama.")
 app.add_typer(_lmstudio.app, name="lmstudio", help="Import converted models into LM Studio.")
 
