@@ -25,6 +25,7 @@ test: build
 
 demo: build
 	$(BIN)/tritpack-gguf doctor
+	$(BIN)/tritpack-gguf demo
 
 clean-venv:
 	rm -rf $(VENV)

@@ -274,6 +274,12 @@ def prepare_source(pin: Pin, root: Path, home: Path, progress: Progress = _quiet
     return tree
 
 
+def _copy_if_changed(a: Path, b: Path) -> None:
+    if not b.is_file() or not filecmp.cmp(a, b, shallow=False):
+        b.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(a, b)
+
+
 def _sync_tree(src: Path, dst: Path, keep: set[str]) -> None:
     """Make `dst` hold exactly the files of `src`, rewriting only those whose content differs."""
     seen = set()
@@ -361,9 +367,9 @@ def build(cuda: bool = False, archs: str | None = None, jobs: int | None = None,
         if shutil.which(tool) is None:
             raise TritpackError(f"`{tool}` is not on PATH", hint=f"install {tool} (Debian: apt-get install {tool})")
     source = prepare_source(pin, root, home, progress)
-    tree_key = hashlib.sha256(json.dumps({"root": str(root), "source": str(source), **flags},
-                                         sort_keys=True).encode()).hexdigest()[:16]
+    tree_key = hashlib.sha256(json.dumps({"source": str(source), **flags}, sort_keys=True).encode()).hexdigest()[:16]
     build_dir = home / "build" / f"{'cuda' if cuda else 'cpu'}-{tree_key}"
+    project = home / "project" / tree_key
     with _locked(home / "build" / f"{build_dir.name}.lock"):
         key = input_key(pin, root, source, flags)
         outputs = _outputs(build_dir, cuda)
@@ -372,10 +378,15 @@ def build(cuda: bool = False, archs: str | None = None, jobs: int | None = None,
             return BuildResult(**{**stamp, "cached": True, "seconds": time.monotonic() - t0})
         build_dir.mkdir(parents=True, exist_ok=True)
         (build_dir / STAMP).unlink(missing_ok=True)
+        # The CMake project is a copy of CMakeLists.txt and ggml_kernels/ at a path that does not
+        # depend on where the checkout is, with unchanged files left untouched: every checkout of
+        # the same content (CI's fresh clone included) shares one incremental build.
+        _sync_tree(root / "ggml_kernels", project / "ggml_kernels", keep=set())
+        _copy_if_changed(root / "CMakeLists.txt", project / "CMakeLists.txt")
         log = build_dir / "build.log"
         log.write_text("")
         env = dict(os.environ)
-        cfg = ["cmake", "-S", str(root), "-B", str(build_dir), "-G", "Ninja",
+        cfg = ["cmake", "-S", str(project), "-B", str(build_dir), "-G", "Ninja",
                "-DCMAKE_BUILD_TYPE=Release", f"-DTRITPACK_LLAMA_SOURCE={source}",
                f"-DTRITPACK_CUDA={'ON' if cuda else 'OFF'}"]
         if cuda:
