@@ -30,7 +30,8 @@ EMBEDDING_NAMES = ("token_embd.weight",)
 class Decision:
     type: Q
     reason: str
-    quantize: bool = True  # False: bytes copied as they are
+    quantize: bool = True   # False: bytes copied as they are
+    lossless: bool = False  # a ternary source that TP1 must reproduce exactly
 
 
 def row_bytes(t: Q, n: int) -> int:
@@ -96,7 +97,7 @@ def decide(info: TensorInfo, target: Q, keep: list[str], tied_embedding: bool,
         t = embed_type or high_precision(n, False, target)
         return Decision(t, "token embedding: higher precision")
     if info.type in TERNARY_SOURCE_TYPES and fits(TP1.qtype, n):
-        return Decision(TP1.qtype, f"ternary source ({info.type.name}): TP1, lossless")
+        return Decision(TP1.qtype, f"ternary source ({info.type.name}): TP1, lossless", lossless=True)
     if not fits(target, n):
         fb = fallback(target, n)
         return Decision(fb, f"rows of {n} not a multiple of {GGML_QUANT_SIZES[target][0]}: {fb.name}")

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import ctypes as C
 import errno
-import hashlib
 import math
 import os
 import re
@@ -24,6 +23,7 @@ import numpy as np
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType as Q, GGUFValueType, GGUFWriter
 
 from . import __version__
+from .build import sha256_file
 from .converters import policy
 from .converters.gguf_types import TP1, TP4
 from .converters.imatrix import load_imatrix
@@ -36,6 +36,7 @@ Progress = Callable[[str, int, int], None]
 CHUNK_VALUES = 1 << 22          # floats per work chunk (16 MB of float32)
 ALPHA_SAMPLE_ROWS = 256         # rows the per-tensor TP1 alpha search looks at
 TIER_SAMPLE_ROWS = 64           # rows the mixed-precision planner measures per tensor
+TP1_DEFAULT_ALPHA = 0.75        # TRITPACK_TP1_DEFAULT_ALPHA in tritpack-quants.h
 TIERS = {"HOT": Q.Q8_0, "WARM": TP4.qtype, "COLD": TP1.qtype}
 SUFFIX = {"tp4": "TP4", "tp1": "TP1", "mixed": "MIX"}
 
@@ -180,7 +181,8 @@ class Quantizer:
 
         def work(r0: int, r1: int) -> None:
             if t == TP1.qtype:
-                self._tp1(x[r0:r1].ctypes.data, out[r0:r1].ctypes.data, r1 - r0, n, im, C.c_float(alpha or 0.75))
+                self._tp1(x[r0:r1].ctypes.data, out[r0:r1].ctypes.data, r1 - r0, n, im,
+                          C.c_float(TP1_DEFAULT_ALPHA if alpha is None else alpha))
             else:
                 self.g.base.ggml_quantize_chunk(int(t), x[r0:r1].ctypes.data, out[r0:r1].ctypes.data, 0, r1 - r0, n, im)
 
@@ -226,10 +228,11 @@ def plan_conversion(src: GGUFFile, opts: ConvertOptions, g: GGML, q: Quantizer,
             x = src.float32(t, g)
             _check_finite(src, t, x)
             if policy.is_ternary(x):
-                d = policy.Decision(TP1.qtype, f"ternary-valued {t.type.name}: TP1, lossless")
+                d = policy.Decision(TP1.qtype, f"ternary-valued {t.type.name}: TP1, lossless", lossless=True)
             del x
         plans.append(TensorPlan(t.name, t.shape, t.type.name, d.type.name, d.reason, t.nbytes,
-                                policy.tensor_bytes(d.type, t) if d.quantize else t.nbytes, d.quantize))
+                                policy.tensor_bytes(d.type, t) if d.quantize else t.nbytes, d.quantize,
+                                lossless=True if d.lossless else None))
     if opts.type == "mixed":
         _plan_tiers(src, opts, g, q, imatrix, plans, progress)
     for i, (t, p) in enumerate(zip(src.tensors, plans)):
@@ -244,8 +247,7 @@ def _tp1_alpha(src: GGUFFile, g: GGML, q: Quantizer, t: TensorInfo, p: TensorPla
     """TP1's threshold factor for one tensor: --alpha, else searched on sample rows (largest
     cosine, or the smallest error meeting --target-cos). Ternary tensors need none: any alpha in
     (0, 1) keeps exactly their nonzero trits."""
-    if "lossless" in p.reason:
-        p.lossless = True
+    if p.lossless:
         return 0.5
     if opts.alpha is not None:
         return opts.alpha
@@ -315,14 +317,6 @@ def _plan_tiers(src: GGUFFile, opts: ConvertOptions, g: GGML, q: Quantizer,
 
 
 # ----------------------------------------------------------------------------- writing
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 24), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
 
 def _ftype(plans: list[TensorPlan], opts: ConvertOptions) -> int:
     if opts.type == "tp1":
@@ -407,7 +401,7 @@ def _write(src: GGUFFile, out: Path, opts: ConvertOptions, g: GGML, q: Quantizer
                     {k for k in src.fields if k.startswith("tritpack.")})
         writer.add_key_value("general.file_type", _ftype(plans, opts), GGUFValueType.UINT32)
         writer.add_key_value("tritpack.converter_version", __version__, GGUFValueType.STRING)
-        writer.add_key_value("tritpack.source_sha256", _sha256(src.path), GGUFValueType.STRING)
+        writer.add_key_value("tritpack.source_sha256", sha256_file(src.path), GGUFValueType.STRING)
         writer.add_key_value("tritpack.type", opts.type, GGUFValueType.STRING)
         alphas = [(p.name, float(p.alpha)) for p in plans if p.alpha is not None]
         if alphas:  # the per-tensor TP1 calibration

