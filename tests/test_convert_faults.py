@@ -64,8 +64,11 @@ def test_disk_full_clear_error_nothing_left(model, small_fs):
 def test_signal_mid_conversion_then_rerun(model, tmp_path, sig):
     before = sha(model)
     out = tmp_path / "out.gguf"
+    # a runner started in the background (CI) hands its children SIGINT ignored; Ctrl-C is the
+    # interactive case, so restore the default the way a terminal session has it
     p = subprocess.Popen(CLI + ["convert", str(model), "-o", str(out), "--type", "tp4"],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and not any(x.name.endswith(".tmp") for x in tmp_path.iterdir()):
         if p.poll() is not None:
