@@ -45,14 +45,15 @@ class ErrorStats:
     def snr_db(self) -> float:
         if self.see == 0.0:
             return math.inf
-        if self.sxx == 0.0:
-            return -math.inf
-        return 10.0 * math.log10(self.sxx / self.see)
+        ratio = self.sxx / self.see
+        if ratio == 0.0 or not math.isfinite(ratio):  # no signal, or an infinite error
+            return -math.inf if math.isfinite(ratio) or ratio == 0.0 else math.nan
+        return 10.0 * math.log10(ratio)
 
     @property
     def rmse(self) -> float:
         return math.sqrt(self.see / self.n) if self.n else 0.0
 
     def as_dict(self) -> dict:
-        return {"cos": round(self.cos, 7), "snr_db": None if math.isinf(self.snr_db) else round(self.snr_db, 3),
+        return {"cos": round(self.cos, 7), "snr_db": None if not math.isfinite(self.snr_db) else round(self.snr_db, 3),
                 "rmse": float(f"{self.rmse:.6g}"), "exact": self.exact}

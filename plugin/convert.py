@@ -350,6 +350,10 @@ def _convert_tensor(src: GGUFFile, g: GGML, q: Quantizer, t: TensorInfo, p: Tens
         x = to_float32(g, t, rows, path=src.path)
         _check_finite(src, t, x, r0)
         out = q.quantize(dst, x, w, p.alpha)
+        if not g.validate_row_data(int(dst), out):  # e.g. a block scale past fp16's range
+            raise TritpackError(f"the weights do not fit {dst.name} (a block scale overflows fp16: values "
+                                f"beyond about 6e4 x the codebook range)", path=src.path, tensor=t.name,
+                                hint=f"keep this tensor with --keep {t.name}")
         y = x if dst == Q.F32 else g.dequantize(int(dst), out)
         stats.add(x, y)
         write(out.tobytes())

@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from ..inspect import estimate_file, inspect_file
@@ -25,17 +26,17 @@ def inspect_command(
         print_json(doc)
         return
     c = Console()
-    c.print(f"{doc['path']}: {mb(doc['size'])}, {doc['n_tensors']} tensors, {doc['n_weights']:,} weights, "
-            f"{doc['bpw']:.3f} bits per weight, architecture {doc['architecture']}")
+    c.print(escape(f"{doc['path']}: {mb(doc['size'])}, {doc['n_tensors']} tensors, {doc['n_weights']:,} weights, "
+                   f"{doc['bpw']:.3f} bits per weight, architecture {doc['architecture']}"))
     c.print("types: " + ", ".join(f"{k} x{v}" for k, v in sorted(doc["type_counts"].items())))
     for k, v in doc["tritpack"].items():
-        c.print(f"{k}: {v}")
+        c.print(escape(f"{k}: {v}"))
     table = Table()
     cols = ["tensor", "shape", "type", "size", "bpw", "alpha"] + (["cos", "SNR dB", "RMSE"] if against else [])
     for col in cols:
         table.add_column(col)
     for t in doc["tensors"]:
-        row = [t["name"], "x".join(map(str, t["shape"])), t["type"], mb(t["bytes"]), f"{t['bpw']:.3f}",
+        row = [escape(t["name"]), "x".join(map(str, t["shape"])), t["type"], mb(t["bytes"]), f"{t['bpw']:.3f}",
                f"{t['alpha']:.3f}" if "alpha" in t else "-"]
         if against:
             row += [f"{t['cos']:.5f}", "exact" if t["snr_db"] is None else f"{t['snr_db']:.1f}", f"{t['rmse']:.3g}"]
