@@ -190,7 +190,7 @@ def quantize_core(x: np.ndarray, w: np.ndarray | None, cbt: np.ndarray, lut: np.
             best_codes = np.where(better[:, None], codes, best_codes)
 
     # step 3: fp16 scale and final assignment
-    d16 = best_d.astype(np.float32).astype(np.float16)
+    d16 = np.clip(best_d.astype(np.float32), np.float32(-65504.0), np.float32(65504.0)).astype(np.float16)
     df = d16.astype(np.float32)
     zero = (best_g <= 0) | (df == 0)
     d16 = np.where(zero, np.float16(0), d16)

@@ -202,7 +202,11 @@ static void tp4_quantize_block(const tp4_tables * GGML_RESTRICT tab, const float
     // step 3
     memset(y, 0, sizeof(*y));
     if (!(best_g > 0)) return;
-    const ggml_fp16_t d16 = GGML_FP32_TO_FP16((float)best_d);
+    // clamp to fp16's largest finite value (as TP1 does): finite weights never get an Inf scale
+    float bd = (float)best_d;
+    if (bd > 65504.0f) bd = 65504.0f;
+    if (bd < -65504.0f) bd = -65504.0f;
+    const ggml_fp16_t d16 = GGML_FP32_TO_FP16(bd);
     const float df = GGML_FP16_TO_FP32(d16);
     if (df == 0.0f) return;
 
