@@ -47,7 +47,7 @@ bench() {  # bench OUT.md TITLE TYPES...
   for t in "$@"; do
     if [ "$t" = F16 ]; then files+=(-m "$F16"); else files+=(-m "$WORK/llama-1b-$t.gguf"); fi
   done
-  local cmd=("$LIB/llama-bench" "${files[@]}" -t "$THREADS" -p 512 -n 128 -r 3 -o md)
+  local cmd=("$LIB/llama-bench" "${files[@]}" -t "$THREADS" -p 512 -n 128 -r 2 -o md)
   echo "running: ${cmd[*]}" >&2
   local table
   table=$("${cmd[@]}" 2>/dev/null)
