@@ -29,9 +29,8 @@ class ErrorStats:
         self.syy += float(y64 @ y64)
         self.sxy += float(x64 @ y64)
         self.see += float(e @ e)
-        if self.exact:
-            self.exact = bool(np.array_equal(x.view(np.uint32) if x.dtype == np.float32 else x,
-                                             y.view(np.uint32) if y.dtype == np.float32 else y))
+        if self.exact:  # the same values (a -0.0 that comes back as +0.0 is the same weight)
+            self.exact = bool(np.array_equal(x, y))
 
     @property
     def cos(self) -> float:

@@ -24,6 +24,9 @@ TARGETS = ("tp4", "tp1", "mixed")
 TERNARY_SOURCE_TYPES = (Q.TQ1_0, Q.TQ2_0)
 OUTPUT_NAMES = ("output.weight",)
 EMBEDDING_NAMES = ("token_embd.weight",)
+# added to activations (BERT's position and token-type embeddings): ggml's CPU binary ops take
+# only float types there, and llama-quantize never quantizes them either
+ADDED_EMBEDDINGS = ("position_embd.weight", "token_types.weight")
 
 
 @dataclass
@@ -87,6 +90,8 @@ def decide(info: TensorInfo, target: Q, keep: list[str], tied_embedding: bool,
     n = info.row_length
     if info.is_1d or len(info.shape) < 2:
         return Decision(info.type, "1-D (norm/bias) kept", quantize=False)
+    if info.name in ADDED_EMBEDDINGS:
+        return Decision(info.type, "added embedding kept (not a matmul weight)", quantize=False)
     for pattern in keep:
         if fnmatch.fnmatchcase(info.name, pattern):
             return Decision(info.type, f"kept (--keep {pattern})", quantize=False)

@@ -224,7 +224,7 @@ def plan_conversion(src: GGUFFile, opts: ConvertOptions, g: GGML, q: Quantizer,
         if t.type not in GGML_QUANT_SIZES or not g.knows(int(t.type)):
             raise TritpackError(f"unknown tensor type {int(t.type)}", path=src.path, tensor=t.name)
         d = policy.decide(t, target, opts.keep, tied)
-        if d.quantize and d.type != TP1.qtype and policy.may_be_ternary(t):
+        if d.quantize and not d.lossless and policy.may_be_ternary(t):
             x = src.float32(t, g)
             _check_finite(src, t, x)
             if policy.is_ternary(x):

@@ -13,6 +13,7 @@ from . import build as _build
 from . import convert as _convert
 from . import demo as _demo
 from . import doctor as _doctor
+from . import evaluate as _evaluate
 from . import export as _export
 from . import inspect as _inspect
 from . import lmstudio as _lmstudio
@@ -37,6 +38,7 @@ app.command("estimate")(_inspect.estimate_command)
 app.command("run")(_run.run_command)
 app.command("verify")(_verify.verify_command)
 app.command("bench")(_bench.bench_command)
+app.command("eval")(_evaluate.eval_command)
 app.command("serve")(_serve.serve_command)
 app.command("demo")(_demo.demo_command)
 app.add_typer(_ollama.app, name="ollama", help="Convert what Ollama has; register converted models with Ollama.")
