@@ -373,6 +373,20 @@ class GGUFFile:
             raise TritpackError("tensor data is truncated", path=self.path, tensor=t.name)
         return data.reshape(t.n_rows, -1) if t.n_rows else data.reshape(0, 0)
 
+    def release(self, t: TensorInfo) -> None:
+        """Drop the tensor's pages from this process's resident set once it has been read (the
+        file's pages stay in the page cache), so that streaming a model through the mapping keeps
+        the peak RSS near one tensor, not the whole file."""
+        if not hasattr(mmap, "MADV_DONTNEED"):
+            return
+        start = t.offset // mmap.PAGESIZE * mmap.PAGESIZE
+        end = min(self.size, t.offset + t.nbytes)
+        if end > start:
+            try:
+                self._mm.madvise(mmap.MADV_DONTNEED, start, end - start)
+            except (OSError, ValueError):
+                pass
+
     def iter_float_rows(self, t: TensorInfo, ggml, rows_per_chunk: int) -> Iterator[tuple[int, np.ndarray]]:
         """(first_row, float32 rows) chunks of the tensor, dequantized by the C library."""
         raw = self.raw(t)

@@ -230,6 +230,7 @@ def plan_conversion(src: GGUFFile, opts: ConvertOptions, g: GGML, q: Quantizer,
             if policy.is_ternary(x):
                 d = policy.Decision(TP1.qtype, f"ternary-valued {t.type.name}: TP1, lossless", lossless=True)
             del x
+            src.release(t)
         plans.append(TensorPlan(t.name, t.shape, t.type.name, d.type.name, d.reason, t.nbytes,
                                 policy.tensor_bytes(d.type, t) if d.quantize else t.nbytes, d.quantize,
                                 lossless=True if d.lossless else None))
@@ -431,6 +432,7 @@ def _write(src: GGUFFile, out: Path, opts: ConvertOptions, g: GGML, q: Quantizer
                 progress(f"tensor {i + 1}/{len(plans)} {t.name}", state["done"], total)
 
             _convert_tensor(src, g, q, t, p, opts, imatrix, fout.write, done)
+            src.release(t)
             written = fout.tell() - start
             if written != p.dst_bytes:
                 raise TritpackError(f"wrote {written} bytes, expected {p.dst_bytes}", path=out, tensor=t.name)
