@@ -30,7 +30,8 @@ def run_demo(type_: str = "tp4", prompt: str = PROMPT, n_tokens: int = 48, threa
     if worst:
         echo(f"worst tensor: {worst[0].name}, cos {worst[0].cos:.5f}, SNR {worst[0].snr_db:.1f} dB")
     echo(f"prompt: {prompt}")
-    stats = generate(out, prompt, n=n_tokens, temp=0.0, seed=0, threads=threads, on_text=on_text)
+    stats = generate(out, prompt, n=n_tokens, temp=0.0, seed=0, threads=threads,
+                     on_text=on_text or (lambda _piece: None))
     if on_text is None:
         echo(f"output: {stats.text}")
     echo(stats.line())
