@@ -34,6 +34,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 
+from .build import sha256_file
 from .errors import TritpackError
 from .paths import tritpack_home
 
@@ -133,17 +134,6 @@ def eval_dir(cache_dir: str | Path | None = None) -> Path:
     d = Path(cache_dir) if cache_dir else tritpack_home() / "eval"
     d.mkdir(parents=True, exist_ok=True)
     return d
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    try:
-        with open(path, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 22), b""):
-                h.update(chunk)
-    except OSError as e:
-        raise TritpackError(f"cannot read: {e.strerror or e}", path=path) from None
-    return h.hexdigest()
 
 
 def cache_key(base: Path, text: Path, *parts: object) -> str:
