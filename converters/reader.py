@@ -90,14 +90,19 @@ class TensorInfo:
 
 class GGUFField:
     """One key/value, read the way gguf.ReaderField is: `types` is [type] or [ARRAY, element type],
-    `contents()` the value (a list for an array, decoded from the mapping when asked for)."""
+    `contents()` the value (a list for an array, decoded from the mapping when asked for).
+    `offset` and `end` delimit the whole key/value record in the file; `count` is an array's length."""
 
-    __slots__ = ("name", "offset", "types", "_value", "_buf", "_pos", "_count")
+    __slots__ = ("name", "offset", "end", "types", "_value", "_buf", "_pos", "_count")
 
     def __init__(self, name: str, offset: int, types: list[GGUFValueType], value: Any = None,
-                 buf: Any = None, pos: int = 0, count: int = 0):
-        self.name, self.offset, self.types = name, offset, types
+                 buf: Any = None, pos: int = 0, count: int = 0, end: int = 0):
+        self.name, self.offset, self.end, self.types = name, offset, end, types
         self._value, self._buf, self._pos, self._count = value, buf, pos, count
+
+    @property
+    def count(self) -> int:
+        return self._count if self.types[0] == GGUFValueType.ARRAY else 1
 
     def __repr__(self) -> str:
         return f"GGUFField({self.name!r}, {[t.name for t in self.types]})"
@@ -117,6 +122,14 @@ class GGUFField:
                 pos += 8 + n
             return out
         return np.frombuffer(self._buf, dtype=_SCALAR_DTYPE[etype], count=self._count, offset=self._pos).tolist()
+
+
+class UnknownTensorType(TritpackError):
+    """A tensor type id neither gguf nor TritPack knows (`type_id`); callers may add a hint."""
+
+    def __init__(self, message: str, *, type_id: int, **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        self.type_id = type_id
 
 
 def _show(name: str) -> str:
@@ -295,6 +308,7 @@ class GGUFFile:
             value = struct.unpack_from("<" + fmt, self._mm, pos)[0]
             pos += n
             field = GGUFField(key, offset, [vtype], value)
+        field.end = pos
         self._fields[key] = field
         return pos
 
@@ -326,7 +340,8 @@ class GGUFFile:
             qtype = GGMLQuantizationType(raw_type)
             block, type_size = GGML_QUANT_SIZES[qtype]
         except (ValueError, KeyError):
-            raise self._fail(f"unknown tensor type {raw_type}", name) from None
+            raise UnknownTensorType(f"unknown tensor type {raw_type}", path=self.path, tensor=_show(name),
+                                    type_id=raw_type) from None
         if ne[0] % block:
             raise self._fail(f"row length {ne[0]} is not a multiple of {qtype.name}'s block of {block}", name)
         nbytes = n_elements // block * type_size

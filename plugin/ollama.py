@@ -10,9 +10,10 @@ server already has it), then `/api/create` gets the files map and the stop token
 parameters from the GGUF metadata. Stock Ollama rejects tensor types it does not know, so
 `compat="auto"` registers a stock-type export (TP1 -> Q4_0 exactly, TP4 -> Q8_0) instead.
 
-GGUF headers are read by a small bounds-checked parser here (`read_gguf_summary`) rather than
-gguf.GGUFReader, which decodes every key (a 150k-entry vocabulary costs seconds per file): listing a
-store of many models stays fast, and only the header pages of each blob are touched.
+GGUF headers are read by the bounds-checked reader of converters/reader.py (`read_gguf_summary` is a
+thin view of it) rather than gguf.GGUFReader, which decodes every key (a 150k-entry vocabulary costs
+seconds per file): listing a store of many models stays fast, and only the header pages of each blob
+are touched.
 """
 
 from __future__ import annotations
@@ -21,10 +22,8 @@ import difflib
 import hashlib
 import inspect
 import json
-import mmap
 import os
 import re
-import struct
 import tempfile
 from dataclasses import asdict, dataclass, field, is_dataclass
 from pathlib import Path
@@ -44,12 +43,10 @@ def _no_progress(*_: Any, **__: Any) -> None:
 # GGUF header reader
 # ---------------------------------------------------------------------------------------------
 
-GGUF_MAGIC = b"GGUF"
 TP1_ID, TP4_ID = 80, 81
 Q8_0_ID = 8
-_SCALAR = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}
-_STRING, _ARRAY = 8, 9
-_SMALL_ARRAY = 64  # numeric arrays up to this many items are decoded; longer ones are kept lazy
+_STRING, _ARRAY = 8, 9  # GGUF value types
+_SMALL_ARRAY = 64  # arrays up to this many items are decoded; longer ones are kept lazy
 
 
 @dataclass(frozen=True)
@@ -79,7 +76,6 @@ class GGUFTensor:
 class _LazyArray:
     type_id: int
     count: int
-    offset: int  # of the first element
 
 
 @dataclass
@@ -92,7 +88,7 @@ class GGUFSummary:
     kv: dict[str, Any]
     tensors: list[GGUFTensor]
     data_offset: int
-    _endian: str = field(default="<", repr=False)
+    _file: Any = field(default=None, repr=False, compare=False)  # the GGUFFile, for strings_at
 
     def get(self, key: str, default: Any = None) -> Any:
         v = self.kv.get(key, default)
@@ -111,133 +107,33 @@ class GGUFSummary:
         return TP4_ID in self.type_ids
 
     def strings_at(self, key: str, indices: Iterable[int]) -> dict[int, str]:
-        """Items `indices` of the string array `key` (e.g. token texts), read in one pass."""
+        """Items `indices` of the string array `key` (e.g. token texts)."""
         arr = self.kv.get(key)
         wanted = {i for i in indices if isinstance(i, int) and i >= 0}
-        if not isinstance(arr, _LazyArray) or arr.type_id != _STRING or not wanted:
-            if isinstance(arr, list):
-                return {i: arr[i] for i in wanted if i < len(arr) and isinstance(arr[i], str)}
+        if isinstance(arr, _LazyArray) and self._file is not None:
+            arr = self._file.fields[key].contents() if arr.type_id == _STRING else None
+        if not isinstance(arr, list) or not wanted:
             return {}
-        out: dict[int, str] = {}
-        last = max(wanted)
-        with open(self.path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
-            r = _Cursor(mm, arr.offset, self.path, self._endian)
-            for i in range(min(arr.count, last + 1)):
-                s = r.string()
-                if i in wanted:
-                    out[i] = s
-        return out
-
-
-class _Cursor:
-    def __init__(self, buf: Any, pos: int, path: Path, endian: str) -> None:
-        self.buf, self.pos, self.path, self.e = buf, pos, path, endian
-        self.n = len(buf)
-
-    def _fail(self, what: str) -> TritpackError:
-        return TritpackError(f"invalid or truncated GGUF header ({what} at byte {self.pos})", path=self.path)
-
-    def take(self, fmt: str) -> Any:
-        size = struct.calcsize(fmt)
-        if self.pos + size > self.n:
-            raise self._fail("unexpected end of file")
-        v = struct.unpack_from(self.e + fmt, self.buf, self.pos)[0]
-        self.pos += size
-        return v
-
-    def string(self) -> str:
-        n = self.take("Q")
-        if n > self.n - self.pos:
-            raise self._fail("string longer than the file")
-        raw = bytes(self.buf[self.pos:self.pos + n])
-        self.pos += n
-        return raw.decode("utf-8", errors="replace")
-
-    def skip(self, n: int) -> None:
-        if n < 0 or n > self.n - self.pos:
-            raise self._fail("value longer than the file")
-        self.pos += n
-
-    def value(self, vtype: int, depth: int = 0) -> Any:
-        if vtype in _SCALAR:
-            return self.take(_SCALAR[vtype])
-        if vtype == _STRING:
-            return self.string()
-        if vtype == _ARRAY and depth < 2:
-            etype, count = self.take("I"), self.take("Q")
-            start = self.pos
-            if etype in _SCALAR:
-                esize = struct.calcsize(_SCALAR[etype])
-                if count > (self.n - self.pos) // max(esize, 1):
-                    raise self._fail("array longer than the file")
-                if count <= _SMALL_ARRAY:
-                    return [self.take(_SCALAR[etype]) for _ in range(count)]
-                self.skip(count * esize)
-                return _LazyArray(etype, count, start)
-            if etype == _STRING:
-                if count > (self.n - self.pos) // 8:
-                    raise self._fail("array longer than the file")
-                if count <= _SMALL_ARRAY:
-                    return [self.string() for _ in range(count)]
-                for _ in range(count):
-                    self.skip(self.take("Q"))
-                return _LazyArray(etype, count, start)
-            if etype == _ARRAY:
-                if count > (self.n - self.pos) // 12:
-                    raise self._fail("array longer than the file")
-                return [self.value(_ARRAY, depth + 1) for _ in range(count)]
-        raise self._fail(f"unknown value type {vtype}")
+        return {i: arr[i] for i in wanted if i < len(arr) and isinstance(arr[i], str)}
 
 
 def read_gguf_summary(path: str | Path) -> GGUFSummary:
-    """Parse a GGUF's header (v2/v3, either byte order): key/values and tensor infos, bounds-checked.
+    """The key/values and tensor infos of a GGUF, from converters/reader.py's bounds-checked GGUFFile.
 
-    Raises TritpackError (naming the file) for a missing file, a non-GGUF, or a truncated header.
+    Raises TritpackError (naming the file, and the key or tensor) for a missing file, a non-GGUF, a
+    truncated or malformed header, or a tensor type nobody knows.
     """
-    p = Path(path)
-    try:
-        f = open(p, "rb")
-    except FileNotFoundError:
-        raise TritpackError("no such file", path=p) from None
-    except IsADirectoryError:
-        raise TritpackError("is a folder, not a GGUF file", path=p) from None
-    except OSError as e:
-        raise TritpackError(f"cannot read: {e.strerror}", path=p) from None
-    with f:
-        size = os.fstat(f.fileno()).st_size
-        if size < 24:
-            raise TritpackError("not a GGUF file (too short)", path=p)
-        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
-            if mm[:4] != GGUF_MAGIC:
-                raise TritpackError("not a GGUF file (bad magic)", path=p)
-            (version,) = struct.unpack_from("<I", mm, 4)
-            endian = "<"
-            if version & 0xFFFF == 0:  # a big-endian file reads as a huge little-endian version
-                endian = ">"
-                (version,) = struct.unpack_from(">I", mm, 4)
-            if version not in (2, 3):
-                raise TritpackError(f"unsupported GGUF version {version}", path=p, hint="only GGUF v2 and v3 are read")
-            r = _Cursor(mm, 8, p, endian)
-            n_tensors, n_kv = r.take("Q"), r.take("Q")
-            if n_tensors > size // 24 or n_kv > size // 12:
-                raise TritpackError("invalid GGUF header (impossible tensor or key count)", path=p)
-            kv: dict[str, Any] = {}
-            for _ in range(n_kv):
-                key = r.string()
-                kv[key] = r.value(r.take("I"))
-            tensors = []
-            for _ in range(n_tensors):
-                name = r.string()
-                n_dims = r.take("I")
-                if n_dims > 8:
-                    raise TritpackError(f"invalid GGUF header ({n_dims} dimensions)", path=p, tensor=name)
-                ne = tuple(r.take("Q") for _ in range(n_dims))
-                tensors.append(GGUFTensor(name, ne, r.take("I"), r.take("Q")))
-            align = kv.get("general.alignment", 32)
-            if not isinstance(align, int) or align <= 0 or align & (align - 1):
-                align = 32
-            data_offset = (r.pos + align - 1) // align * align
-    return GGUFSummary(p, size, version, kv, tensors, data_offset, endian)
+    from .converters.reader import GGUFFile
+
+    f = GGUFFile(path)
+    kv: dict[str, Any] = {}
+    for key, fld in f.fields.items():
+        if fld.types[0] != _ARRAY or fld.count <= _SMALL_ARRAY:
+            kv[key] = fld.contents()
+        else:
+            kv[key] = _LazyArray(int(fld.types[-1]), fld.count)
+    tensors = [GGUFTensor(t.name, tuple(reversed(t.shape)), int(t.type), t.offset - f.data_offset) for t in f.tensors]
+    return GGUFSummary(f.path, f.size, int(f.get("GGUF.version")), kv, tensors, f.data_offset, f)
 
 
 def _type_sizes() -> dict[int, tuple[int, int]]:

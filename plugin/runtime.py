@@ -98,23 +98,18 @@ def gpu_backends(lib_dir: Path) -> list[str]:
             if (Path(lib_dir) / f"libggml-{name}.so").is_file()]
 
 
-# GGUF value types: fixed sizes (8 = string, 9 = array are variable)
-_GGUF_SCALAR = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
-_GGUF_FORMAT = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
-
-
 @dataclass(frozen=True)
 class HeaderTensor:
     name: str
     dims: tuple[int, ...]   # ggml order: dims[0] is the row length
-    type: int               # ggml type id, known to the gguf package or not
+    type: int               # ggml type id
     offset: int             # from the start of the data section
 
 
 @dataclass
 class GGUFHeader:
-    """A GGUF header read without gguf.GGUFReader: fast on large vocabularies (arrays are skipped,
-    not decoded) and indifferent to type ids the gguf package does not know."""
+    """A GGUF header as the runtime commands use it, read by the bounds-checked reader
+    (converters/reader.py): arrays are not decoded (a large vocabulary costs nothing)."""
     path: Path
     version: int
     values: dict[str, object]            # scalars and strings decoded; arrays as None
@@ -133,89 +128,40 @@ class GGUFHeader:
         return a if isinstance(a, str) else None
 
 
+UNKNOWN_TYPE_HINT = ("not a type of this llama.cpp: a file of a newer or forked llama.cpp needs that build; "
+                     "TP1 (80) and TP4 (81) files need `tritpack-gguf build`")
+
+
 def read_header(path: str | Path) -> GGUFHeader:
-    import mmap
-    import struct
+    """The header of `path`, checked by converters/reader.py (GGUFFile): a missing, truncated or
+    malformed file, or a tensor type nobody knows, is a TritpackError naming the file (and tensor)."""
+    from gguf import GGUFValueType
 
-    p = Path(path)
+    from .converters.reader import GGUFFile, UnknownTensorType
+
     try:
-        with open(p, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
-            if m[:4] != b"GGUF":
-                raise TritpackError("not a GGUF file (bad magic)", path=p)
-            version, n_tensors, n_kv = struct.unpack_from("<IQQ", m, 4)
-            if version < 2:
-                raise TritpackError(f"GGUF version {version} is too old", path=p)
-            pos = 24
-
-            def string(pos: int) -> tuple[str, int]:
-                (n,) = struct.unpack_from("<Q", m, pos)
-                if pos + 8 + n > len(m):
-                    raise struct.error("string runs past the end")
-                return m[pos + 8:pos + 8 + n].decode("utf-8", "replace"), pos + 8 + n
-
-            def skip_value(vtype: int, pos: int) -> int:
-                if vtype in _GGUF_SCALAR:
-                    return pos + _GGUF_SCALAR[vtype]
-                if vtype == 8:
-                    (n,) = struct.unpack_from("<Q", m, pos)
-                    return pos + 8 + n
-                if vtype == 9:
-                    sub, n = struct.unpack_from("<IQ", m, pos)
-                    pos += 12
-                    if sub in _GGUF_SCALAR:
-                        return pos + n * _GGUF_SCALAR[sub]
-                    for _ in range(n):
-                        pos = skip_value(sub, pos)
-                    return pos
-                raise struct.error(f"unknown value type {vtype}")
-
-            values: dict[str, object] = {}
-            spans: dict[str, tuple[int, int]] = {}
-            for _ in range(n_kv):
-                start = pos
-                key, pos = string(pos)
-                (vtype,) = struct.unpack_from("<I", m, pos)
-                pos += 4
-                if vtype in _GGUF_FORMAT:
-                    values[key] = struct.unpack_from(_GGUF_FORMAT[vtype], m, pos)[0]
-                elif vtype == 8:
-                    values[key] = string(pos)[0]
-                else:
-                    values[key] = None
-                pos = skip_value(vtype, pos)
-                if pos > len(m):
-                    raise struct.error("key/values run past the end")
-                spans[key] = (start, pos)
-            tensors = []
-            for _ in range(n_tensors):
-                name, pos = string(pos)
-                (n_dims,) = struct.unpack_from("<I", m, pos)
-                if n_dims > 8:
-                    raise struct.error(f"tensor {name!r} has {n_dims} dimensions")
-                dims = struct.unpack_from(f"<{n_dims}Q", m, pos + 4)
-                pos += 4 + 8 * n_dims
-                ttype, offset = struct.unpack_from("<IQ", m, pos)
-                pos += 12
-                tensors.append(HeaderTensor(name, tuple(int(d) for d in dims), int(ttype), int(offset)))
-            align = values.get("general.alignment")
-            align = align if isinstance(align, int) and align > 0 else 32
-            data_start = (pos + align - 1) // align * align
-            return GGUFHeader(p, version, values, spans, tensors, align, data_start)
-    except (struct.error, ValueError, OverflowError) as e:
-        raise TritpackError(f"invalid or truncated GGUF header ({e})", path=p) from None
-    except OSError as e:
-        raise TritpackError(f"cannot read: {e.strerror or e}", path=p) from None
+        f = GGUFFile(path)
+    except UnknownTensorType as e:
+        e.hint = e.hint or UNKNOWN_TYPE_HINT
+        raise
+    fields = f.fields
+    values = {k: None if fld.types[0] == GGUFValueType.ARRAY else fld.contents() for k, fld in fields.items()}
+    spans = {k: (fld.offset, fld.end) for k, fld in fields.items()}
+    tensors = [HeaderTensor(t.name, tuple(reversed(t.shape)), int(t.type), t.offset - f.data_offset)
+               for t in f.tensors]
+    return GGUFHeader(f.path, int(f.get("GGUF.version")), values, spans, tensors, f.alignment, f.data_offset)
 
 
 def gguf_tensor_types(path: str | Path) -> list[tuple[str, int]]:
-    """(name, ggml type id) of every tensor, from the header alone: unlike gguf.GGUFReader this
-    works for type ids the `gguf` package does not know, so an unknown type can be named."""
+    """(name, ggml type id) of every tensor, from the header alone (a type id that neither gguf nor
+    TritPack knows is already a TritpackError naming the file and tensor)."""
     return [(t.name, t.type) for t in read_header(path).tensors]
 
 
 def check_types_supported(path: Path, lib_dir: Path, ggml=None) -> None:
     """Fail with a build hint when the file holds a tensor type the library in `lib_dir` lacks."""
     from .converters.gguf_types import BY_NAME
+    from .converters.reader import _show
     from .ggml_lib import load_ggml
 
     g = ggml or load_ggml(lib_dir)
@@ -225,11 +171,11 @@ def check_types_supported(path: Path, lib_dir: Path, ggml=None) -> None:
             continue
         if ttype in ours:
             raise TritpackError(f"tensor type {ours[ttype]} ({ttype}) is not supported by the llama.cpp library "
-                                f"in {lib_dir}", path=path, tensor=name,
+                                f"in {lib_dir}", path=path, tensor=_show(name),
                                 hint=f"this is a TritPack file: {BUILD_HINT}, then load it through "
                                      "tritpack_gguf.load() or after tritpack_gguf.activate()")
         raise TritpackError(f"tensor type {ttype} is unknown to the llama.cpp library in {lib_dir} "
-                            f"(it knows the stock types up to {_stock_max(g)} and TP1/TP4)", path=path, tensor=name,
+                            f"(it knows the stock types up to {_stock_max(g)} and TP1/TP4)", path=path, tensor=_show(name),
                             hint="this file needs another llama.cpp build (a newer or forked one); "
                                  f"for TP1/TP4 files {BUILD_HINT}")
 
