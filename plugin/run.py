@@ -1,5 +1,11 @@
 """`run`: generate from a GGUF (TritPack or stock) with the patched library, streaming the text,
-and measure it the way llama.cpp does (its own perf counters for prompt and decode)."""
+and measure it the way llama.cpp does (its own perf counters for prompt and decode).
+
+The file is checked here first (converters/reader.py, and the library's types); llama.cpp then runs
+in a child process (llama_child.py), so that an abort or a crash in it is a TritpackError naming the
+file, not the end of this process. Only `generate(..., llm=...)`, with a model the caller opened in
+its own process, runs here.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +13,7 @@ import time
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 from .errors import TritpackError
 
@@ -61,7 +67,7 @@ def gpu_note(ngl: int) -> str | None:
 
 def open_model(path: str | Path, **kwargs):
     """runtime.load() with llama.cpp's load failure turned into a TritpackError (and the no-GPU
-    warning left to gpu_note())."""
+    warning left to gpu_note()). In-process: `run` and `verify` call it in their llama.cpp child."""
     from .runtime import load
 
     with warnings.catch_warnings():
@@ -73,11 +79,32 @@ def open_model(path: str | Path, **kwargs):
                                 hint="`tritpack-gguf verify --check-data` or `tritpack-gguf inspect` may say why") from None
 
 
-def context_size(path: str | Path, wanted: int = DEFAULT_CTX) -> int:
+def _no_emit(_event: tuple) -> None:
+    pass
+
+
+def open_model_here(path: str | Path, emit: Callable[[tuple], None] = _no_emit, *,
+                    stage: str = "loading the model", **kwargs):
+    """open_model() in the llama.cpp child: llama.cpp's log on (it goes to the child's log file, whose
+    last lines a crash reports), and a load failure completed with llama.cpp's own error lines."""
+    from .llama_child import own_log_tail
+
+    emit(("stage", stage))
+    kwargs.setdefault("verbose", True)
+    try:
+        return open_model(path, **kwargs)
+    except TritpackError as e:
+        why = own_log_tail(grep=("error", "fail"))
+        if why:
+            e.message += f"; llama.cpp said: {why}"
+        raise
+
+
+def context_size(path: str | Path, wanted: int = DEFAULT_CTX, *, header=None) -> int:
     """`wanted`, capped at the model's training context when the file records one."""
     from .runtime import read_header
 
-    h = read_header(path)
+    h = header if header is not None else read_header(path)
     train = h.get(f"{h.architecture}.context_length")
     return min(wanted, int(train)) if isinstance(train, int) and train > 0 else wanted
 
@@ -88,49 +115,140 @@ def generate(model: str | Path, prompt: str | list[dict], *, n: int = 64, ngl: i
              llm=None) -> RunStats:
     """Generate up to n tokens after `prompt` (with `chat`, a user message or a list of chat messages
     rendered by the model's chat template), calling on_text with each piece as it comes.
-    `llm`: an already opened model (chat sessions reuse it); else the model is opened here."""
-    from .runtime import activate
-
-    activate()  # before llama_cpp is imported: it binds its library at import
-    import llama_cpp
+    `llm`: a model already opened in this process (runtime.load()), used here; else the file is
+    checked, then opened and run in a child process (see llama_child.py)."""
+    from .llama_child import LlamaChild
+    from .runtime import check_model
 
     path = Path(model)
     if n < 1:
         raise TritpackError("-n must be at least 1")
     note = gpu_note(ngl)
-    load_s = 0.0
-    own = llm is None
-    if own:
-        t0 = time.perf_counter()
-        llm = open_model(path, n_ctx=context_size(path, ctx), n_gpu_layers=ngl, n_threads=threads,
-                         n_threads_batch=threads, seed=seed if seed is not None else llama_cpp.LLAMA_DEFAULT_SEED)
-        load_s = time.perf_counter() - t0
+    sampling = dict(n=n, chat=chat, seed=seed, temp=temp, top_k=top_k, top_p=top_p)
+    if llm is not None:
+        stats = _generate_with(llm, path, prompt, on_text=on_text, **sampling)
+    else:
+        h = check_model(path)
+        opened = dict(n_ctx=context_size(path, ctx, header=h), n_gpu_layers=ngl, n_threads=threads,
+                      n_threads_batch=threads, seed=seed)
+        with LlamaChild() as child:
+            stats = child.call("tritpack_gguf.run:_generate_in_child", path, prompt, opened, sampling,
+                               path=path, stage="loading the model", on_text=on_text)
+    stats.gpu_layers, stats.gpu_note = ngl, note
+    return stats
+
+
+def _generate_in_child(path: Path, prompt: str | list[dict], opened: dict, sampling: dict, *,
+                       emit: Callable[[tuple], None]) -> RunStats:
+    from .runtime import activate
+
+    activate()
+    import llama_cpp
+
+    if opened.get("seed") is None:
+        opened = dict(opened, seed=llama_cpp.LLAMA_DEFAULT_SEED)
+    t0 = time.perf_counter()
+    llm = open_model_here(path, emit, **opened)
+    load_s = time.perf_counter() - t0
     try:
-        llama_cpp.llama_perf_context_reset(llm.ctx)
-        sampling = dict(max_tokens=n, temperature=temp, top_k=top_k, top_p=top_p, seed=seed, stream=True)
-        pieces: list[str] = []
-        try:
-            if chat:
-                messages = prompt if isinstance(prompt, list) else [{"role": "user", "content": prompt}]
-                stream = llm.create_chat_completion(messages=messages, **sampling)
-                for chunk in stream:
-                    piece = chunk["choices"][0].get("delta", {}).get("content")
-                    if piece:
-                        pieces.append(piece)
-                        on_text(piece)
-            else:
-                for chunk in llm.create_completion(prompt, **sampling):
-                    piece = chunk["choices"][0]["text"]
-                    if piece:
-                        pieces.append(piece)
-                        on_text(piece)
-        except ValueError as e:  # e.g. "Requested tokens (...) exceed context window of ..."
-            raise TritpackError(str(e), path=path, hint="a larger --ctx, a shorter prompt or a smaller -n") from None
-        perf = llama_cpp.llama_perf_context(llm.ctx)
-        return RunStats(model=str(path), file_size=path.stat().st_size, load_s=load_s,
-                        n_prompt=int(perf.n_p_eval), prompt_s=perf.t_p_eval_ms / 1e3,
-                        n_decode=int(perf.n_eval), decode_s=perf.t_eval_ms / 1e3,
-                        text="".join(pieces), gpu_layers=ngl, gpu_note=note)
+        stats = _generate_with(llm, path, prompt, on_text=lambda s: emit(("text", s)), emit=emit, **sampling)
     finally:
-        if own:
-            llm.close()
+        llm.close()
+    stats.load_s = load_s
+    return stats
+
+
+def _generate_with(llm, path: Path, prompt: str | list[dict], *, n: int, chat: bool, seed: int | None, temp: float,
+                   top_k: int, top_p: float, on_text: Callable[[str], None],
+                   emit: Callable[[tuple], None] = _no_emit) -> RunStats:
+    """Generation on an opened model, in whichever process holds it."""
+    from .runtime import activate
+
+    activate()  # before llama_cpp is imported: it binds its library at import
+    import llama_cpp
+
+    llama_cpp.llama_perf_context_reset(llm.ctx)
+    sampling = dict(max_tokens=n, temperature=temp, top_k=top_k, top_p=top_p, seed=seed, stream=True)
+    pieces: list[str] = []
+    try:
+        if chat:
+            emit(("stage", "rendering the chat template and reading the prompt"))
+            messages = prompt if isinstance(prompt, list) else [{"role": "user", "content": prompt}]
+            stream = llm.create_chat_completion(messages=messages, **sampling)
+            for chunk in stream:
+                piece = chunk["choices"][0].get("delta", {}).get("content")
+                if piece:
+                    if not pieces:
+                        emit(("stage", "generating"))
+                    pieces.append(piece)
+                    on_text(piece)
+        else:
+            emit(("stage", "tokenizing the prompt"))
+            llm.tokenize(prompt.encode("utf-8"), add_bos=True, special=False)
+            emit(("stage", "reading the prompt"))
+            for chunk in llm.create_completion(prompt, **sampling):
+                piece = chunk["choices"][0]["text"]
+                if piece:
+                    if not pieces:
+                        emit(("stage", "generating"))
+                    pieces.append(piece)
+                    on_text(piece)
+    except ValueError as e:  # e.g. "Requested tokens (...) exceed context window of ..."
+        raise TritpackError(str(e), path=path, hint="a larger --ctx, a shorter prompt or a smaller -n") from None
+    perf = llama_cpp.llama_perf_context(llm.ctx)
+    return RunStats(model=str(path), file_size=path.stat().st_size, load_s=0.0,
+                    n_prompt=int(perf.n_p_eval), prompt_s=perf.t_p_eval_ms / 1e3,
+                    n_decode=int(perf.n_eval), decode_s=perf.t_eval_ms / 1e3,
+                    text="".join(pieces), gpu_layers=0)
+
+
+class ChatSession:
+    """A model opened once for a conversation (`run --chat` without -p), in a llama.cpp child
+    process: `generate(messages, ...)` per turn. Checked like generate() checks a file."""
+
+    def __init__(self, model: str | Path, *, ctx: int = DEFAULT_CTX, ngl: int = 0, threads: int | None = None) -> None:
+        from .llama_child import LlamaChild
+        from .runtime import check_model
+
+        self.path = Path(model)
+        h = check_model(self.path)
+        self._child = LlamaChild()
+        opened = dict(n_ctx=context_size(self.path, ctx, header=h), n_gpu_layers=ngl, n_threads=threads,
+                      n_threads_batch=threads)
+        try:
+            self.load_s = self._child.call("tritpack_gguf.run:_chat_open", self.path, opened, path=self.path,
+                                           stage="loading the model")
+        except BaseException:
+            self._child.close(kill=True)
+            raise
+
+    def generate(self, messages: list[dict], *, on_text: Callable[[str], None] = lambda s: None, n: int = 64,
+                 ngl: int = 0, seed: int | None = None, temp: float = 0.8, top_k: int = 40, top_p: float = 0.95,
+                 **_ignored: Any) -> RunStats:
+        sampling = dict(n=n, chat=True, seed=seed, temp=temp, top_k=top_k, top_p=top_p)
+        stats = self._child.call("tritpack_gguf.run:_chat_turn", self.path, messages, sampling, path=self.path,
+                                 stage="reading the conversation", on_text=on_text)
+        stats.load_s, stats.gpu_layers, stats.gpu_note = self.load_s, ngl, gpu_note(ngl)
+        return stats
+
+    def close(self) -> None:
+        self._child.close()
+
+    def __enter__(self) -> "ChatSession":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self._child.close(kill=exc_type is not None and not issubclass(exc_type, TritpackError))
+
+
+_CHAT: dict[str, Any] = {}  # in the llama.cpp child: the model of a ChatSession
+
+
+def _chat_open(path: Path, opened: dict, *, emit: Callable[[tuple], None]) -> float:
+    t0 = time.perf_counter()
+    _CHAT["llm"] = open_model_here(path, emit, **opened)
+    return time.perf_counter() - t0
+
+
+def _chat_turn(path: Path, messages: list[dict], sampling: dict, *, emit: Callable[[tuple], None]) -> RunStats:
+    return _generate_with(_CHAT["llm"], path, messages, on_text=lambda s: emit(("text", s)), emit=emit, **sampling)

@@ -158,7 +158,16 @@ def gguf_tensor_types(path: str | Path) -> list[tuple[str, int]]:
     return [(t.name, t.type) for t in read_header(path).tensors]
 
 
-def check_types_supported(path: Path, lib_dir: Path, ggml=None) -> None:
+def check_model(path: str | Path) -> GGUFHeader:
+    """What run, verify and serve check before llama.cpp sees a file: the bounds-checked reader's
+    structural checks and that the patched library knows every tensor type. Each failure is one
+    TritpackError naming the file (and the tensor). The header, for the caller's use."""
+    h = read_header(path)
+    check_types_supported(h.path, library_dir(), header=h)
+    return h
+
+
+def check_types_supported(path: Path, lib_dir: Path, ggml=None, header: GGUFHeader | None = None) -> None:
     """Fail with a build hint when the file holds a tensor type the library in `lib_dir` lacks."""
     from .converters.gguf_types import BY_NAME
     from .converters.reader import _show
@@ -166,7 +175,8 @@ def check_types_supported(path: Path, lib_dir: Path, ggml=None) -> None:
 
     g = ggml or load_ggml(lib_dir)
     ours = {t.id: t.name for t in BY_NAME.values()}
-    for name, ttype in gguf_tensor_types(path):
+    types = [(t.name, t.type) for t in header.tensors] if header is not None else gguf_tensor_types(path)
+    for name, ttype in types:
         if g.knows(ttype):
             continue
         if ttype in ours:

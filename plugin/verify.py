@@ -11,6 +11,11 @@ The logits are not bit-identical: a quantized matmul on ggml's CPU backend quant
 to Q8_0 first (Q8_1 on CUDA), the F32 reference does not. The pass criterion is therefore the greedy
 continuation: all n tokens equal, and every logit finite. `check_data` adds llama.cpp's tensor
 validation (ggml_validate_row_data: NaN/Inf block scales and values).
+
+Files are checked first by converters/reader.py (and the library's types): a broken one is one
+TritpackError naming it. llama.cpp then loads, tokenizes and decodes in one child process
+(llama_child.py) for both models, so that an abort in it (a vocabulary without byte tokens) or a
+crash is a TritpackError naming the file and what llama.cpp was doing, not the end of this process.
 """
 
 from __future__ import annotations
@@ -56,11 +61,13 @@ def _gguf_string(text: str) -> bytes:
     return struct.pack("<Q", len(b)) + b
 
 
-def _tensor_layout(g, t) -> tuple[int, int]:
+def _tensor_layout(g, t, path: Path) -> tuple[int, int]:
     """(rows, bytes a row) of a header tensor."""
     if not g.knows(t.type):
-        raise TritpackError(f"tensor type {t.type} is unknown to the library", tensor=t.name,
-                            hint="run `tritpack-gguf build`")
+        from .converters.reader import _show
+
+        raise TritpackError(f"tensor type {_type_name(t.type)} is unknown to the llama.cpp library", path=path,
+                            tensor=_show(t.name))
     ne0 = t.dims[0] if t.dims else 1
     return int(np.prod(t.dims[1:], dtype=np.int64)) if len(t.dims) > 1 else 1, g.row_size(t.type, ne0)
 
@@ -82,7 +89,7 @@ def make_reference(model: str | Path, output: str | Path, *, all_f32: bool = Fal
     ours = {t.id for t in BY_NAME.values()}
     plans = []  # (tensor, dequantize, rows, row bytes, bytes out)
     for t in h.tensors:
-        rows, row_bytes = _tensor_layout(g, t)
+        rows, row_bytes = _tensor_layout(g, t, h.path)
         deq = t.type in ours or (all_f32 and t.type != int(Q.F32))
         plans.append((t, deq, rows, row_bytes, rows * (t.dims[0] if t.dims else 1) * 4 if deq else rows * row_bytes))
     size = h.path.stat().st_size
@@ -184,7 +191,7 @@ def check_tensor_data(model: str | Path, *, progress: Progress = _quiet, max_iss
         if not g.knows(t.type):
             issues.append(DataIssue(t.name, _type_name(t.type), -1, -1, "type unknown to the library"))
             continue
-        rows, row_bytes = _tensor_layout(g, t)
+        rows, row_bytes = _tensor_layout(g, t, h.path)
         start = h.data_start + t.offset
         if start + rows * row_bytes > size:
             issues.append(DataIssue(t.name, _type_name(t.type), -1, -1, "data runs past the end of the file"))
@@ -244,18 +251,35 @@ class GreedyRun:
 
 
 def greedy_run(path: str | Path, prompt_tokens: list[int], n: int, *, ngl: int = 0,
-               threads: int | None = None) -> GreedyRun:
-    """Feed `prompt_tokens`, then take n argmax tokens; every position's logits are kept."""
+               threads: int | None = None, child=None) -> GreedyRun:
+    """Feed `prompt_tokens`, then take n argmax tokens; every position's logits are kept. Runs in
+    `child` (a llama_child.LlamaChild), else in a child process of its own."""
+    if child is None:
+        from .llama_child import LlamaChild
+
+        with LlamaChild() as c:
+            return greedy_run(path, prompt_tokens, n, ngl=ngl, threads=threads, child=c)
+    return child.call("tritpack_gguf.verify:_greedy_run_here", Path(path), list(prompt_tokens), n, ngl=ngl,
+                      threads=threads, path=path, stage="loading the model")
+
+
+def _greedy_run_here(path: Path, prompt_tokens: list[int], n: int, *, ngl: int = 0, threads: int | None = None,
+                     emit=_quiet) -> GreedyRun:
+    """greedy_run() in the process that holds llama.cpp."""
+    from .run import open_model_here
+
     n_ctx = max(64, len(prompt_tokens) + n + 8)
     t0 = time.perf_counter()
-    llm = _open(path, n_ctx=n_ctx, n_batch=max(32, len(prompt_tokens)), n_ubatch=max(32, len(prompt_tokens)),
-                logits_all=True, n_gpu_layers=ngl, n_threads=threads, n_threads_batch=threads, seed=0)
+    llm = open_model_here(path, emit, n_ctx=n_ctx, n_batch=max(32, len(prompt_tokens)),
+                          n_ubatch=max(32, len(prompt_tokens)), logits_all=True, n_gpu_layers=ngl,
+                          n_threads=threads, n_threads_batch=threads, seed=0)
     load_s = time.perf_counter() - t0
     try:
         if llm.n_vocab() <= 0:
             raise TritpackError("the model has no vocabulary", path=path)
         t0 = time.perf_counter()
         llm.reset()
+        emit(("stage", "evaluating the prompt"))
         llm.eval(prompt_tokens)
         np_ = len(prompt_tokens)
         scores = llm.scores
@@ -263,6 +287,7 @@ def greedy_run(path: str | Path, prompt_tokens: list[int], n: int, *, ngl: int =
         cont_logits = np.empty((n, prompt_logits.shape[1]), dtype=np.float32)
         tokens: list[int] = []
         last = prompt_logits[-1]
+        emit(("stage", "decoding the greedy continuation"))
         for i in range(n):
             cont_logits[i] = last
             tok = int(np.argmax(last))
@@ -271,6 +296,7 @@ def greedy_run(path: str | Path, prompt_tokens: list[int], n: int, *, ngl: int =
                 llm.eval([tok])
                 last = np.array(llm.scores[llm.n_tokens - 1], dtype=np.float32)
         eval_s = time.perf_counter() - t0
+        emit(("stage", "detokenizing the continuation"))
         text = llm.detokenize(tokens, prev_tokens=prompt_tokens).decode("utf-8", "replace")
         pieces = [llm.detokenize([t]).decode("utf-8", "replace") for t in tokens]
     finally:
@@ -278,17 +304,25 @@ def greedy_run(path: str | Path, prompt_tokens: list[int], n: int, *, ngl: int =
     return GreedyRun(prompt_logits, cont_logits, tokens, pieces, text, load_s, eval_s)
 
 
-def _open(path: str | Path, **kwargs):
-    from .run import open_model
+def tokenize(path: str | Path, text: str, *, child=None) -> list[int]:
+    """The prompt's tokens (with BOS when the model adds one), from the vocabulary alone. Runs in
+    `child` (a llama_child.LlamaChild), else in a child process of its own."""
+    if child is None:
+        from .llama_child import LlamaChild
 
-    return open_model(path, **kwargs)
+        with LlamaChild() as c:
+            return tokenize(path, text, child=c)
+    return child.call("tritpack_gguf.verify:_tokenize_here", Path(path), text, path=path,
+                      stage="loading the vocabulary")
 
 
-def tokenize(path: str | Path, text: str) -> list[int]:
-    """The prompt's tokens (with BOS when the model adds one), from the vocabulary alone."""
-    with _c_stderr_silenced():  # a vocab-only context warns about its training context of 0
-        llm = _open(path, vocab_only=True)
+def _tokenize_here(path: Path, text: str, *, emit=_quiet) -> list[int]:
+    """tokenize() in the process that holds llama.cpp."""
+    from .run import open_model_here
+
+    llm = open_model_here(path, emit, stage="loading the vocabulary", vocab_only=True)
     try:
+        emit(("stage", "tokenizing the prompt"))
         return llm.tokenize(text.encode("utf-8"), add_bos=True, special=False)
     finally:
         llm.close()
@@ -371,14 +405,17 @@ def verify(model: str | Path, *, reference: str | Path | None = None, prompt: st
     """Compare `model` with `reference` (default: its own F32 reference, made in a temporary folder,
     kept at `save_reference` when given). The report's `failures` is empty when it passes."""
     t_start = time.perf_counter()
-    from .runtime import read_header
+    from .llama_child import LlamaChild
+    from .runtime import check_model
 
     model = Path(model)
-    read_header(model)  # a clear error for a missing or broken file before anything else
+    check_model(model)  # one clear error naming a missing, broken or unreadable file before anything else
     if n < 1:
         raise TritpackError("-n must be at least 1")
     if reference is not None and save_reference is not None:
         raise TritpackError("--save-reference makes a reference; it cannot be combined with --reference")
+    if reference is not None:
+        check_model(reference)
     failures: list[str] = []
     tensors_checked = issues = None
     if check_data:
@@ -386,24 +423,24 @@ def verify(model: str | Path, *, reference: str | Path | None = None, prompt: st
         for it in issues:
             where = f"row {it.row}, block {it.block}" if it.row >= 0 else ""
             failures.append(f"tensor data: {it.tensor} ({it.type}) {where}: {it.message}".replace(" :", ":"))
-    with tempfile.TemporaryDirectory(prefix="tritpack-verify-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="tritpack-verify-") as tmp, LlamaChild() as child:
+        progress("model: tokenizing the prompt", 0, 0)
+        tokens = tokenize(model, prompt, child=child)
+        if not tokens:
+            raise TritpackError("the prompt has no tokens")
         if reference is None:
             target = Path(save_reference) if save_reference else Path(tmp) / f"{model.stem}-F32-reference.gguf"
             progress("making the F32 reference", 0, 0)
             ref_path = make_reference(model, target, all_f32=all_f32, progress=progress)
         else:
             ref_path = Path(reference)
-            read_header(ref_path)
-        tokens = tokenize(model, prompt)
-        if tokenize(ref_path, prompt) != tokens:
+        if tokenize(ref_path, prompt, child=child) != tokens:
             raise TritpackError("the reference tokenizes the prompt differently: it is not a reference of this model",
                                 path=ref_path)
-        if not tokens:
-            raise TritpackError("the prompt has no tokens")
         progress("reference: evaluating", 0, 2)
-        ref = greedy_run(ref_path, tokens, n, ngl=ngl, threads=threads)
+        ref = greedy_run(ref_path, tokens, n, ngl=ngl, threads=threads, child=child)
         progress("model: evaluating", 1, 2)
-        got = greedy_run(model, tokens, n, ngl=ngl, threads=threads)
+        got = greedy_run(model, tokens, n, ngl=ngl, threads=threads, child=child)
     if got.prompt_logits.shape[1] != ref.prompt_logits.shape[1]:
         raise TritpackError(f"the reference has {ref.prompt_logits.shape[1]} logits a token and the model "
                             f"{got.prompt_logits.shape[1]}: it is not a reference of this model", path=ref_path)

@@ -1,4 +1,4 @@
-"""Hostile and broken GGUF input on the Python side: convert, inspect, estimate, export (and verify).
+"""Hostile and broken GGUF input on the Python side: convert, inspect, estimate, export, run and verify.
 
 A table of files made here byte by byte (tests/fuzz_seeds/gguf_craft.py): wrong magic, unsupported
 versions, the file cut at every structural boundary, absurd counts, lengths past the end, bad
@@ -6,6 +6,9 @@ offsets, overflowing and zero dimensions, unknown types, duplicates. Each must g
 `tritpack-gguf: error: <file>: ...` saying what is wrong, a non-zero exit, no output file, no
 temporary file, and the input untouched; the cases whose declared sizes are absurd run again in a
 subprocess whose address space is capped at 2 GB (no allocation from a size the file cannot back).
+`run` and `verify`, which hand the file to llama.cpp, are checked on an unknown tensor type, a
+truncated file and a model that makes llama.cpp abort (a SentencePiece vocabulary without byte
+tokens): the same one line, and the Python process survives.
 """
 
 from __future__ import annotations
@@ -464,6 +467,107 @@ def test_markup_in_names_is_printed_literally(env, tmp_path, where):
     except Exception as e:  # noqa: BLE001  (what this test is about)
         pytest.fail(f"inspect raised {type(e).__name__}: {e}")
     assert rc == 0 and text in out, (out, err)
+
+
+# ----------------------------------------------------------------------------- run and verify (llama.cpp)
+
+PROMPT = "The capital of France is"  # 'T', ',' and the capitals are not in the vocabulary below
+
+
+def spm_without_byte_tokens(path: Path, work: Path) -> Path:
+    """A tiny Llama whose SentencePiece vocabulary has no <0xNN> byte tokens (and no single-byte
+    fallback for most characters): llama.cpp's tokenizer throws std::out_of_range out of
+    llama_tokenize for any text with a character outside the vocabulary, and that aborts its process."""
+    from gguf import GGUFWriter
+
+    from tritpack_gguf.converters.tiny_model import Shape, make_llama
+
+    vocab = work / "vocab-spm-no-bytes.gguf"
+    tokens = ["<unk>", "<s>", "</s>", "\u2581"] + list("abcdefghijklmnopqrstuvwxyz") + ["\u2581a", "\u2581the"]
+    w = GGUFWriter(str(vocab), "llama")
+    w.add_tokenizer_model("llama")
+    w.add_token_list(tokens)
+    w.add_token_scores([0.0] * 4 + [-float(i) for i in range(len(tokens) - 4)])
+    w.add_token_types([2, 3, 3] + [1] * (len(tokens) - 3))  # unknown, control, control, normal...
+    w.add_bos_token_id(1)
+    w.add_eos_token_id(2)
+    w.add_unk_token_id(0)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return make_llama(path, vocab, Shape(n_embd=64, n_ff=128, n_layer=1, n_head=2, n_head_kv=1, n_ctx=128), seed=1)
+
+
+@pytest.fixture(scope="module")
+def no_byte_tokens(env, tmp_path_factory) -> bytes:
+    d = tmp_path_factory.mktemp("spm-no-bytes")
+    return spm_without_byte_tokens(d / "m.gguf", d).read_bytes()
+
+
+def runtime_commands(src: Path) -> dict[str, list[str]]:
+    return {"run": ["run", str(src), "-p", PROMPT, "-n", "4", "--temp", "0", "-t", "1"],
+            "verify": ["verify", str(src), "--prompt", PROMPT, "-n", "4", "-t", "1"]}
+
+
+# (id, what the error line must hold); the files: CASES' ones, and the model above
+RUNTIME_CASES = [
+    ("unknown-tensor-type", "tensor 'output_norm.weight': unknown tensor type 99"),
+    ("data-truncated", "tensor 'blk.0.attn_v.weight': tensor data runs past the end of the file"),
+    ("spm-without-byte-tokens", "llama.cpp aborted while tokenizing the prompt (signal SIGABRT): "
+                                "terminate called after throwing an instance of 'std::out_of_range'"),
+]
+
+
+@pytest.mark.parametrize("command", ["run", "verify"])
+@pytest.mark.parametrize("case,expect", RUNTIME_CASES, ids=[c[0] for c in RUNTIME_CASES])
+def test_run_and_verify_give_one_clear_error_and_survive(env, no_byte_tokens, tmp_path, case, expect, command):
+    """The whole command in a child Python (`python -m tritpack_gguf`), with TMPDIR in the test's
+    folder: exit code 1 (an abort in llama.cpp would be -6 here, the process dead), one error line
+    naming the file and what is wrong, no traceback, and nothing left behind (verify's on-the-fly
+    reference and the llama.cpp process's log included)."""
+    src = tmp_path / f"{case}.gguf"
+    src.write_bytes(no_byte_tokens if case == "spm-without-byte-tokens" else dict((c[0], c[1]) for c in CASES)[case]())
+    before = hashlib.sha256(src.read_bytes()).hexdigest()
+    r = subprocess.run([sys.executable, "-m", "tritpack_gguf", *runtime_commands(src)[command]],
+                       capture_output=True, text=True, timeout=300, env=dict(os.environ, TMPDIR=str(tmp_path)))
+    assert r.returncode == 1, f"exit code {r.returncode}; stderr:\n{r.stderr[-3000:]}"
+    line = check_clear_error(r.returncode, r.stderr, src, tmp_path, before, expect)
+    assert "\n" not in line and len(line) < 600, line
+
+
+def test_library_calls_survive_a_llama_cpp_abort(env, no_byte_tokens, tmp_path):
+    """verify.tokenize, verify.greedy_run and run.generate (the Python API) raise a TritpackError
+    naming the file when llama.cpp aborts, and the calling process goes on (checked in a child
+    Python, so that a regression fails this test instead of killing the test run)."""
+    src = tmp_path / "no-bytes.gguf"
+    src.write_bytes(no_byte_tokens)
+    code = f"""
+import sys
+from tritpack_gguf import run, verify
+from tritpack_gguf.errors import TritpackError
+src = {str(src)!r}
+for name, call in (("tokenize", lambda: verify.tokenize(src, {PROMPT!r})),
+                   ("generate", lambda: run.generate(src, {PROMPT!r}, n=2, threads=1)),
+                   ("greedy_run", lambda: verify.greedy_run(src, [1, 5, 6], 2, threads=1))):
+    try:
+        call()
+        print(name, "returned")
+    except TritpackError as e:
+        print(name, "TritpackError", str(e).replace(chr(10), " "))
+print("survived")
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                       env=dict(os.environ, TMPDIR=str(tmp_path)))
+    assert r.returncode == 0, f"exit code {r.returncode}; stderr:\n{r.stderr[-3000:]}"
+    out = r.stdout.splitlines()
+    assert out[-1] == "survived", r.stdout
+    got = {line.split(" ", 1)[0]: line for line in out[:-1]}
+    for name in ("tokenize", "generate"):
+        assert got[name].startswith(f"{name} TritpackError {src}: llama.cpp aborted while tokenizing the prompt "
+                                    "(signal SIGABRT)"), got[name]
+    assert got["greedy_run"] == "greedy_run returned", got  # token ids need no tokenizer: it runs
+    assert sorted(p.name for p in tmp_path.iterdir()) == [src.name]
 
 
 # ----------------------------------------------------------------------------- commands, not shells

@@ -57,16 +57,11 @@ def _finish(stats: _run.RunStats) -> None:
 
 
 def _chat_session(model: Path, opts: dict) -> None:
-    """A conversation in the terminal: one line a message, an empty line or Ctrl-D ends it."""
-    import time
-
-    t0 = time.perf_counter()
-    llm = _run.open_model(model, n_ctx=_run.context_size(model, opts["ctx"]), n_gpu_layers=opts["ngl"],
-                          n_threads=opts["threads"], n_threads_batch=opts["threads"])
-    load_s = time.perf_counter() - t0
-    messages: list[dict] = []
-    typer.echo(f"chatting with {model.name} (empty line or Ctrl-D ends)", err=True)
-    try:
+    """A conversation in the terminal: one line a message, an empty line or Ctrl-D ends it. The model
+    stays loaded in a llama.cpp child process for the whole conversation."""
+    with _run.ChatSession(model, ctx=opts["ctx"], ngl=opts["ngl"], threads=opts["threads"]) as session:
+        messages: list[dict] = []
+        typer.echo(f"chatting with {model.name} (empty line or Ctrl-D ends)", err=True)
         while True:
             try:
                 line = input("> " if sys.stdin.isatty() else "")
@@ -75,9 +70,6 @@ def _chat_session(model: Path, opts: dict) -> None:
             if not line.strip():
                 break
             messages.append({"role": "user", "content": line})
-            stats = _run.generate(model, messages, llm=llm, on_text=_stream, **opts)
-            stats.load_s = load_s
+            stats = session.generate(messages, on_text=_stream, **opts)
             messages.append({"role": "assistant", "content": stats.text})
             _finish(stats)
-    finally:
-        llm.close()
