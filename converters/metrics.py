@@ -32,6 +32,15 @@ class ErrorStats:
         if self.exact:  # the same values (a -0.0 that comes back as +0.0 is the same weight)
             self.exact = bool(np.array_equal(x, y))
 
+    def add_sums(self, n: int, sxx: float, syy: float, sxy: float, see: float, exact: bool) -> None:
+        """Sums measured elsewhere (the C converter's tritpack_convert_stats)."""
+        self.n += n
+        self.sxx += sxx
+        self.syy += syy
+        self.sxy += sxy
+        self.see += see
+        self.exact = self.exact and exact
+
     @property
     def cos(self) -> float:
         if self.sxx == 0.0 and self.syy == 0.0:

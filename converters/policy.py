@@ -109,6 +109,10 @@ def decide(info: TensorInfo, target: Q, keep: list[str], tied_embedding: bool,
     return Decision(target, target.name)
 
 
+def is_embedding_or_output(name: str) -> bool:
+    return name in OUTPUT_NAMES or name in EMBEDDING_NAMES
+
+
 def may_be_ternary(info: TensorInfo) -> bool:
     """Worth checking the values for ternarity (float sources only; quantized ones are not)."""
     return info.type in FLOAT_TYPES and fits(TP1.qtype, info.row_length)

@@ -17,6 +17,31 @@ GGML_API const char * tritpack_version(void);
 // is NaN or Inf.
 GGML_API bool tritpack_validate_row_data(enum ggml_type type, const void * data, size_t nbytes);
 
+// One slice of a conversion, what `tritpack-gguf convert` runs on each of its threads: rows of a
+// tensor of src_type (any type with a to_float, or F32) are read as float32 in cache-sized pieces,
+// checked finite, quantized to dst_type (TP1 with tp1_alpha, any other type through
+// ggml_quantize_chunk with imatrix), checked with ggml_validate_row_data, dequantized again and
+// measured against the source. The sums are float64 and added to *stats, which the caller zeroes.
+typedef struct {
+    double  sxx, syy, sxy, see;  // sums of x*x, y*y, x*y, (x-y)^2 over source x, reconstruction y
+    int64_t n;                   // values measured
+    int64_t bad_row, bad_col;    // the first NaN/Inf source value (TRITPACK_CONVERT_NONFINITE)
+    int32_t exact;               // every y == x so far (1 on entry)
+    int32_t pad;
+} tritpack_convert_stats;
+
+enum {
+    TRITPACK_CONVERT_OK          = 0,
+    TRITPACK_CONVERT_NONFINITE   = 1,  // a NaN or Inf weight: stats->bad_row, bad_col
+    TRITPACK_CONVERT_INVALID     = 2,  // the quantized rows fail ggml_validate_row_data (a scale overflowed)
+    TRITPACK_CONVERT_UNSUPPORTED = 3,  // a source type without to_float, or rows that do not fit dst_type
+    TRITPACK_CONVERT_NOMEM       = 4,
+};
+
+GGML_API int tritpack_convert_rows(enum ggml_type src_type, const void * src, enum ggml_type dst_type, void * dst,
+                                   int64_t nrows, int64_t n_per_row, const float * imatrix, float tp1_alpha,
+                                   tritpack_convert_stats * stats);
+
 // TP1 (tp1.c)
 GGML_API void   quantize_row_tp1_ref(const float * GGML_RESTRICT x, block_tp1 * GGML_RESTRICT y, int64_t k);
 GGML_API void   dequantize_row_tp1(const block_tp1 * GGML_RESTRICT x, float * GGML_RESTRICT y, int64_t k);

@@ -18,6 +18,7 @@ from __future__ import annotations
 import fcntl
 import filecmp
 import hashlib
+import threading
 import json
 import os
 import re
@@ -91,11 +92,14 @@ class BuildResult:
     outputs: list[str] = field(default_factory=list)
 
 
-def sha256_file(path: Path) -> str:
+def sha256_file(path: Path, stop: "threading.Event | None" = None) -> str:
+    """The file's sha256 (hex); "" if `stop` is set before the end (hashing in a background thread)."""
     h = hashlib.sha256()
     try:
         with open(path, "rb") as f:
             for chunk in iter(lambda: f.read(1 << 22), b""):
+                if stop is not None and stop.is_set():
+                    return ""
                 h.update(chunk)
     except OSError as e:
         raise TritpackError(f"cannot read: {e.strerror or e}", path=path) from None

@@ -13,6 +13,7 @@ import errno
 import math
 import os
 import re
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -36,6 +37,7 @@ Progress = Callable[[str, int, int], None]
 CHUNK_VALUES = 1 << 22          # floats per work chunk (16 MB of float32)
 ALPHA_SAMPLE_ROWS = 256         # rows the per-tensor TP1 alpha search looks at
 TIER_SAMPLE_ROWS = 64           # rows the mixed-precision planner measures per tensor
+TERNARY_SAMPLE_ROWS = 16        # rows checked for ternary values before a whole tensor is
 TP1_DEFAULT_ALPHA = 0.75        # TRITPACK_TP1_DEFAULT_ALPHA in tritpack-quants.h
 TIERS = {"HOT": Q.Q8_0, "WARM": TP4.qtype, "COLD": TP1.qtype}
 SUFFIX = {"tp4": "TP4", "tp1": "TP1", "mixed": "MIX"}
@@ -144,8 +146,18 @@ def _check_finite(src: GGUFFile, t: TensorInfo, x: np.ndarray, first_row: int = 
                             path=src.path, tensor=t.name)
 
 
+class _ConvertStats(C.Structure):
+    """tritpack_convert_stats (tritpack-quants.h)."""
+    _fields_ = [("sxx", C.c_double), ("syy", C.c_double), ("sxy", C.c_double), ("see", C.c_double),
+                ("n", C.c_int64), ("bad_row", C.c_int64), ("bad_col", C.c_int64), ("exact", C.c_int32),
+                ("pad", C.c_int32)]
+
+
+CONVERT_NONFINITE, CONVERT_INVALID, CONVERT_UNSUPPORTED, CONVERT_NOMEM = 1, 2, 3, 4
+
+
 class Quantizer:
-    """Quantizes float rows into a ggml type with the C kernels, in parallel over row slices."""
+    """Quantizes rows into a ggml type with the C kernels, in parallel over row slices."""
 
     def __init__(self, g: GGML, threads: int | None):
         self.g = g
@@ -159,6 +171,11 @@ class Quantizer:
         s.restype = C.c_float
         s.argtypes = [C.c_void_p, C.c_int64, C.c_int64, C.c_void_p, C.c_float, C.POINTER(C.c_float)]
         self._search = s
+        c = g.base.tritpack_convert_rows
+        c.restype = C.c_int
+        c.argtypes = [C.c_int, C.c_void_p, C.c_int, C.c_void_p, C.c_int64, C.c_int64, C.c_void_p, C.c_float,
+                      C.POINTER(_ConvertStats)]
+        self._convert = c
 
     def close(self) -> None:
         if self.pool:
@@ -186,14 +203,36 @@ class Quantizer:
             else:
                 self.g.base.ggml_quantize_chunk(int(t), x[r0:r1].ctypes.data, out[r0:r1].ctypes.data, 0, r1 - r0, n, im)
 
+        self._parallel(nrows, work)
+        return out
+
+    def _parallel(self, nrows: int, work: Callable[[int, int], object]) -> list:
         step = max(1, math.ceil(nrows / (self.threads * 2)))
         slices = [(r, min(r + step, nrows)) for r in range(0, nrows, step)]
         if self.pool and len(slices) > 1:
-            list(self.pool.map(lambda s: work(*s), slices))
-        else:
-            for s in slices:
-                work(*s)
-        return out
+            return list(self.pool.map(lambda s: work(*s), slices))
+        return [work(*s) for s in slices]
+
+    def convert_rows(self, src_type: Q, raw: np.ndarray, dst: Q, n: int, imatrix: np.ndarray | None,
+                     alpha: float | None, out: np.ndarray, stats: ErrorStats) -> tuple[int, int, int] | None:
+        """Rows of raw bytes (any readable type) -> `out` in dst, measured into `stats`, in one pass
+        per thread (tritpack_convert_rows). None, or (problem, row, column) for the first slice that
+        failed: CONVERT_NONFINITE at that weight, CONVERT_INVALID, ..."""
+        im = None if imatrix is None else imatrix.ctypes.data
+        a = C.c_float(TP1_DEFAULT_ALPHA if alpha is None else alpha)
+
+        def work(r0: int, r1: int) -> tuple[int, _ConvertStats, int]:
+            st = _ConvertStats(exact=1)
+            rc = self._convert(int(src_type), raw[r0:r1].ctypes.data, int(dst), out[r0:r1].ctypes.data,
+                               r1 - r0, n, im, a, C.byref(st))
+            return rc, st, r0
+
+        problem = None
+        for rc, st, r0 in self._parallel(raw.shape[0], work):
+            stats.add_sums(st.n, st.sxx, st.syy, st.sxy, st.see, bool(st.exact))
+            if rc and problem is None:
+                problem = (rc, r0 + st.bad_row, st.bad_col)
+        return problem
 
 
 def _imatrix_for(imatrix: dict[str, np.ndarray] | None, t: TensorInfo) -> np.ndarray | None:
@@ -224,13 +263,8 @@ def plan_conversion(src: GGUFFile, opts: ConvertOptions, g: GGML, q: Quantizer,
         if t.type not in GGML_QUANT_SIZES or not g.knows(int(t.type)):
             raise TritpackError(f"unknown tensor type {int(t.type)}", path=src.path, tensor=t.name)
         d = policy.decide(t, target, opts.keep, tied)
-        if d.quantize and not d.lossless and policy.may_be_ternary(t):
-            x = src.float32(t, g)
-            _check_finite(src, t, x)
-            if policy.is_ternary(x):
-                d = policy.Decision(TP1.qtype, f"ternary-valued {t.type.name}: TP1, lossless", lossless=True)
-            del x
-            src.release(t)
+        if d.quantize and not d.lossless and policy.may_be_ternary(t) and _is_ternary(src, g, t):
+            d = policy.Decision(TP1.qtype, f"ternary-valued {t.type.name}: TP1, lossless", lossless=True)
         plans.append(TensorPlan(t.name, t.shape, t.type.name, d.type.name, d.reason, t.nbytes,
                                 policy.tensor_bytes(d.type, t) if d.quantize else t.nbytes, d.quantize,
                                 lossless=True if d.lossless else None))
@@ -241,6 +275,26 @@ def plan_conversion(src: GGUFFile, opts: ConvertOptions, g: GGML, q: Quantizer,
             progress(f"calibrating {t.name}", i, len(plans))
             p.alpha = _tp1_alpha(src, g, q, t, p, opts, imatrix)
     return plans
+
+
+def _is_ternary(src: GGUFFile, g: GGML, t: TensorInfo) -> bool:
+    """Ternary-valued (policy.is_ternary), checked on sample rows first: an ordinary tensor fails
+    there, so only ternary tensors are read whole (chunk by chunk)."""
+    sample = _float_rows(src, g, t, _sample_rows(t.n_rows, TERNARY_SAMPLE_ROWS))
+    _check_finite(src, t, sample)
+    if not policy.is_ternary(sample):
+        return False
+    step = max(1, CHUNK_VALUES // t.row_length)
+    raw = src.raw(t)
+    try:
+        for r0 in range(0, t.n_rows, step):
+            x = to_float32(g, t, raw[r0:r0 + step], path=src.path)
+            _check_finite(src, t, x, r0)
+            if not policy.is_ternary(x):
+                return False
+        return True
+    finally:
+        src.release(t)
 
 
 def _tp1_alpha(src: GGUFFile, g: GGML, q: Quantizer, t: TensorInfo, p: TensorPlan, opts: ConvertOptions,
@@ -261,43 +315,59 @@ def _plan_tiers(src: GGUFFile, opts: ConvertOptions, g: GGML, q: Quantizer,
                 imatrix: dict[str, np.ndarray] | None, plans: list[TensorPlan], progress: Progress) -> None:
     """Tiered mixed precision: each tiered tensor HOT (Q8_0), WARM (TP4) or COLD (TP1), chosen from
     measured error (relative squared error on sample rows, times the tensor's size, weighted by the
-    imatrix when given) to meet the budget with the least total error: start all COLD, then take
-    the upgrades with the best error saved per byte until the budget is spent."""
+    imatrix when given) to meet the budget with the least total error: start every tensor at its
+    lowest tier, then take the upgrades with the best error saved per byte until the budget is spent.
+
+    The token embedding and the output take part too, but never below WARM: a ternary output or
+    embedding ruins any model, and keeping a tied embedding at Q8_0 (a fifth of a small model's
+    weights) would put low budgets out of reach."""
     n_weights = sum(t.n_elements for t in src.tensors)
     if opts.budget is None and opts.bpw is None:
         raise TritpackError("--type mixed needs --budget SIZE or --bpw X")
     budget = opts.budget if opts.budget is not None else int(opts.bpw * n_weights / 8)
-    tiered = [(p, t) for p, t in zip(plans, src.tensors)
-              if p.quantize and p.dst_type == TP4.qtype.name and policy.fits(TP1.qtype, t.row_length)]
+    order = ["COLD", "WARM", "HOT"]
+    lowest: dict[str, str] = {}
+    tiered: list[tuple[TensorPlan, TensorInfo]] = []
+    for p, t in zip(plans, src.tensors):
+        if not p.quantize or p.lossless:
+            continue
+        if p.dst_type == TP4.qtype.name and policy.fits(TP1.qtype, t.row_length):
+            lowest[p.name] = "COLD"
+        elif policy.is_embedding_or_output(t.name) and policy.fits(TP4.qtype, t.row_length):
+            lowest[p.name] = "WARM"
+        else:
+            continue
+        tiered.append((p, t))
     fixed = sum(p.dst_bytes for p in plans) - sum(p.dst_bytes for p, _ in tiered)
     err: dict[str, dict[str, float]] = {}
     for i, (p, t) in enumerate(tiered):
         progress(f"measuring tiers {t.name}", i, len(tiered))
-        rows = _sample_rows(t.n_rows, TIER_SAMPLE_ROWS)
-        x = _float_rows(src, g, t, rows)
+        x = _float_rows(src, g, t, _sample_rows(t.n_rows, TIER_SAMPLE_ROWS))
         _check_finite(src, t, x)
         w = _imatrix_for(imatrix, t)
         ww = np.ones(t.row_length) if w is None else w.astype(np.float64)
         ref = float(((x.astype(np.float64) ** 2) * ww).sum()) or 1.0
-        alpha = opts.alpha if opts.alpha is not None else q.search_alpha(x, w, opts.target_cos)[0]
+        alpha = None
         err[p.name] = {}
-        for tier, qt in TIERS.items():
-            y = g.dequantize(int(qt), q.quantize(qt, x, w, alpha))
+        for tier in order[order.index(lowest[p.name]):]:
+            if tier == "COLD":
+                alpha = opts.alpha if opts.alpha is not None else q.search_alpha(x, w, opts.target_cos)[0]
+            y = g.dequantize(int(TIERS[tier]), q.quantize(TIERS[tier], x, w, alpha))
             err[p.name][tier] = float((((x - y).astype(np.float64) ** 2) * ww).sum()) / ref * t.n_elements
-    sizes = {tier: {p.name: policy.tensor_bytes(qt, t) for p, t in tiered} for tier, qt in TIERS.items()}
-    choice = {p.name: "COLD" for p, _ in tiered}
-    total = fixed + sum(sizes["COLD"].values())
+    size = {p.name: {tier: policy.tensor_bytes(qt, t) for tier, qt in TIERS.items()} for p, t in tiered}
+    choice = dict(lowest)
+    total = fixed + sum(size[name][tier] for name, tier in choice.items())
     if total > budget:
         raise TritpackError(f"the budget of {budget / 1e6:.1f} MB is below the smallest mix "
-                            f"({total / 1e6:.1f} MB: all tiered tensors TP1, the rest as the policy keeps them)")
-    order = {"COLD": "WARM", "WARM": "HOT"}
+                            f"({total / 1e6:.1f} MB: every tiered tensor at its lowest tier, TP1, or TP4 for the "
+                            f"token embedding and output; the rest as the policy keeps them)")
     while True:
         best = None
         for name, tier in choice.items():
-            nxt = order.get(tier)
-            if nxt is None:
+            if tier == order[-1]:
                 continue
-            extra = sizes[nxt][name] - sizes[tier][name]
+            nxt = order[order.index(tier) + 1]
+            extra = size[name][nxt] - size[name][tier]
             gain = err[name][tier] - err[name][nxt]
             if extra <= 0 or total + extra > budget or gain <= 0:
                 continue
@@ -313,8 +383,8 @@ def _plan_tiers(src: GGUFFile, opts: ConvertOptions, g: GGML, q: Quantizer,
         tier = choice[p.name]
         p.tier = tier
         p.dst_type = TIERS[tier].name
-        p.dst_bytes = sizes[tier][p.name]
-        p.reason = f"tier {tier} ({p.dst_type})"
+        p.dst_bytes = size[p.name][tier]
+        p.reason = f"tier {tier} ({p.dst_type})" + (" (token embedding/output: TP4 at least)" if lowest[p.name] == "WARM" else "")
 
 
 # ----------------------------------------------------------------------------- writing
@@ -346,18 +416,23 @@ def _convert_tensor(src: GGUFFile, g: GGML, q: Quantizer, t: TensorInfo, p: Tens
     w = _imatrix_for(imatrix, t)
     stats = ErrorStats()
     step = max(1, CHUNK_VALUES // t.row_length)
+    out = np.empty((min(step, t.n_rows), policy.row_bytes(dst, t.row_length)), dtype=np.uint8)
     for r0 in range(0, t.n_rows, step):
         rows = raw[r0:r0 + step]
-        x = to_float32(g, t, rows, path=src.path)
-        _check_finite(src, t, x, r0)
-        out = q.quantize(dst, x, w, p.alpha)
-        if not g.validate_row_data(int(dst), out):  # e.g. a block scale past fp16's range
-            raise TritpackError(f"the weights do not fit {dst.name} (a block scale overflows fp16: values "
-                                f"beyond about 6e4 x the codebook range)", path=src.path, tensor=t.name,
-                                hint=f"keep this tensor with --keep {t.name}")
-        y = x if dst == Q.F32 else g.dequantize(int(dst), out)
-        stats.add(x, y)
-        write(out.tobytes())
+        chunk = out[:rows.shape[0]]
+        problem = q.convert_rows(t.type, rows, dst, t.row_length, w, p.alpha, chunk, stats)
+        if problem:
+            rc, row, col = problem
+            if rc == CONVERT_NONFINITE:
+                raise TritpackError(f"NaN or Inf weight at row {r0 + row}, column {col}", path=src.path, tensor=t.name)
+            if rc == CONVERT_INVALID:  # e.g. a block scale past fp16's range
+                raise TritpackError(f"the weights do not fit {dst.name} (a scale or value overflows fp16)",
+                                    path=src.path, tensor=t.name, hint=f"keep this tensor with --keep {t.name}")
+            if rc == CONVERT_NOMEM:
+                raise TritpackError("out of memory", path=src.path, tensor=t.name)
+            raise TritpackError(f"cannot convert {t.type.name} rows of {t.row_length} to {dst.name}",
+                                path=src.path, tensor=t.name)
+        write(chunk.data)
         done(rows.nbytes)
     m = stats.as_dict()
     p.cos, p.snr_db, p.rmse = m["cos"], m["snr_db"], m["rmse"]
@@ -397,16 +472,57 @@ def convert(inp: str | Path, opts: ConvertOptions, progress: Progress = lambda *
     return report
 
 
+class _SourceHash:
+    """The source's sha256, computed in a background thread while the tensors convert (hashlib
+    releases the GIL): the header gets a placeholder of the same length, replaced at the end."""
+
+    def __init__(self, path: Path):
+        self.placeholder = ("pending-sha256-" + os.urandom(32).hex())[:64]
+        self._stop = threading.Event()
+        self._result: list = []
+        self._thread = threading.Thread(target=self._run, args=(path,), daemon=True)
+        self._thread.start()
+
+    def _run(self, path: Path) -> None:
+        try:
+            self._result.append(sha256_file(path, self._stop))
+        except TritpackError as e:
+            self._result.append(e)
+
+    def digest(self) -> str:
+        self._thread.join()
+        r = self._result[0]
+        if isinstance(r, TritpackError):
+            raise r
+        return r
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def fill_in(self, path: Path, header_bytes: int) -> None:
+        """Write the digest over the placeholder in the first header_bytes of the written file."""
+        digest = self.digest().encode()
+        with open(path, "r+b") as f:
+            pos = f.read(header_bytes).find(self.placeholder.encode())
+            if pos < 0:
+                raise TritpackError("the source hash placeholder is missing from the written header", path=path)
+            f.seek(pos)
+            f.write(digest)
+            f.flush()
+            os.fsync(f.fileno())
+
+
 def _write(src: GGUFFile, out: Path, opts: ConvertOptions, g: GGML, q: Quantizer,
            imatrix: dict[str, np.ndarray] | None, plans: list[TensorPlan], progress: Progress) -> None:
     tmp = out.with_name(f".{out.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
     writer = GGUFWriter(tmp, src.architecture)
+    source_hash = _SourceHash(src.path)
     try:
         copy_fields(src, writer, skip={"general.file_type", "general.architecture"} |
                     {k for k in src.fields if k.startswith("tritpack.")})
         writer.add_key_value("general.file_type", _ftype(plans, opts), GGUFValueType.UINT32)
         writer.add_key_value("tritpack.converter_version", __version__, GGUFValueType.STRING)
-        writer.add_key_value("tritpack.source_sha256", sha256_file(src.path), GGUFValueType.STRING)
+        writer.add_key_value("tritpack.source_sha256", source_hash.placeholder, GGUFValueType.STRING)
         writer.add_key_value("tritpack.type", opts.type, GGUFValueType.STRING)
         alphas = [(p.name, float(p.alpha)) for p in plans if p.alpha is not None]
         if alphas:  # the per-tensor TP1 calibration
@@ -421,6 +537,7 @@ def _write(src: GGUFFile, out: Path, opts: ConvertOptions, g: GGML, q: Quantizer
         writer.write_kv_data_to_file()
         writer.write_ti_data_to_file()
         fout = writer.fout[0]
+        header_bytes = fout.tell()
         total = sum(t.nbytes for t in src.tensors)
         state = {"done": 0, "t0": time.monotonic()}
         for i, (t, p) in enumerate(zip(src.tensors, plans)):
@@ -437,9 +554,8 @@ def _write(src: GGUFFile, out: Path, opts: ConvertOptions, g: GGML, q: Quantizer
             if written != p.dst_bytes:
                 raise TritpackError(f"wrote {written} bytes, expected {p.dst_bytes}", path=out, tensor=t.name)
             writer.write_padding(fout, written)
-        fout.flush()
-        os.fsync(fout.fileno())
         writer.close()
+        source_hash.fill_in(tmp, header_bytes)  # also syncs the file
         _publish(tmp, out, opts.force)
     except OSError as e:
         if e.errno == errno.ENOSPC:
@@ -448,6 +564,7 @@ def _write(src: GGUFFile, out: Path, opts: ConvertOptions, g: GGML, q: Quantizer
             raise TritpackError("file size limit exceeded while writing; nothing was written", path=out) from None
         raise TritpackError(f"cannot write: {e.strerror or e}", path=out) from None
     finally:
+        source_hash.stop()
         _close_quietly(writer)
         tmp.unlink(missing_ok=True)
 

@@ -112,6 +112,22 @@ def test_ternary_f16_becomes_tp1_losslessly_whatever_the_target(models, ggml, tm
         assert np.array_equal(x.view(np.uint32), y.view(np.uint32)), t.name
 
 
+def test_one_non_ternary_value_outside_the_sampled_rows_is_not_lossless(models, tmp_path):
+    # the planner checks sample rows first, then the whole tensor: a value off the ternary grid in a
+    # row the samples skip must still keep the tensor out of the lossless TP1 path
+    src = tmp_path / "almost.gguf"
+    data = bytearray(models["tern"].read_bytes())
+    t = GGUFFile(models["tern"]).tensor("blk.0.ffn_up.weight")
+    assert t.type == Q.F16 and t.n_rows > 16
+    at = t.offset + 2 * (3 * t.row_length + 5)
+    data[at:at + 2] = np.float16(0.1234).tobytes()
+    src.write_bytes(bytes(data))
+    r = convert(src, ConvertOptions(type="tp4", output=tmp_path / "a.gguf"))
+    plans = {p.name: p for p in r.tensors}
+    assert not plans["blk.0.ffn_up.weight"].lossless and plans["blk.0.ffn_up.weight"].dst_type == "TP4"
+    assert plans["blk.0.ffn_down.weight"].lossless and plans["blk.0.ffn_down.weight"].dst_type == "TP1"
+
+
 def test_tq1_0_and_tq2_0_inputs_become_tp1_exactly(models, ggml, patched_build, tmp_path):
     for qt in ("TQ1_0", "TQ2_0"):
         tq = tmp_path / f"m-{qt}.gguf"
@@ -138,20 +154,57 @@ def test_stock_quantized_inputs(models, patched_build, tmp_path):
         assert r.type_counts().get("TP4", 0) == 14, (qt, r.type_counts())
 
 
+def _lowest_mix(warm) -> int:
+    """Bytes of the smallest mix, from a --type tp4 plan: tiered matrices TP4 -> TP1 (36 -> 15 bytes
+    a block), the token embedding/output Q8_0 -> TP4 (68 -> 36 bytes per 64 weights), the rest kept."""
+    total = 0
+    for t in warm.tensors:
+        if t.dst_type == "TP4":
+            total += t.dst_bytes * 15 // 36
+        elif t.name in ("token_embd.weight", "output.weight") and t.dst_type == "Q8_0":
+            total += t.dst_bytes * 36 // 68
+        else:
+            total += t.dst_bytes
+    return total
+
+
 def test_mixed_meets_budget_with_several_tiers(models, tmp_path):
-    # the tiny model is mostly embedding (Q8_0): budget halfway between all tiers COLD and all WARM
     warm = convert(models["gauss"], ConvertOptions(type="tp4", dry_run=True))
-    tiered = [t for t in warm.tensors if t.dst_type == "TP4"]
-    cold = warm.size_after - sum(t.dst_bytes for t in tiered) + sum(t.dst_bytes * 15 // 36 for t in tiered)
-    budget = (warm.size_after + cold) // 2
+    lowest = _lowest_mix(warm)
+    assert lowest < 0.6 * warm.size_after
+    # halfway between every matrix TP1 and every matrix TP4 (embedding/output TP4 in both): the
+    # matrices are small enough to meet it closely
+    matrices = sum(t.dst_bytes for t in warm.tensors if t.dst_type == "TP4")
+    budget = lowest + (matrices - matrices * 15 // 36) // 2
     r = convert(models["gauss"], ConvertOptions(type="mixed", budget=budget, output=tmp_path / "mx.gguf"))
     assert r.size_after <= budget and GGUFFile(r.output).path.stat().st_size > 0
     assert r.bpw == pytest.approx(8 * budget / r.n_weights, rel=0.02)
     tiers = {t.tier for t in r.tensors if t.tier}
     assert len(tiers) >= 2, tiers
     with pytest.raises(TritpackError, match="below the smallest mix"):
-        convert(models["gauss"], ConvertOptions(type="mixed", bpw=1.0, output=tmp_path / "no.gguf"))
+        convert(models["gauss"], ConvertOptions(type="mixed", budget=lowest - 1, output=tmp_path / "no.gguf"))
     assert not (tmp_path / "no.gguf").exists()
+
+
+def test_mixed_embedding_and_output_are_tiered_but_never_ternary(models, tmp_path):
+    warm = convert(models["gauss"], ConvertOptions(type="tp4", dry_run=True))
+    lowest = _lowest_mix(warm)
+    emb_out = {"token_embd.weight", "output.weight"} & {t.name for t in warm.tensors}
+    assert emb_out
+    # the smallest mix: every matrix TP1, the embedding/output TP4
+    r = convert(models["gauss"], ConvertOptions(type="mixed", budget=lowest, output=tmp_path / "low.gguf"))
+    assert r.size_after == lowest
+    types = {t.name: t.type for t in GGUFFile(r.output).tensors}
+    for name in emb_out:
+        assert types[name] == Q.TP4, name
+    assert types["blk.0.attn_q.weight"] == Q.TP1
+    # a generous budget upgrades the embedding/output first or later, never below TP4
+    for budget in ((warm.size_after + lowest) // 2, warm.size_after * 2):
+        r = convert(models["gauss"], ConvertOptions(type="mixed", budget=budget, dry_run=True))
+        for t in r.tensors:
+            if t.name in emb_out:
+                assert t.dst_type in ("TP4", "Q8_0") and t.tier in ("WARM", "HOT"), (budget, t)
+    assert {t.dst_type for t in r.tensors if t.name in emb_out} == {"Q8_0"}
 
 
 def test_dry_run_writes_nothing_and_keep_keeps(models, tmp_path):
@@ -178,7 +231,7 @@ def test_export_tp1_to_q4_0_is_exact(models, ggml, tmp_path):
     assert b.get("general.file_type") == 2 and not any(k.startswith("tritpack.") for k in b.fields)
 
 
-@pytest.mark.parametrize("damage", ["truncated", "not_gguf", "nan"])
+@pytest.mark.parametrize("damage", ["truncated", "not_gguf", "nan", "inf_unsampled_row"])
 def test_bad_input_clear_error_no_output(models, tmp_path, damage, capsys):
     src = tmp_path / "bad.gguf"
     data = bytearray(models["gauss"].read_bytes())
@@ -186,10 +239,16 @@ def test_bad_input_clear_error_no_output(models, tmp_path, damage, capsys):
         data = data[: len(data) // 2]
     elif damage == "not_gguf":
         data[:4] = b"GGML"
-    else:
+    elif damage == "nan":
         f = GGUFFile(models["gauss"])
         t = f.tensor("blk.1.attn_k.weight")
         data[t.offset + 4 * 70: t.offset + 4 * 71] = np.float32(np.nan).tobytes()
+    else:  # a row the planner's samples skip: found by the C pass while writing
+        f = GGUFFile(models["gauss"])
+        t = f.tensor("blk.1.attn_k.weight")
+        assert t.type == Q.F32 and t.row_length == 128
+        at = t.offset + 4 * (3 * 128 + 5)
+        data[at:at + 4] = np.float32(-np.inf).tobytes()
     src.write_bytes(bytes(data))
     before = sha(src)
     rc = cli_main(["convert", str(src), "-o", str(tmp_path / "out.gguf")])
@@ -200,6 +259,8 @@ def test_bad_input_clear_error_no_output(models, tmp_path, damage, capsys):
     assert "Traceback" not in err
     if damage == "nan":
         assert "blk.1.attn_k.weight" in err and "NaN" in err
+    if damage == "inf_unsampled_row":
+        assert "blk.1.attn_k.weight" in err and "row 3, column 5" in err, err
     assert not (tmp_path / "out.gguf").exists()
     assert sha(src) == before
     assert [p.name for p in tmp_path.iterdir()] == ["bad.gguf"]
