@@ -191,6 +191,107 @@ static void tp1_quantize_block(const float * GGML_RESTRICT x, const float * GGML
     memcpy(y->d, &d, sizeof(d));  // little endian
 }
 
+// Lane sums of |x| over a block (lane l = element index % 8, added in index order), either all of
+// them (all) or those above tf, as float64: the sums tp1_prep and tp1_support_sums make.
+static inline void tp1_lane_sums(const float * GGML_RESTRICT x, int all, float tf, double out[8]) {
+#if defined(__SSE2__)
+    // two lanes a register; _mm_cvtps_pd converts without the false dependency scalar code gets
+    const __m128 sign = _mm_set1_ps(-0.0f);
+    const __m128 t    = _mm_set1_ps(tf);
+    __m128d acc[4];
+    for (int h = 0; h < 4; ++h) {
+        acc[h] = _mm_setzero_pd();
+    }
+    for (int i = 0; i < 8; ++i) {
+        for (int q = 0; q < 2; ++q) {
+            const __m128 v    = _mm_andnot_ps(sign, _mm_loadu_ps(x + 8*i + 4*q));
+            const __m128 kept = all ? v : _mm_and_ps(v, _mm_cmpgt_ps(v, t));  // v or +0
+            acc[2*q]     = _mm_add_pd(acc[2*q],     _mm_cvtps_pd(kept));
+            acc[2*q + 1] = _mm_add_pd(acc[2*q + 1], _mm_cvtps_pd(_mm_movehl_ps(kept, kept)));
+        }
+    }
+    for (int h = 0; h < 4; ++h) {
+        _mm_storeu_pd(out + 2*h, acc[h]);
+    }
+#else
+    for (int l = 0; l < 8; ++l) {
+        out[l] = 0.0;
+    }
+    for (int i = 0; i < 8; ++i) {
+        for (int l = 0; l < 8; ++l) {
+            const float v = fabsf(x[8*i + l]);
+            out[l] += all || v > tf ? (double) v : 0.0;
+        }
+    }
+#endif
+}
+
+// The largest float <= tau: for a float a, a > tau exactly when a > tp1_float_below(tau).
+static inline float tp1_float_below(double tau) {
+    float tf = (float) tau;
+    if ((double) tf > tau) {
+        tf = nextafterf(tf, -INFINITY);
+    }
+    return tf;
+}
+
+// the stored scale for a support's mean (tp1_block_scale without its sums)
+static inline ggml_fp16_t tp1_scale_to_fp16(double d) {
+    float df = (float) d;
+    if (!(df <= TP1_MAX_SCALE)) {
+        df = TP1_MAX_SCALE;
+    }
+    return GGML_FP32_TO_FP16(df);
+}
+
+// tp1_prep without an imatrix: only sum, xx and amax (what tp1_tau and the search read). Returns 0 for
+// an all-zero block, which the general path handles.
+static inline int tp1_plain_prep(const float * GGML_RESTRICT x, tp1_block_prep * p) {
+    float amax = 0.0f;
+    for (int j = 0; j < QK_TP1; ++j) {
+        const float v = fabsf(x[j]);
+        amax = v > amax ? v : amax;
+    }
+    if (!(amax > 0.0f)) {
+        return 0;
+    }
+    double s[8], sx[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    tp1_lane_sums(x, 1, 0.0f, s);
+    for (int i = 0; i < 8; ++i) {
+        for (int l = 0; l < 8; ++l) {
+            const double v = (double) fabsf(x[8*i + l]);
+            sx[l] += v * v;
+        }
+    }
+    p->sum  = tp1_hsum8(s);
+    p->xx   = tp1_hsum8(sx);
+    p->amax = amax;
+    return 1;
+}
+
+// tp1_quantize_block without an imatrix, the same bits in fewer steps: no double copies of the block,
+// and the threshold test in float
+static void tp1_quantize_block_plain(const float * GGML_RESTRICT x, float alpha, block_tp1 * GGML_RESTRICT y) {
+    tp1_block_prep p;
+    if (!tp1_plain_prep(x, &p)) {
+        tp1_quantize_block(x, NULL, alpha, y);  // all zeros: keeps the signs of the zeros
+        return;
+    }
+    const float tf = tp1_float_below(tp1_tau(&p, alpha));
+    uint8_t codes[QK_TP1];
+    int count = 0;
+    for (int j = 0; j < QK_TP1; ++j) {  // kept: 2 (+) or 0 (-), else 1
+        const int k = fabsf(x[j]) > tf;
+        codes[j] = (uint8_t) (1 - k + 2*(k & (x[j] > 0.0f)));
+        count += k;
+    }
+    double s[8];
+    tp1_lane_sums(x, 0, tf, s);
+    const ggml_fp16_t d = tp1_scale_to_fp16(tp1_hsum8(s) / (double) count);  // count >= 1: the max is kept
+    tp1_pack(codes, y->qs);
+    memcpy(y->d, &d, sizeof(d));  // little endian
+}
+
 static float tp1_sanitize_alpha(float alpha) {
     return alpha >= 0.0f ? (alpha <= 64.0f ? alpha : 64.0f) : 0.0f;  // also maps NaN to 0
 }
@@ -207,8 +308,11 @@ size_t tritpack_quantize_tp1(const float * GGML_RESTRICT src, void * GGML_RESTRI
     block_tp1 * y = (block_tp1 *) dst;
     for (int64_t r = 0; r < nrows; ++r) {
         for (int64_t b = 0; b < nb; ++b) {
-            tp1_quantize_block(src + r*n_per_row + b*QK_TP1, imatrix ? imatrix + b*QK_TP1 : NULL, alpha,
-                               y + r*nb + b);
+            if (imatrix) {
+                tp1_quantize_block(src + r*n_per_row + b*QK_TP1, imatrix + b*QK_TP1, alpha, y + r*nb + b);
+            } else {
+                tp1_quantize_block_plain(src + r*n_per_row + b*QK_TP1, alpha, y + r*nb + b);
+            }
         }
     }
     return (size_t) nrows * (size_t) nb * sizeof(block_tp1);
@@ -278,6 +382,27 @@ static void tp1_eval_pass(const float * src, int64_t nrows, int64_t n_per_row, c
         for (int64_t b = 0; b < nb; ++b) {
             const float * x = src + r*n_per_row + b*QK_TP1;
             const float * w = imatrix ? imatrix + b*QK_TP1 : NULL;
+            if (w == NULL && tp1_plain_prep(x, &p)) {
+                // without an imatrix: the same sums from the floats (see tp1_quantize_block_plain)
+                xx += p.xx;
+                double s[8];
+                for (int c = 0; c < ncand; ++c) {
+                    const double tau = tp1_tau(&p, alpha[c]);
+                    const float  tf  = tp1_float_below(tau);
+                    int count = 0;
+                    for (int j = 0; j < QK_TP1; ++j) {
+                        count += fabsf(x[j]) > tf;
+                    }
+                    tp1_lane_sums(x, 0, tf, s);
+                    const double A = tp1_hsum8(s);
+                    const double W = (double) count;
+                    const ggml_fp16_t h = tp1_scale_to_fp16(A / W);
+                    const double d = (double) GGML_FP16_TO_FP32(h);
+                    dot[c] += d * A;
+                    yy[c]  += (d * d) * W;
+                }
+                continue;
+            }
             tp1_prep(x, w, &p);
             xx += p.xx;
             if (p.amax == 0.0f) {

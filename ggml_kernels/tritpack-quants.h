@@ -10,6 +10,15 @@
 extern "C" {
 #endif
 
+// Loops that gain from wider vectors are also compiled for AVX2 and picked when the library loads
+// (GCC/Clang function multiversioning on x86-64 Linux). The results are the same bits either way:
+// these files add in a fixed order and never contract into FMAs; only the vector width changes.
+#if defined(__x86_64__) && defined(__linux__) && defined(__GNUC__) && !defined(TRITPACK_NO_CLONES)
+#define TRITPACK_CLONES __attribute__((target_clones("avx2", "default")))
+#else
+#define TRITPACK_CLONES
+#endif
+
 // Library marker: present only in a patched build; the Python runtime checks it before use.
 GGML_API const char * tritpack_version(void);
 

@@ -39,6 +39,123 @@ bool tritpack_validate_row_data(enum ggml_type type, const void * data, size_t n
     return true;
 }
 
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#define TRITPACK_HAVE_F16C_PATH 1
+
+// "f16c" (with AVX) or "avx2": what this CPU can run, asked once
+static int tritpack_cpu_has(const char * what) {
+    static int f16c = -1, avx2 = -1;
+    if (f16c < 0) {
+        __builtin_cpu_init();
+        avx2 = __builtin_cpu_supports("avx2");
+        f16c = __builtin_cpu_supports("f16c") && __builtin_cpu_supports("avx");
+    }
+    return what[0] == 'f' ? f16c : avx2;
+}
+// F16 -> F32 with the F16C instruction when the CPU has it (exact either way: every fp16 value is a float)
+__attribute__((target("avx,f16c")))
+static void tritpack_f16_to_f32_f16c(const ggml_fp16_t * s, float * x, int64_t n) {
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        _mm256_storeu_ps(x + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *) (s + i))));
+    }
+    for (; i < n; ++i) {
+        x[i] = ggml_fp16_to_fp32(s[i]);
+    }
+}
+#endif
+
+static void tritpack_to_f32(enum ggml_type type, const struct ggml_type_traits * traits, const void * s, float * x,
+                            int64_t n) {
+    if (type == GGML_TYPE_F32) {
+        memcpy(x, s, sizeof(float) * (size_t) n);
+        return;
+    }
+#ifdef TRITPACK_HAVE_F16C_PATH
+    if (type == GGML_TYPE_F16 && tritpack_cpu_has("f16c")) {
+        tritpack_f16_to_f32_f16c((const ggml_fp16_t *) s, x, n);
+        return;
+    }
+#endif
+    traits->to_float(s, x, n);
+}
+
+TRITPACK_CLONES
+static int tritpack_all_finite(const float * x, int64_t n) {
+    int finite = 1;  // branch-free, so that it vectorizes
+    for (int64_t i = 0; i < n; ++i) {
+        finite &= fabsf(x[i]) <= FLT_MAX;
+    }
+    return finite;
+}
+
+// The sums of tritpack_convert_rows in eight lanes (element i goes to lane i % 8), float64, no FMA.
+static void tritpack_measure_generic(const float * x, const float * y, int64_t n, double sxx[8], double syy[8],
+                                     double sxy[8], double see[8], int * exact) {
+    int ex = *exact;
+    for (int64_t i = 0; i < n; ++i) {
+        const int l = (int) (i & 7);
+        const double xv = x[i], yv = y[i], e = xv - yv;
+        sxx[l] += xv * xv;
+        syy[l] += yv * yv;
+        sxy[l] += xv * yv;
+        see[l] += e * e;
+        ex     &= x[i] == y[i];
+    }
+    *exact = ex;
+}
+
+#ifdef TRITPACK_HAVE_F16C_PATH
+// the same lanes and order, four doubles a register
+__attribute__((target("avx2")))
+static void tritpack_measure_avx2(const float * x, const float * y, int64_t n, double sxx[8], double syy[8],
+                                  double sxy[8], double see[8], int * exact) {
+    __m256d axx[2], ayy[2], axy[2], aee[2];
+    for (int h = 0; h < 2; ++h) {
+        axx[h] = _mm256_loadu_pd(sxx + 4*h);
+        ayy[h] = _mm256_loadu_pd(syy + 4*h);
+        axy[h] = _mm256_loadu_pd(sxy + 4*h);
+        aee[h] = _mm256_loadu_pd(see + 4*h);
+    }
+    int ex = *exact;
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        const __m256 xf = _mm256_loadu_ps(x + i);
+        const __m256 yf = _mm256_loadu_ps(y + i);
+        ex &= _mm256_movemask_ps(_mm256_cmp_ps(xf, yf, _CMP_EQ_OQ)) == 0xff;
+        for (int h = 0; h < 2; ++h) {
+            const __m256d xv = _mm256_cvtps_pd(h ? _mm256_extractf128_ps(xf, 1) : _mm256_castps256_ps128(xf));
+            const __m256d yv = _mm256_cvtps_pd(h ? _mm256_extractf128_ps(yf, 1) : _mm256_castps256_ps128(yf));
+            const __m256d e  = _mm256_sub_pd(xv, yv);
+            axx[h] = _mm256_add_pd(axx[h], _mm256_mul_pd(xv, xv));
+            ayy[h] = _mm256_add_pd(ayy[h], _mm256_mul_pd(yv, yv));
+            axy[h] = _mm256_add_pd(axy[h], _mm256_mul_pd(xv, yv));
+            aee[h] = _mm256_add_pd(aee[h], _mm256_mul_pd(e, e));
+        }
+    }
+    for (int h = 0; h < 2; ++h) {
+        _mm256_storeu_pd(sxx + 4*h, axx[h]);
+        _mm256_storeu_pd(syy + 4*h, ayy[h]);
+        _mm256_storeu_pd(sxy + 4*h, axy[h]);
+        _mm256_storeu_pd(see + 4*h, aee[h]);
+    }
+    *exact = ex;
+    tritpack_measure_generic(x + i, y + i, n - i, sxx, syy, sxy, see, exact);
+}
+#endif
+
+static void tritpack_measure(const float * x, const float * y, int64_t n, double sxx[8], double syy[8], double sxy[8],
+                             double see[8], int * exact) {
+#ifdef TRITPACK_HAVE_F16C_PATH
+    if (tritpack_cpu_has("avx2")) {
+        tritpack_measure_avx2(x, y, n, sxx, syy, sxy, see, exact);
+        return;
+    }
+#endif
+    tritpack_measure_generic(x, y, n, sxx, syy, sxy, see, exact);
+}
+
 // values per piece of tritpack_convert_rows: source, reconstruction and quantized rows stay in L2
 #define TRITPACK_CONVERT_PIECE 16384
 
@@ -70,16 +187,8 @@ int tritpack_convert_rows(enum ggml_type src_type, const void * src, enum ggml_t
         const int64_t nv = nr * n_per_row;
         const char * s = (const char *) src + r0 * src_row;
         char * d = (char *) dst + r0 * dst_row;
-        if (src_type == GGML_TYPE_F32) {
-            memcpy(x, s, sizeof(float) * (size_t) nv);
-        } else {
-            st->to_float(s, x, nv);
-        }
-        int finite = 1;  // a branch-free pass first (vectorizes); the position only when one is bad
-        for (int64_t i = 0; i < nv; ++i) {
-            finite &= fabsf(x[i]) <= FLT_MAX;
-        }
-        if (!finite) {
+        tritpack_to_f32(src_type, st, s, x, nv);
+        if (!tritpack_all_finite(x, nv)) {  // the position only when one is bad
             for (int64_t i = 0; i < nv; ++i) {
                 if (!isfinite(x[i])) {
                     stats->bad_row = r0 + i / n_per_row;
@@ -104,26 +213,7 @@ int tritpack_convert_rows(enum ggml_type src_type, const void * src, enum ggml_t
         } else {
             dt->to_float(d, y, nv);
         }
-        // eight lanes, so that the float64 sums vectorize without reassociating any of them
-        int64_t i = 0;
-        for (; i + 8 <= nv; i += 8) {
-            for (int l = 0; l < 8; ++l) {
-                const double xv = x[i + l], yv = y[i + l], e = xv - yv;
-                sxx[l] += xv * xv;
-                syy[l] += yv * yv;
-                sxy[l] += xv * yv;
-                see[l] += e * e;
-                exact  &= x[i + l] == y[i + l];
-            }
-        }
-        for (; i < nv; ++i) {
-            const double xv = x[i], yv = y[i], e = xv - yv;
-            sxx[0] += xv * xv;
-            syy[0] += yv * yv;
-            sxy[0] += xv * yv;
-            see[0] += e * e;
-            exact  &= x[i] == y[i];
-        }
+        tritpack_measure(x, y, nv, sxx, syy, sxy, see, &exact);
         stats->n += nv;
     }
     for (int l = 0; l < 8; ++l) {

@@ -135,8 +135,14 @@ def _sample_rows(n_rows: int, k: int) -> np.ndarray:
 
 
 def _float_rows(src: GGUFFile, g: GGML, t: TensorInfo, rows: np.ndarray) -> np.ndarray:
+    """Sample rows as float32. The mapped pages are dropped again: the kernel maps a fault's
+    neighbours too (fault-around), so sampling every tensor would otherwise leave most of the
+    file resident."""
     raw = src.raw(t)
-    return to_float32(g, t, np.ascontiguousarray(raw[rows]), path=src.path)
+    try:
+        return to_float32(g, t, np.ascontiguousarray(raw[rows]), path=src.path)
+    finally:
+        src.release(t)
 
 
 def _check_finite(src: GGUFFile, t: TensorInfo, x: np.ndarray, first_row: int = 0) -> None:
@@ -458,16 +464,20 @@ def convert(inp: str | Path, opts: ConvertOptions, progress: Progress = lambda *
     g = g or load_ggml()
     imatrix = load_imatrix(opts.imatrix) if opts.imatrix else None
     q = Quantizer(g, opts.threads)
+    # hashed from the start: planning runs on one core, so the hash mostly takes the other
+    source_hash = None if opts.dry_run else _SourceHash(src.path)
     try:
         plans = plan_conversion(src, opts, g, q, imatrix, progress)
         report = ConvertReport(str(inp), None if opts.dry_run else str(out), opts.type, plans,
                                size_before=sum(t.nbytes for t in src.tensors),
                                size_after=sum(p.dst_bytes for p in plans),
                                n_weights=sum(t.n_elements for t in src.tensors), dry_run=opts.dry_run)
-        if not opts.dry_run:
-            _write(src, out, opts, g, q, imatrix, plans, progress)
+        if source_hash is not None:
+            _write(src, out, opts, g, q, imatrix, plans, progress, source_hash)
     finally:
         q.close()
+        if source_hash is not None:
+            source_hash.stop()
     report.seconds = time.monotonic() - t0
     return report
 
@@ -513,10 +523,10 @@ class _SourceHash:
 
 
 def _write(src: GGUFFile, out: Path, opts: ConvertOptions, g: GGML, q: Quantizer,
-           imatrix: dict[str, np.ndarray] | None, plans: list[TensorPlan], progress: Progress) -> None:
+           imatrix: dict[str, np.ndarray] | None, plans: list[TensorPlan], progress: Progress,
+           source_hash: _SourceHash) -> None:
     tmp = out.with_name(f".{out.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
     writer = GGUFWriter(tmp, src.architecture)
-    source_hash = _SourceHash(src.path)
     try:
         copy_fields(src, writer, skip={"general.file_type", "general.architecture"} |
                     {k for k in src.fields if k.startswith("tritpack.")})
@@ -564,7 +574,6 @@ def _write(src: GGUFFile, out: Path, opts: ConvertOptions, g: GGML, q: Quantizer
             raise TritpackError("file size limit exceeded while writing; nothing was written", path=out) from None
         raise TritpackError(f"cannot write: {e.strerror or e}", path=out) from None
     finally:
-        source_hash.stop()
         _close_quietly(writer)
         tmp.unlink(missing_ok=True)
 
