@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Converter speed and memory against llama-quantize, on the same ~1B-parameter F16 input, machine
-# and threads, in one run:  bench/convert.sh [THREADS]   ->  bench/results/convert.md
+# and threads, in one run:  [REPEAT=3] bench/convert.sh [THREADS]   ->  bench/results/convert.md
+# (each command REPEAT times, pairs alternating; the median run is reported)
 #
 #   tritpack-gguf convert --type tp4   vs   llama-quantize IQ4_XS
 #   tritpack-gguf convert --type tp1   vs   llama-quantize TQ1_0
@@ -22,21 +23,35 @@ from tritpack_gguf.converters.reader import GGUFFile
 print(max(t.n_elements for t in GGUFFile(sys.argv[1]).tensors) * 4)
 EOF
 )
-measure() {  # measure NAME COMMAND... -> "seconds peak_kb"
+measure() {  # measure NAME COMMAND... -> appends "seconds peak_kb" to $WORK/time-NAME.all
   local name=$1; shift
   rm -f "$WORK/out-$name.gguf"
   /usr/bin/time -f "%e %M" -o "$WORK/time-$name.txt" "$@" >"$WORK/log-$name.txt" 2>&1
-  cat "$WORK/time-$name.txt"
+  cat "$WORK/time-$name.txt" >>"$WORK/time-$name.all"
 }
+median() {  # median NAME -> "seconds peak_kb" of the run with the median time
+  sort -n "$WORK/time-$1.all" | sed -n "$(( ($(wc -l <"$WORK/time-$1.all") + 1) / 2 ))p"
+}
+REPEAT=${REPEAT:-3}
+rm -f "$WORK"/time-*.all
+for i in $(seq "$REPEAT"); do  # each pair back to back, the pairs alternating which goes first
+  tp4() { measure tp4 .venv/bin/tritpack-gguf convert "$F16" --type tp4 -o "$WORK/out-tp4.gguf" --threads "$THREADS" --json; }
+  iq4() { measure iq4_xs "$LIB/llama-quantize" "$F16" "$WORK/out-iq4_xs.gguf" IQ4_XS "$THREADS"; }
+  tp1() { measure tp1 .venv/bin/tritpack-gguf convert "$F16" --type tp1 -o "$WORK/out-tp1.gguf" --threads "$THREADS" --json; }
+  tq1() { measure tq1_0 "$LIB/llama-quantize" "$F16" "$WORK/out-tq1_0.gguf" TQ1_0 "$THREADS"; }
+  if (( i % 2 )); then tp4; iq4; tp1; tq1; else iq4; tp4; tq1; tp1; fi
+done
 declare -A R
-R[tp4]=$(measure tp4 .venv/bin/tritpack-gguf convert "$F16" --type tp4 -o "$WORK/out-tp4.gguf" --threads "$THREADS" --json)
-R[iq4_xs]=$(measure iq4_xs "$LIB/llama-quantize" "$F16" "$WORK/out-iq4_xs.gguf" IQ4_XS "$THREADS")
-R[tp1]=$(measure tp1 .venv/bin/tritpack-gguf convert "$F16" --type tp1 -o "$WORK/out-tp1.gguf" --threads "$THREADS" --json)
-R[tq1_0]=$(measure tq1_0 "$LIB/llama-quantize" "$F16" "$WORK/out-tq1_0.gguf" TQ1_0 "$THREADS")
+for k in tp4 iq4_xs tp1 tq1_0; do R[$k]=$(median $k); done
+# what the source hash alone costs (convert runs it in a thread beside the work)
+hash_s=$(.venv/bin/python -c 'import sys, time
+from tritpack_gguf.build import sha256_file
+t = time.monotonic(); sha256_file(sys.argv[1]); print(f"{time.monotonic() - t:.2f}")' "$F16")
 
 row() {  # row LABEL KEY
   read -r s kb <<<"${R[$2]}"
-  echo "| $1 | $s | $(echo "scale=1; $in_bytes / 1000000 / $s" | bc) | $(( kb / 1024 )) |"
+  local all; all=$(awk '{printf "%s%s", sep, $1; sep=", "}' "$WORK/time-$2.all")
+  echo "| $1 | $s | $all | $(echo "scale=1; $in_bytes / 1000000 / $s" | bc) | $(( kb / 1024 )) |"
 }
 ratio() { read -r a _ <<<"${R[$1]}"; read -r b _ <<<"${R[$2]}"; echo "scale=2; $b / $a" | bc; }
 {
@@ -47,11 +62,13 @@ ratio() { read -r a _ <<<"${R[$1]}"; read -r b _ <<<"${R[$2]}"; echo "scale=2; $
   echo "largest tensor $(( largest / 1000000 )) MB in F32, so the memory bound is $(( (2 * largest) / 1000000 + 500 )) MB."
   echo
   echo '```'
-  echo "bench/convert.sh $THREADS"
+  echo "REPEAT=$REPEAT bench/convert.sh $THREADS"
   echo '```'
   echo
-  echo "| command | seconds | MB/s of F16 input | peak RSS MiB |"
-  echo "| --- | ---: | ---: | ---: |"
+  echo "Each command ran $REPEAT times (pairs back to back, alternating which goes first); the table has the median run."
+  echo
+  echo "| command | seconds (median) | every run | MB/s of F16 input | peak RSS MiB |"
+  echo "| --- | ---: | --- | ---: | ---: |"
   row "tritpack-gguf convert --type tp4" tp4
   row "llama-quantize IQ4_XS" iq4_xs
   row "tritpack-gguf convert --type tp1" tp1
@@ -59,6 +76,8 @@ ratio() { read -r a _ <<<"${R[$1]}"; read -r b _ <<<"${R[$2]}"; echo "scale=2; $
   echo
   echo "Throughput ratios (same input, machine and threads): convert --type tp4 / llama-quantize IQ4_XS = $(ratio tp4 iq4_xs)x;"
   echo "convert --type tp1 / llama-quantize TQ1_0 = $(ratio tp1 tq1_0)x (goals: at least 1.0x each)."
-  echo "convert also measures every tensor against its source (cos, SNR, RMSE) while writing; llama-quantize does not."
+  echo "convert does more than llama-quantize: it hashes the whole input (sha256, for tritpack.source_sha256), searches TP1's"
+  echo "alpha per tensor, and measures every tensor against its source (cos, SNR, RMSE) while writing."
+  echo "The sha256 of the input alone took $hash_s s of one core here (the same function, same run)."
 } > bench/results/convert.md
 cat bench/results/convert.md

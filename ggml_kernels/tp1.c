@@ -192,20 +192,25 @@ static void tp1_quantize_block(const float * GGML_RESTRICT x, const float * GGML
 }
 
 // Lane sums of |x| over a block (lane l = element index % 8, added in index order), either all of
-// them (all) or those above tf, as float64: the sums tp1_prep and tp1_support_sums make.
-static inline void tp1_lane_sums(const float * GGML_RESTRICT x, int all, float tf, double out[8]) {
+// them (all) or those above tf, as float64: the sums tp1_prep and tp1_support_sums make. Returns
+// how many were summed.
+static inline int tp1_lane_sums(const float * GGML_RESTRICT x, int all, float tf, double out[8]) {
 #if defined(__SSE2__)
     // two lanes a register; _mm_cvtps_pd converts without the false dependency scalar code gets
+    static const uint8_t tp1_bits4[16] = { 0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4 };  // set bits
     const __m128 sign = _mm_set1_ps(-0.0f);
     const __m128 t    = _mm_set1_ps(tf);
     __m128d acc[4];
     for (int h = 0; h < 4; ++h) {
         acc[h] = _mm_setzero_pd();
     }
+    int count = 0;
     for (int i = 0; i < 8; ++i) {
         for (int q = 0; q < 2; ++q) {
             const __m128 v    = _mm_andnot_ps(sign, _mm_loadu_ps(x + 8*i + 4*q));
-            const __m128 kept = all ? v : _mm_and_ps(v, _mm_cmpgt_ps(v, t));  // v or +0
+            const __m128 keep = _mm_cmpgt_ps(v, t);
+            const __m128 kept = all ? v : _mm_and_ps(v, keep);  // v or +0
+            count += tp1_bits4[_mm_movemask_ps(keep)];
             acc[2*q]     = _mm_add_pd(acc[2*q],     _mm_cvtps_pd(kept));
             acc[2*q + 1] = _mm_add_pd(acc[2*q + 1], _mm_cvtps_pd(_mm_movehl_ps(kept, kept)));
         }
@@ -213,16 +218,21 @@ static inline void tp1_lane_sums(const float * GGML_RESTRICT x, int all, float t
     for (int h = 0; h < 4; ++h) {
         _mm_storeu_pd(out + 2*h, acc[h]);
     }
+    return all ? QK_TP1 : count;
 #else
     for (int l = 0; l < 8; ++l) {
         out[l] = 0.0;
     }
+    int count = 0;
     for (int i = 0; i < 8; ++i) {
         for (int l = 0; l < 8; ++l) {
             const float v = fabsf(x[8*i + l]);
-            out[l] += all || v > tf ? (double) v : 0.0;
+            const int   k = all || v > tf;
+            out[l] += k ? (double) v : 0.0;
+            count  += k;
         }
     }
+    return count;
 #endif
 }
 
@@ -389,13 +399,8 @@ static void tp1_eval_pass(const float * src, int64_t nrows, int64_t n_per_row, c
                 for (int c = 0; c < ncand; ++c) {
                     const double tau = tp1_tau(&p, alpha[c]);
                     const float  tf  = tp1_float_below(tau);
-                    int count = 0;
-                    for (int j = 0; j < QK_TP1; ++j) {
-                        count += fabsf(x[j]) > tf;
-                    }
-                    tp1_lane_sums(x, 0, tf, s);
+                    const double W = (double) tp1_lane_sums(x, 0, tf, s);
                     const double A = tp1_hsum8(s);
-                    const double W = (double) count;
                     const ggml_fp16_t h = tp1_scale_to_fp16(A / W);
                     const double d = (double) GGML_FP16_TO_FP32(h);
                     dot[c] += d * A;
