@@ -236,6 +236,59 @@ static inline int tp1_lane_sums(const float * GGML_RESTRICT x, int all, float tf
 #endif
 }
 
+// Lane sums (tp1_lane_sums' lanes and order) of |x|^2 into xx, and of (|x| - d*[|x| > tf])^2 into ee,
+// the squared error of a block whose kept weights come back as +-d (ee may be NULL).
+static inline void tp1_lane_squares(const float * GGML_RESTRICT x, float tf, double d, double xx[8], double * ee) {
+#if defined(__SSE2__)
+    const __m128  sign = _mm_set1_ps(-0.0f);
+    const __m128d t    = _mm_set1_pd((double) tf);
+    const __m128d dv   = _mm_set1_pd(d);
+    __m128d ax[4], ae[4];
+    for (int h = 0; h < 4; ++h) {
+        ax[h] = _mm_setzero_pd();
+        ae[h] = _mm_setzero_pd();
+    }
+    for (int i = 0; i < 8; ++i) {
+        for (int q = 0; q < 2; ++q) {
+            const __m128 v = _mm_andnot_ps(sign, _mm_loadu_ps(x + 8*i + 4*q));
+            for (int half = 0; half < 2; ++half) {
+                const int     h  = 2*q + half;
+                const __m128d vd = _mm_cvtps_pd(half ? _mm_movehl_ps(v, v) : v);
+                ax[h] = _mm_add_pd(ax[h], _mm_mul_pd(vd, vd));
+                if (ee) {
+                    const __m128d e = _mm_sub_pd(vd, _mm_and_pd(dv, _mm_cmpgt_pd(vd, t)));
+                    ae[h] = _mm_add_pd(ae[h], _mm_mul_pd(e, e));
+                }
+            }
+        }
+    }
+    for (int h = 0; h < 4; ++h) {
+        _mm_storeu_pd(xx + 2*h, ax[h]);
+        if (ee) {
+            _mm_storeu_pd(ee + 2*h, ae[h]);
+        }
+    }
+#else
+    for (int l = 0; l < 8; ++l) {
+        xx[l] = 0.0;
+        if (ee) {
+            ee[l] = 0.0;
+        }
+    }
+    for (int i = 0; i < 8; ++i) {
+        for (int l = 0; l < 8; ++l) {
+            const float  v  = fabsf(x[8*i + l]);
+            const double vd = (double) v;
+            xx[l] += vd * vd;
+            if (ee) {
+                const double e = vd - (v > tf ? d : 0.0);  // exact: the difference of two floats
+                ee[l] += e * e;
+            }
+        }
+    }
+#endif
+}
+
 // The largest float <= tau: for a float a, a > tau exactly when a > tp1_float_below(tau).
 static inline float tp1_float_below(double tau) {
     float tf = (float) tau;
@@ -254,9 +307,9 @@ static inline ggml_fp16_t tp1_scale_to_fp16(double d) {
     return GGML_FP32_TO_FP16(df);
 }
 
-// tp1_prep without an imatrix: only sum, xx and amax (what tp1_tau and the search read). Returns 0 for
-// an all-zero block, which the general path handles.
-static inline int tp1_plain_prep(const float * GGML_RESTRICT x, tp1_block_prep * p) {
+// tp1_prep without an imatrix: only sum, amax and (with need_xx) xx, what tp1_tau and the search read.
+// Returns 0 for an all-zero block, which the general path handles.
+static inline int tp1_plain_prep(const float * GGML_RESTRICT x, tp1_block_prep * p, int need_xx) {
     float amax = 0.0f;
     for (int j = 0; j < QK_TP1; ++j) {
         const float v = fabsf(x[j]);
@@ -267,11 +320,8 @@ static inline int tp1_plain_prep(const float * GGML_RESTRICT x, tp1_block_prep *
     }
     double s[8], sx[8] = {0, 0, 0, 0, 0, 0, 0, 0};
     tp1_lane_sums(x, 1, 0.0f, s);
-    for (int i = 0; i < 8; ++i) {
-        for (int l = 0; l < 8; ++l) {
-            const double v = (double) fabsf(x[8*i + l]);
-            sx[l] += v * v;
-        }
+    if (need_xx) {
+        tp1_lane_squares(x, 0.0f, 0.0, sx, NULL);
     }
     p->sum  = tp1_hsum8(s);
     p->xx   = tp1_hsum8(sx);
@@ -280,10 +330,13 @@ static inline int tp1_plain_prep(const float * GGML_RESTRICT x, tp1_block_prep *
 }
 
 // tp1_quantize_block without an imatrix, the same bits in fewer steps: no double copies of the block,
-// and the threshold test in float
-static void tp1_quantize_block_plain(const float * GGML_RESTRICT x, float alpha, block_tp1 * GGML_RESTRICT y) {
+// and the threshold test in float. With m, also adds the block's sum x^2, sum y^2, sum x*y and
+// sum (x-y)^2 (float64) to m[0..3], y being what dequantize_row_tp1 gives back (the scale and the
+// trits are known here, so nothing is decoded). An all-zero block adds nothing.
+static void tp1_quantize_block_plain(const float * GGML_RESTRICT x, float alpha, block_tp1 * GGML_RESTRICT y,
+                                     double * m) {
     tp1_block_prep p;
-    if (!tp1_plain_prep(x, &p)) {
+    if (!tp1_plain_prep(x, &p, 0)) {
         tp1_quantize_block(x, NULL, alpha, y);  // all zeros: keeps the signs of the zeros
         return;
     }
@@ -297,9 +350,20 @@ static void tp1_quantize_block_plain(const float * GGML_RESTRICT x, float alpha,
     }
     double s[8];
     tp1_lane_sums(x, 0, tf, s);
-    const ggml_fp16_t d = tp1_scale_to_fp16(tp1_hsum8(s) / (double) count);  // count >= 1: the max is kept
+    const double A = tp1_hsum8(s);
+    const ggml_fp16_t d = tp1_scale_to_fp16(A / (double) count);  // count >= 1: the max is kept
     tp1_pack(codes, y->qs);
     memcpy(y->d, &d, sizeof(d));  // little endian
+    if (m) {
+        // |x - y| is | |x| - d | where kept (same sign), |x| where not
+        const double dd = (double) GGML_FP16_TO_FP32(d);
+        double xx[8], e[8];
+        tp1_lane_squares(x, tf, dd, xx, e);
+        m[0] += tp1_hsum8(xx);
+        m[1] += (dd * dd) * (double) count;
+        m[2] += dd * A;
+        m[3] += tp1_hsum8(e);
+    }
 }
 
 static float tp1_sanitize_alpha(float alpha) {
@@ -321,8 +385,22 @@ size_t tritpack_quantize_tp1(const float * GGML_RESTRICT src, void * GGML_RESTRI
             if (imatrix) {
                 tp1_quantize_block(src + r*n_per_row + b*QK_TP1, imatrix + b*QK_TP1, alpha, y + r*nb + b);
             } else {
-                tp1_quantize_block_plain(src + r*n_per_row + b*QK_TP1, alpha, y + r*nb + b);
+                tp1_quantize_block_plain(src + r*n_per_row + b*QK_TP1, alpha, y + r*nb + b, NULL);
             }
+        }
+    }
+    return (size_t) nrows * (size_t) nb * sizeof(block_tp1);
+}
+
+size_t tritpack_quantize_tp1_measured(const float * GGML_RESTRICT src, void * GGML_RESTRICT dst, int64_t nrows,
+                                      int64_t n_per_row, float alpha, double m[4]) {
+    assert(n_per_row % QK_TP1 == 0);
+    alpha = tp1_sanitize_alpha(alpha);
+    const int64_t nb = TP1_ROW_BLOCKS(n_per_row);
+    block_tp1 * y = (block_tp1 *) dst;
+    for (int64_t r = 0; r < nrows; ++r) {
+        for (int64_t b = 0; b < nb; ++b) {
+            tp1_quantize_block_plain(src + r*n_per_row + b*QK_TP1, alpha, y + r*nb + b, m);
         }
     }
     return (size_t) nrows * (size_t) nb * sizeof(block_tp1);
@@ -392,7 +470,7 @@ static void tp1_eval_pass(const float * src, int64_t nrows, int64_t n_per_row, c
         for (int64_t b = 0; b < nb; ++b) {
             const float * x = src + r*n_per_row + b*QK_TP1;
             const float * w = imatrix ? imatrix + b*QK_TP1 : NULL;
-            if (w == NULL && tp1_plain_prep(x, &p)) {
+            if (w == NULL && tp1_plain_prep(x, &p, 1)) {
                 // without an imatrix: the same sums from the floats (see tp1_quantize_block_plain)
                 xx += p.xx;
                 double s[8];

@@ -65,6 +65,10 @@ GGML_API size_t quantize_tp1(const float * GGML_RESTRICT src, void * GGML_RESTRI
 // TP1 with an explicit alpha (the converter's per-tensor entry point). imatrix: n_per_row floats or
 // NULL. Returns nrows * row size in bytes.
 GGML_API size_t tritpack_quantize_tp1(const float * GGML_RESTRICT src, void * GGML_RESTRICT dst, int64_t nrows, int64_t n_per_row, const float * imatrix, float alpha);
+// tritpack_quantize_tp1 without an imatrix, measuring as it goes: adds sum x^2, sum y^2, sum x*y and
+// sum (x-y)^2 (float64) over src and its dequantization y to m[0..3] (sum (x-y)^2 is 0 exactly when
+// every weight comes back unchanged). The same bytes as tritpack_quantize_tp1(..., NULL, alpha).
+GGML_API size_t tritpack_quantize_tp1_measured(const float * GGML_RESTRICT src, void * GGML_RESTRICT dst, int64_t nrows, int64_t n_per_row, float alpha, double m[4]);
 // Searches alpha on the lattice k/32 (coarse 0.5..1.75 in steps of 1/4, then refined to 1/32) for
 // rows src. target_cos <= 0: the alpha of the largest (imatrix-weighted) cosine similarity between
 // src and its dequantization; target_cos > 0: among the alphas evaluated whose cosine reaches

@@ -199,6 +199,18 @@ int tritpack_convert_rows(enum ggml_type src_type, const void * src, enum ggml_t
             rc = TRITPACK_CONVERT_NONFINITE;
             break;
         }
+        if ((int) dst_type == TRITPACK_TYPE_TP1 && imatrix == NULL) {
+            // measured by the quantizer itself: nothing to decode, validate or compare afterwards
+            double m[4] = {0, 0, 0, 0};
+            tritpack_quantize_tp1_measured(x, d, nr, n_per_row, tp1_alpha, m);
+            sxx[0] += m[0];
+            syy[0] += m[1];
+            sxy[0] += m[2];
+            see[0] += m[3];
+            exact  &= m[3] == 0.0;
+            stats->n += nv;
+            continue;
+        }
         if ((int) dst_type == TRITPACK_TYPE_TP1) {
             tritpack_quantize_tp1(x, d, nr, n_per_row, imatrix, tp1_alpha);
         } else {

@@ -112,6 +112,27 @@ def test_ternary_f16_becomes_tp1_losslessly_whatever_the_target(models, ggml, tm
         assert np.array_equal(x.view(np.uint32), y.view(np.uint32)), t.name
 
 
+@pytest.mark.parametrize("type_", ["tp1", "tp4"])
+def test_reported_figures_match_the_written_file(models, ggml, tmp_path, type_):
+    # the C pass measures while it quantizes (TP1 without an imatrix never decodes its own blocks):
+    # its cos / SNR / RMSE must be what the written file dequantizes to, tensor by tensor
+    r = convert(models["gauss"], ConvertOptions(type=type_, output=tmp_path / f"m-{type_}.gguf"))
+    inp, out = GGUFFile(models["gauss"]), GGUFFile(r.output)
+    checked = 0
+    for p in r.tensors:
+        if not p.quantize:
+            continue
+        x = values(ggml, inp, p.name).astype(np.float64).ravel()
+        y = values(ggml, out, p.name).astype(np.float64).ravel()
+        e = x - y
+        assert p.cos == pytest.approx(x @ y / np.sqrt((x @ x) * (y @ y)), abs=2e-7), p.name
+        assert p.rmse == pytest.approx(np.sqrt(e @ e / e.size), rel=1e-5), p.name
+        assert p.snr_db == pytest.approx(10 * np.log10((x @ x) / (e @ e)), abs=1e-3), p.name
+        checked += 1
+    assert checked >= 14
+    assert any(p.dst_type == type_.upper() for p in r.tensors)
+
+
 def test_one_non_ternary_value_outside_the_sampled_rows_is_not_lossless(models, tmp_path):
     # the planner checks sample rows first, then the whole tensor: a value off the ternary grid in a
     # row the samples skip must still keep the tensor out of the lossless TP1 path
