@@ -391,6 +391,50 @@ static void test_quantize(void) {
             }
             free(w);
         }
+        // the converter's pass (tritpack_convert_rows): F32 and F16 sources into TP1 (measured while
+        // quantizing) and TP4; a non-finite weight must stop it with its position, never reach a kernel
+        {
+            ggml_fp16_t * h = xalloc(sizeof(ggml_fp16_t) * nrows * n);
+            ggml_fp32_to_fp16_row(x, h, nrows * n);
+            for (int t = 0; t < 2; ++t) {
+                const enum ggml_type dst = t ? TP4 : TP1;
+                uint8_t * q = xalloc(t ? tp4_bytes : tp1_bytes);
+                for (int src16 = 0; src16 < 2; ++src16) {
+                    tritpack_convert_stats st;
+                    memset(&st, 0, sizeof(st));
+                    st.exact = 1;
+                    const int rc = tritpack_convert_rows(src16 ? GGML_TYPE_F16 : GGML_TYPE_F32, src16 ? (const void *) h : x,
+                                                         dst, q, nrows, n, NULL, 0.75f, &st);
+                    n_quant_rows += nrows;
+                    if (pattern_finite(p) && rc != TRITPACK_CONVERT_OK && !(src16 && rc == TRITPACK_CONVERT_NONFINITE)) {
+                        NOTE("convert_rows %s of finite input (%s) returned %d", ggml_type_name(dst), PATTERN_NAMES[p], rc);
+                    }
+                    if (!pattern_finite(p) && !src16 && rc != TRITPACK_CONVERT_NONFINITE) {
+                        FAIL("convert_rows %s of %s returned %d, not NONFINITE", ggml_type_name(dst), PATTERN_NAMES[p], rc);
+                    }
+                    if (rc == TRITPACK_CONVERT_NONFINITE && (st.bad_row < 0 || st.bad_row >= nrows || st.bad_col < 0 || st.bad_col >= n)) {
+                        FAIL("convert_rows %s: non-finite weight at row %lld col %lld, outside %d x %d", ggml_type_name(dst),
+                             (long long) st.bad_row, (long long) st.bad_col, nrows, n);
+                    }
+                }
+                free(q);
+            }
+            free(h);
+        }
+        if (pattern_finite(p)) {  // the measured TP1 quantizer against a decode of what it wrote
+            uint8_t * q = xalloc(tp1_bytes);
+            float * y = xalloc(sizeof(float) * nrows * n);
+            double m[4] = {0, 0, 0, 0}, see = 0;
+            tritpack_quantize_tp1_measured(x, q, nrows, n, 0.75f, m);
+            dequantize_row_tp1((const block_tp1 *) q, y, nrows * n);
+            for (int i = 0; i < nrows * n; ++i) see += ((double) x[i] - y[i]) * ((double) x[i] - y[i]);
+            if (!(fabs(m[3] - see) <= 1e-9 * see || (isinf(see) && isinf(m[3])))) {
+                FAIL("tritpack_quantize_tp1_measured (%s): sum (x-y)^2 %g, decoded %g", PATTERN_NAMES[p], m[3], see);
+            }
+            n_quant_rows += nrows;
+            free(y);
+            free(q);
+        }
         // the reference and CPU row quantizers (from_float), one row of 128
         uint8_t * q1 = xalloc(ggml_row_size(TP1, n));
         uint8_t * q4 = xalloc(ggml_row_size(TP4, n));
