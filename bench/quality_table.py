@@ -692,7 +692,7 @@ def write_report(data: dict, seconds: float | None) -> None:
               "types fall back everywhere. `llama-imatrix` aborts on BERT (it asserts the vocabulary adds no EOS token), "
               "so the `+imat` rows use `bench/minilm_imatrix.py`: the same statistic (mean squared input of every "
               f"matrix) measured with torch over the sentences of `{IMATRIX_TEXT.name}`, written in llama-imatrix's "
-              "legacy format. The token embedding (30522 x 384, half the weights) is Q8_0 in the TritPack files.", ""]
+              "legacy format. The token embedding (30522 x 384, half the weights) is Q8_0 in the TP4 and TP1 files; the mixed rows tier it (TP4 or Q8_0).", ""]
         L += emb_table(ml) + [""]
         L += ["### The goals, read on MiniLM (1 - mean cosine as the error)", ""] + emb_goals(ml) + [""]
     L += ["## Picture", "", "![bits per weight against KL divergence](quality.png)", "",

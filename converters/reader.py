@@ -426,8 +426,13 @@ def to_float32(ggml, t: TensorInfo, raw_rows: np.ndarray, path: Path | None = No
     return ggml.dequantize(int(t.type), raw_rows)
 
 
+class _RawValue(bytes):
+    """A key/value's type and value as the source file holds them (GGUF is read little-endian only)."""
+
+
 def copy_fields(src: GGUFFile, writer: gguf.GGUFWriter, skip: set[str]) -> None:
-    """Carry every key/value over unchanged (bar `skip` and the writer's own architecture key)."""
+    """Carry every key/value over unchanged (bar `skip` and the writer's own architecture key).
+    Arrays go over as their bytes: a tokenizer's 50,000 strings are not decoded and packed again."""
     _allow_empty_arrays(writer)
     for key, field in src.fields.items():
         if key in skip or key == "general.architecture":
@@ -435,21 +440,24 @@ def copy_fields(src: GGUFFile, writer: gguf.GGUFWriter, skip: set[str]) -> None:
         if key == "general.alignment":
             writer.data_alignment = int(field.contents())
         vtype = GGUFValueType(field.types[0])
-        sub_type = GGUFValueType(field.types[-1]) if vtype == GGUFValueType.ARRAY and len(field.types) > 1 else None
-        value = field.contents()
-        if vtype == GGUFValueType.ARRAY and sub_type is None:
-            value, sub_type = [], GGUFValueType.INT32  # an empty array; its element type is not recorded
-        writer.add_key_value(key, value, vtype, sub_type=sub_type)
+        if vtype == GGUFValueType.ARRAY:
+            start = field.offset + 8 + len(key.encode("utf-8"))  # past the key: its u64 length and bytes
+            writer.add_key_value(key, _RawValue(src._mm[start:field.end]), vtype)
+            continue
+        writer.add_key_value(key, field.contents(), vtype)
 
 
 def _allow_empty_arrays(writer: gguf.GGUFWriter) -> None:
     """gguf's writer refuses to write an empty array ("Invalid GGUF metadata array. Empty array"),
-    which GGUF allows and files hold (llama.cpp writes and reads them): write its 12 bytes here."""
+    which GGUF allows and files hold (llama.cpp writes and reads them): write its 12 bytes here. Also
+    writes a copied _RawValue as it is."""
     pack_val, pack = getattr(writer, "_pack_val", None), getattr(writer, "_pack", None)
     if pack_val is None or pack is None or getattr(pack_val, "_tritpack_empty_arrays", False):
         return
 
     def pack_val_empty_ok(val: Any, vtype: GGUFValueType, add_vtype: bool, sub_type: GGUFValueType | None = None) -> bytes:
+        if isinstance(val, _RawValue):  # copied from a source file: its type, then its value
+            return bytes(val) if add_vtype else bytes(val)[4:]
         if vtype == GGUFValueType.ARRAY and sub_type is not None and hasattr(val, "__len__") and len(val) == 0:
             return (pack("I", vtype) if add_vtype else b"") + pack("I", sub_type) + pack("Q", 0)
         return pack_val(val, vtype, add_vtype, sub_type)

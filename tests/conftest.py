@@ -28,3 +28,22 @@ def ggml(lib_dir):
     from tritpack_gguf.ggml_lib import load_ggml
 
     return load_ggml(lib_dir)
+
+
+# ----------------------------------------------------------------------------- counts in the CI log
+
+_COUNTS: list[str] = []
+
+
+@pytest.fixture
+def count_line():
+    """count_line(text): a line for the end of the test run (what the fuzzer tried, the faults
+    injected, the requests served), so that every CI log carries the counts docs/robustness.md quotes."""
+    return _COUNTS.append
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    if _COUNTS:
+        terminalreporter.section("tritpack counts")
+        for line in _COUNTS:
+            terminalreporter.write_line(line)

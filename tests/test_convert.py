@@ -51,6 +51,11 @@ def test_tp4_default_name_types_and_keys(models, ggml, tmp_path):
     # every key carried over (file type changed, tritpack.* added)
     missing = set(inp.fields) - set(out.fields)
     assert not missing, missing
+    for key, field in inp.fields.items():  # and unchanged, arrays (the tokenizer) included
+        if key != "general.file_type":
+            assert out.fields[key].types == field.types, key
+            assert out.fields[key].contents() == field.contents(), key
+    assert len(inp.get("tokenizer.ggml.tokens")) > 1000
     assert out.get("general.file_type") == 81
     assert out.get("tritpack.source_sha256") == before
     types = {t.name: t.type for t in out.tensors}

@@ -49,7 +49,7 @@ def small_fs(tmp_path):
     subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
-def test_disk_full_clear_error_nothing_left(model, small_fs):
+def test_disk_full_clear_error_nothing_left(model, small_fs, count_line):
     before = sha(model)
     out = small_fs / "out.gguf"
     r = subprocess.run(CLI + ["convert", str(model), "-o", str(out)], capture_output=True, text=True)
@@ -58,10 +58,11 @@ def test_disk_full_clear_error_nothing_left(model, small_fs):
     assert "Traceback" not in r.stderr
     assert not out.exists() and list(small_fs.iterdir()) == []
     assert sha(model) == before
+    count_line(f"fault: disk full (a 2 MB tmpfs) during convert: exit {r.returncode}, nothing left, input unchanged")
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
-def test_signal_mid_conversion_then_rerun(model, tmp_path, sig):
+def test_signal_mid_conversion_then_rerun(model, tmp_path, sig, count_line):
     before = sha(model)
     out = tmp_path / "out.gguf"
     # a runner started in the background (CI) hands its children SIGINT ignored; Ctrl-C is the
@@ -75,6 +76,7 @@ def test_signal_mid_conversion_then_rerun(model, tmp_path, sig):
             pytest.fail(f"conversion ended before the signal: {p.stderr.read()[-1000:]}")
         time.sleep(0.02)
     assert any(x.name.endswith(".tmp") for x in tmp_path.iterdir()), "no temporary file appeared"
+    written = sum(x.stat().st_size for x in tmp_path.iterdir() if x.name.endswith(".tmp"))
     p.send_signal(sig)
     _, err = p.communicate(timeout=120)
     assert p.returncode != 0, err
@@ -85,9 +87,11 @@ def test_signal_mid_conversion_then_rerun(model, tmp_path, sig):
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]
     assert len(GGUFFile(out).tensors) == len(GGUFFile(model).tensors)
+    count_line(f"fault: {sig.name} mid-conversion ({written} bytes of the temporary file written): exit {p.returncode}, "
+               f"nothing left; the rerun succeeded")
 
 
-def test_two_conversions_to_one_output(model, tmp_path):
+def test_two_conversions_to_one_output(model, tmp_path, count_line):
     out = tmp_path / "same.gguf"
     procs = [subprocess.Popen(CLI + ["convert", str(model), "-o", str(out), "--type", t],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for t in ("tp1", "tp4")]
@@ -103,3 +107,5 @@ def test_two_conversions_to_one_output(model, tmp_path):
         if rc != 0:
             assert "appeared while converting" in err or "output exists" in err, err
     assert _leftovers(tmp_path, {"same.gguf"}) == []
+    count_line(f"fault: two conversions racing for one output: {sum(ok)} succeeded, one complete file "
+               f"({len(f.tensors)} tensors, {f.get('tritpack.type')}), nothing else left")

@@ -231,7 +231,7 @@ sys.exit(test_fuzz.child_main({seconds}, {out!r}))
 """
 
 
-def test_fuzz_mutated_ggufs(patched_build, tmp_path):
+def test_fuzz_mutated_ggufs(patched_build, tmp_path, count_line):
     out = tmp_path / "fuzz"
     out.mkdir()
     code = _CHILD.format(cap=MEMORY_CAP, here=str(HERE), seconds=FUZZ_SECONDS, out=str(out))
@@ -248,10 +248,10 @@ def test_fuzz_mutated_ggufs(patched_build, tmp_path):
                     f"{keep} (add it to tests/fuzz_seeds/ once fixed)\n{r.stdout[-4000:]}\n{r.stderr[-6000:]}")
     stats = json.loads((out / "stats.json").read_text())
     kinds = sorted(stats["error_kinds"].items(), key=lambda kv: -kv[1])
-    print(f"\nfuzz: {stats['inputs']} inputs in {stats['seconds']} s from {stats['seeds']} seeds "
+    count_line(f"fuzz: {stats['inputs']} inputs in {stats['seconds']} s from {stats['seeds']} seeds "
           f"({', '.join(f'{k} {v}' for k, v in sorted(stats['by_command'].items()))}): "
           f"{stats['accepted']} accepted, {stats['errors']} clear errors, 0 other outcomes")
-    print("fuzz: most common errors: " + "; ".join(f"{v} x {k}" for k, v in kinds[:8]))
+    count_line("fuzz: most common errors: " + "; ".join(f"{v} x {k}" for k, v in kinds[:8]))
     assert stats["inputs"] > 0 and stats["errors"] > 0
 
 

@@ -229,14 +229,14 @@ def test_escape_codes_in_names_are_not_printed(env, tmp_path):
     assert rc != 0 and "\x1b" not in err and "\\x1b[2J" in err, err
 
 
-def test_table_covers_the_issue(env):
+def test_table_covers_the_issue(env, count_line):
     ids = {c[0] for c in CASES}
     for needed in ("wrong-magic", "version-1", "kv-count-2^63", "tensor-count-2^63", "string-value-past-eof",
                    "array-u8-past-eof", "offset-past-eof", "offsets-overlap", "dims-overflow-2^64",
                    "dimension-zero", "unknown-value-type", "unknown-tensor-type", "duplicate-tensor-name"):
         assert needed in ids
     assert set(MEMORY_CASES) <= ids
-    print(f"\nhostile table: {len(CASES)} files x {len(commands(Path('x'), Path('y')))} commands")
+    count_line(f"hostile table: {len(CASES)} files x {len(commands(Path('x'), Path('y')))} commands")
 
 
 # ----------------------------------------------------------------------------- cut at every boundary
@@ -253,7 +253,7 @@ def _cut_points() -> list[tuple[str, int]]:
     return sorted(((label, p) for p, label in points.items()), key=lambda x: x[1])
 
 
-def test_cut_at_every_structural_boundary(env, tmp_path):
+def test_cut_at_every_structural_boundary(env, tmp_path, count_line):
     data = base().build()
     points = _cut_points()
     names = list(commands(Path("a"), Path("b")))
@@ -272,7 +272,7 @@ def test_cut_at_every_structural_boundary(env, tmp_path):
             raise AssertionError(f"cut {label} (byte {n}), {name}: {e}") from None
         checked += 1
     assert checked > 60
-    print(f"\ncut the file at {checked} points (every header byte, each key/value, tensor info, the padding "
+    count_line(f"cut the file at {checked} points (every header byte, each key/value, tensor info, the padding "
           f"and each tensor's data)")
 
 

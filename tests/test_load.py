@@ -146,7 +146,7 @@ def _round(port: int, seconds: float, tag: str) -> dict:
     return stats
 
 
-def test_serve_parallel_load(model, tmp_path):
+def test_serve_parallel_load(model, tmp_path, count_line):
     from tritpack_gguf.serve import start_server
 
     log = tmp_path / "server.log"
@@ -169,7 +169,7 @@ def test_serve_parallel_load(model, tmp_path):
     a, b = rounds
     growth = b["rss"] - a["rss"]
     total = sum(r["ok"] for r in rounds)
-    print(f"\nload: {total} chat completions served to {CLIENTS} concurrent clients (--parallel {PARALLEL}) in "
+    count_line(f"load: {total} chat completions served to {CLIENTS} concurrent clients (--parallel {PARALLEL}) in "
           f"{a['seconds'] + b['seconds']:.0f} s: {a['ok']} then {b['ok']} "
           f"({a['stream'] + b['stream']} streamed), {a['bad_rejected'] + b['bad_rejected']} malformed requests "
           f"answered with an error; server RSS {a['rss'] / 2**20:.1f} MiB after round 1, {b['rss'] / 2**20:.1f} MiB after round 2")
