@@ -58,6 +58,7 @@ ratio() { read -r a _ <<<"${R[$1]}"; read -r b _ <<<"${R[$2]}"; echo "scale=2; $
   echo "# Converter throughput and memory"
   echo
   echo "Machine: $(lscpu | sed -n 's/^Model name: *//p' | head -1), $(nproc) cores visible, $THREADS threads. Date: $(date -u +%Y-%m-%d)."
+  echo "Code: commit $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- plugin converters ggml_kernels patches || echo ' with local changes')."
   echo "Input: $(basename "$F16"), $(( in_bytes / 1000000 )) MB F16 (random Llama, ~1B parameters, made by bench/cpu.sh);"
   echo "largest tensor $(( largest / 1000000 )) MB in F32, so the memory bound is $(( (2 * largest) / 1000000 + 500 )) MB."
   echo
