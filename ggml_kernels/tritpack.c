@@ -41,9 +41,9 @@ bool tritpack_validate_row_data(enum ggml_type type, const void * data, size_t n
 
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <immintrin.h>
-#define TRITPACK_HAVE_F16C_PATH 1
+#define TRITPACK_X86_PATHS 1
 
-// "f16c" (with AVX) or "avx2": what this CPU can run, asked once
+// x86-64 only: "f16c" (with AVX) or "avx2", what this CPU can run, asked once
 static int tritpack_cpu_has(const char * what) {
     static int f16c = -1, avx2 = -1;
     if (f16c < 0) {
@@ -53,6 +53,7 @@ static int tritpack_cpu_has(const char * what) {
     }
     return what[0] == 'f' ? f16c : avx2;
 }
+
 // F16 -> F32 with the F16C instruction when the CPU has it (exact either way: every fp16 value is a float)
 __attribute__((target("avx,f16c")))
 static void tritpack_f16_to_f32_f16c(const ggml_fp16_t * s, float * x, int64_t n) {
@@ -72,7 +73,7 @@ static void tritpack_to_f32(enum ggml_type type, const struct ggml_type_traits *
         memcpy(x, s, sizeof(float) * (size_t) n);
         return;
     }
-#ifdef TRITPACK_HAVE_F16C_PATH
+#ifdef TRITPACK_X86_PATHS
     if (type == GGML_TYPE_F16 && tritpack_cpu_has("f16c")) {
         tritpack_f16_to_f32_f16c((const ggml_fp16_t *) s, x, n);
         return;
@@ -106,7 +107,7 @@ static void tritpack_measure_generic(const float * x, const float * y, int64_t n
     *exact = ex;
 }
 
-#ifdef TRITPACK_HAVE_F16C_PATH
+#ifdef TRITPACK_X86_PATHS
 // the same lanes and order, four doubles a register
 __attribute__((target("avx2")))
 static void tritpack_measure_avx2(const float * x, const float * y, int64_t n, double sxx[8], double syy[8],
@@ -147,7 +148,7 @@ static void tritpack_measure_avx2(const float * x, const float * y, int64_t n, d
 
 static void tritpack_measure(const float * x, const float * y, int64_t n, double sxx[8], double syy[8], double sxy[8],
                              double see[8], int * exact) {
-#ifdef TRITPACK_HAVE_F16C_PATH
+#ifdef TRITPACK_X86_PATHS
     if (tritpack_cpu_has("avx2")) {
         tritpack_measure_avx2(x, y, n, sxx, syy, sxy, see, exact);
         return;
