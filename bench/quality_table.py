@@ -238,25 +238,14 @@ def to_f32(src_path: Path, out: Path) -> Path:
     """The same model with every tensor stored as F32 (same values; llama.cpp then multiplies in F32)."""
     if out.is_file() and out.stat().st_mtime_ns > src_path.stat().st_mtime_ns:
         return out
-    from gguf import GGMLQuantizationType as Q, GGUFWriter
+    from gguf import GGMLQuantizationType as Q
 
-    from tritpack_gguf.converters.reader import GGUFFile, copy_fields
+    from tritpack_gguf.converters.reader import rewrite_tensors
 
-    src = GGUFFile(src_path)
-    tmp = out.with_suffix(".tmp")
-    w = GGUFWriter(tmp, src.architecture)
-    copy_fields(src, w, skip={"general.file_type"})
-    w.add_file_type(0)
-    for t in src.tensors:
-        raw = np.asarray(src.raw(t)).tobytes()
-        dt = np.float32 if t.type == Q.F32 else np.float16
-        w.add_tensor(t.name, np.frombuffer(raw, dtype=dt).reshape(t.shape).astype(np.float32))
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
-    os.replace(tmp, out)
-    return out
+    def values(t, raw):
+        return np.frombuffer(raw.tobytes(), dtype=np.float32 if t.type == Q.F32 else np.float16).reshape(t.shape).astype(np.float32)
+
+    return rewrite_tensors(src_path, out, values, skip={"general.file_type"}, file_type=0)
 
 
 def random_ternary_llama(out: Path) -> Path:
@@ -287,32 +276,15 @@ def random_ternary_llama(out: Path) -> Path:
 
 def rewrite(src_path: Path, out: Path, fn) -> Path:
     """Copy a GGUF of F16/F32 tensors with each tensor's values replaced by fn(name, array)."""
-    from gguf import GGMLQuantizationType as Q, GGUFWriter
+    from gguf import GGMLQuantizationType as Q
 
-    from tritpack_gguf.converters.reader import GGUFFile, copy_fields
+    from tritpack_gguf.converters.reader import rewrite_tensors
 
-    src = GGUFFile(src_path)
-    tmp = out.with_suffix(".tmp")
-    w = GGUFWriter(tmp, src.architecture)
-    copy_fields(src, w, skip=set())
-    arrays = []
-    for t in src.tensors:
-        raw = np.asarray(src.raw(t)).tobytes()
-        a = np.frombuffer(raw, dtype=np.float32 if t.type == Q.F32 else np.float16).reshape(t.shape)
-        a = fn(t.name, a)
-        arrays.append(a)
-        w.add_tensor_info(t.name, a.shape, a.dtype, a.nbytes)
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_ti_data_to_file()
-    fout = w.fout[0]
-    for a in arrays:
-        w.write_padding(fout, fout.tell())
-        a.tofile(fout)
-        w.write_padding(fout, a.nbytes)
-    w.close()
-    os.replace(tmp, out)
-    return out
+    def values(t, raw):
+        a = np.frombuffer(raw.tobytes(), dtype=np.float32 if t.type == Q.F32 else np.float16).reshape(t.shape)
+        return fn(t.name, a)
+
+    return rewrite_tensors(src_path, out, values)
 
 
 def exact_tensors(model: Path, reference: Path) -> tuple[int, int]:

@@ -374,8 +374,10 @@ static float tp1_sanitize_alpha(float alpha) {
 // public entry points
 // ---------------------------------------------------------------------------------------------
 
-size_t tritpack_quantize_tp1(const float * GGML_RESTRICT src, void * GGML_RESTRICT dst, int64_t nrows,
-                             int64_t n_per_row, const float * imatrix, float alpha) {
+// rows of blocks: with an imatrix the general quantizer, without it the plain one (measuring into m
+// when given)
+static size_t tp1_quantize_rows(const float * GGML_RESTRICT src, void * GGML_RESTRICT dst, int64_t nrows,
+                                int64_t n_per_row, const float * imatrix, float alpha, double * m) {
     assert(n_per_row % QK_TP1 == 0);
     alpha = tp1_sanitize_alpha(alpha);
     const int64_t nb = TP1_ROW_BLOCKS(n_per_row);
@@ -385,25 +387,21 @@ size_t tritpack_quantize_tp1(const float * GGML_RESTRICT src, void * GGML_RESTRI
             if (imatrix) {
                 tp1_quantize_block(src + r*n_per_row + b*QK_TP1, imatrix + b*QK_TP1, alpha, y + r*nb + b);
             } else {
-                tp1_quantize_block_plain(src + r*n_per_row + b*QK_TP1, alpha, y + r*nb + b, NULL);
+                tp1_quantize_block_plain(src + r*n_per_row + b*QK_TP1, alpha, y + r*nb + b, m);
             }
         }
     }
     return (size_t) nrows * (size_t) nb * sizeof(block_tp1);
 }
 
+size_t tritpack_quantize_tp1(const float * GGML_RESTRICT src, void * GGML_RESTRICT dst, int64_t nrows,
+                             int64_t n_per_row, const float * imatrix, float alpha) {
+    return tp1_quantize_rows(src, dst, nrows, n_per_row, imatrix, alpha, NULL);
+}
+
 size_t tritpack_quantize_tp1_measured(const float * GGML_RESTRICT src, void * GGML_RESTRICT dst, int64_t nrows,
                                       int64_t n_per_row, float alpha, double m[4]) {
-    assert(n_per_row % QK_TP1 == 0);
-    alpha = tp1_sanitize_alpha(alpha);
-    const int64_t nb = TP1_ROW_BLOCKS(n_per_row);
-    block_tp1 * y = (block_tp1 *) dst;
-    for (int64_t r = 0; r < nrows; ++r) {
-        for (int64_t b = 0; b < nb; ++b) {
-            tp1_quantize_block_plain(src + r*n_per_row + b*QK_TP1, alpha, y + r*nb + b, m);
-        }
-    }
-    return (size_t) nrows * (size_t) nb * sizeof(block_tp1);
+    return tp1_quantize_rows(src, dst, nrows, n_per_row, NULL, alpha, m);
 }
 
 void quantize_row_tp1_ref(const float * GGML_RESTRICT x, block_tp1 * GGML_RESTRICT y, int64_t k) {

@@ -16,10 +16,10 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
-from gguf import GGMLQuantizationType as Q, GGUFWriter, quants
+from gguf import GGMLQuantizationType as Q, quants
 
 from .build import sha256_file
-from .converters.reader import GGUFFile, copy_fields
+from .converters.reader import rewrite_tensors
 from .errors import TritpackError
 from .paths import tritpack_home
 
@@ -61,32 +61,9 @@ def fetch_default_model(progress=lambda *a: None) -> dict[str, Path]:
 
 def dequantize_to_f16(src_path: Path, dst_path: Path) -> Path:
     """Every quantized tensor to F16 with gguf-py's numpy dequantizers; F32 tensors stay F32."""
-    src = GGUFFile(src_path)
-    tmp = dst_path.with_name(f".{dst_path.name}.{os.getpid()}.tmp")
-    w = GGUFWriter(tmp, src.architecture)
-    try:
-        copy_fields(src, w, skip={"general.file_type"})
-        w.add_file_type(1)  # MOSTLY_F16
-        arrays = []
-        for t in src.tensors:
-            raw = src.raw(t)
-            if t.type == Q.F32:
-                a = np.frombuffer(raw.tobytes(), dtype=np.float32).reshape(t.shape)
-            else:
-                a = quants.dequantize(np.asarray(raw), t.type).reshape(t.shape).astype(np.float16)
-            arrays.append(a)
-            w.add_tensor_info(t.name, a.shape, a.dtype, a.nbytes)
-        w.write_header_to_file()
-        w.write_kv_data_to_file()
-        w.write_ti_data_to_file()
-        fout = w.fout[0]
-        for a in arrays:
-            w.write_padding(fout, fout.tell())
-            a.tofile(fout)
-            w.write_padding(fout, a.nbytes)
-        w.close()
-        os.replace(tmp, dst_path)
-    finally:
-        w.close()
-        tmp.unlink(missing_ok=True)
-    return dst_path
+    def values(t, raw):
+        if t.type == Q.F32:
+            return np.frombuffer(raw.tobytes(), dtype=np.float32).reshape(t.shape)
+        return quants.dequantize(np.asarray(raw), t.type).reshape(t.shape).astype(np.float16)
+
+    return rewrite_tensors(src_path, dst_path, values, skip={"general.file_type"}, file_type=1)  # MOSTLY_F16

@@ -125,7 +125,7 @@ def test_the_sanitizers_are_on(sanitized):
     assert r.returncode != 0 and "runtime error: signed integer overflow" in r.stderr, r.stderr[-3000:]
 
 
-def test_kernels_under_asan_and_ubsan(sanitized):
+def test_kernels_under_asan_and_ubsan(sanitized, count_line):
     driver, info, r, seconds = sanitized
     print(f"\nsanitize: driver {'found built' if info['cached'] else 'built'} in {info['seconds']} s "
           f"({driver.parent})")
@@ -135,7 +135,7 @@ def test_kernels_under_asan_and_ubsan(sanitized):
     assert r.returncode == 0, out[-8000:]
     summary = [line for line in r.stdout.splitlines() if line.startswith("sanitize:")]
     assert summary, out[-4000:]
-    print(f"{summary[-1]} ({seconds:.1f} s under the sanitizers)")
+    count_line(f"{summary[-1]} ({seconds:.1f} s under the sanitizers)")
 
 
 def test_finite_input_quantizes_to_finite_scales(sanitized):
