@@ -44,18 +44,9 @@ def _panel(cv: Canvas, x0: int, y0: int, w: int, h: int, panel: Panel) -> None:
     def Y(v: float) -> int:
         return py0 + ph - round((math.log10(v) - ylo) / (yhi - ylo) * ph)
 
-    x = math.ceil(xlo)
-    while x <= xhi:
-        cv.line(X(x), py0, X(x), py0 + ph, GRID)
-        cv.text(X(x), py0 + ph + 8, f"{x:g}", AXIS, 2, "center")
-        x += 1
-    for t in yt:
-        cv.line(px0, Y(t), px0 + pw, Y(t), GRID)
-        cv.text(px0 - 8, Y(t) - 7, _fmt(t), AXIS, 2, "right")
-    cv.line(px0, py0 + ph, px0 + pw, py0 + ph, AXIS, 2)
-    cv.line(px0, py0, px0, py0 + ph, AXIS, 2)
-    cv.text(px0 + pw // 2, py0 + ph + 34, xlabel, AXIS, 2, "center")
-    cv.text_up(x0 + 14, py0 + ph // 2, ylabel, AXIS, 2)
+    xt = range(math.ceil(xlo), math.floor(xhi) + 1)
+    cv.axes(x0, px0, py0, pw, ph, [(X(x), f"{x:g}") for x in xt], [(Y(t), _fmt(t)) for t in yt], xlabel, ylabel,
+            GRID, AXIS)
     placed: list[tuple[int, int, int, int]] = []
     # draw the points first, then labels where they overlap nothing placed yet
     for label, x, y, maker, imat in pts:

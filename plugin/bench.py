@@ -483,6 +483,17 @@ class Canvas:
                 if x * x + y * y <= r * r + r:
                     self.dot(cx + x, cy + y, c)
 
+    @staticmethod
+    def _glyph_pixels(s: str, scale: int):
+        """(along, down) offsets of the set pixels of text s, unrotated: 5x7 glyphs, 6 columns apart."""
+        for i, ch in enumerate(s):
+            for cx, bits in enumerate(_FONT.get(ch.upper(), _FONT["?"])):
+                for cy in range(7):
+                    if bits >> cy & 1:
+                        for a in range(scale):
+                            for b in range(scale):
+                                yield (6 * i + cx) * scale + a, cy * scale + b
+
     def text(self, x: int, y: int, s: str, c: tuple[int, int, int] = (0, 0, 0), scale: int = 2,
              anchor: str = "left") -> None:
         width = self.text_width(s, scale)
@@ -490,28 +501,30 @@ class Canvas:
             x -= width // 2
         elif anchor == "right":
             x -= width
-        for ch in s:
-            cols = _FONT.get(ch.upper(), _FONT["?"])
-            for cx, bits in enumerate(cols):
-                for cy in range(7):
-                    if bits >> cy & 1:
-                        for a in range(scale):
-                            for b in range(scale):
-                                self.dot(x + cx * scale + a, y + cy * scale + b, c)
-            x += 6 * scale
+        for u, v in self._glyph_pixels(s, scale):
+            self.dot(x + u, y + v, c)
 
     def text_up(self, x: int, y: int, s: str, c: tuple[int, int, int] = (0, 0, 0), scale: int = 2) -> None:
         """Text rotated a quarter turn counter-clockwise, centred on (x, y)."""
         y += self.text_width(s, scale) // 2
-        for ch in s:
-            cols = _FONT.get(ch.upper(), _FONT["?"])
-            for cx, bits in enumerate(cols):
-                for cy in range(7):
-                    if bits >> cy & 1:
-                        for a in range(scale):
-                            for b in range(scale):
-                                self.dot(x + cy * scale + b, y - cx * scale - a, c)
-            y -= 6 * scale
+        for u, v in self._glyph_pixels(s, scale):
+            self.dot(x + v, y - u, c)
+
+    def axes(self, x0: int, px0: int, py0: int, pw: int, ph: int, xticks: list[tuple[int, str]],
+             yticks: list[tuple[int, str]], xlabel: str, ylabel: str,
+             grid: tuple[int, int, int] = (225, 225, 225), axis: tuple[int, int, int] = (60, 60, 60)) -> None:
+        """The frame of a plot whose area starts at (px0, py0), pw x ph: grid lines and labels at the
+        tick pixels, the two axes, and their labels (the y label turned, at x0 + 14)."""
+        for x, label in xticks:
+            self.line(x, py0, x, py0 + ph, grid)
+            self.text(x, py0 + ph + 8, label, axis, 2, "center")
+        for y, label in yticks:
+            self.line(px0, y, px0 + pw, y, grid)
+            self.text(px0 - 8, y - 7, label, axis, 2, "right")
+        self.line(px0, py0 + ph, px0 + pw, py0 + ph, axis, 2)
+        self.line(px0, py0, px0, py0 + ph, axis, 2)
+        self.text(px0 + pw // 2, py0 + ph + 34, xlabel, axis, 2, "center")
+        self.text_up(x0 + 14, py0 + ph // 2, ylabel, axis, 2)
 
     @staticmethod
     def text_width(s: str, scale: int = 2) -> int:
@@ -565,17 +578,8 @@ def _panel(cv: Canvas, x0: int, y0: int, w: int, h: int, points: list[tuple[str,
     def Y(v: float) -> int:
         return py0 + ph - round((v - ylo) / (yhi - ylo) * ph)
 
-    grid, axis = (225, 225, 225), (60, 60, 60)
-    for t in xt:
-        cv.line(X(t), py0, X(t), py0 + ph, grid)
-        cv.text(X(t), py0 + ph + 8, _fmt_tick(t), axis, 2, "center")
-    for t in yt:
-        cv.line(px0, Y(t), px0 + pw, Y(t), grid)
-        cv.text(px0 - 8, Y(t) - 7, _fmt_tick(t), axis, 2, "right")
-    cv.line(px0, py0 + ph, px0 + pw, py0 + ph, axis, 2)
-    cv.line(px0, py0, px0, py0 + ph, axis, 2)
-    cv.text(px0 + pw // 2, py0 + ph + 34, xlabel, axis, 2, "center")
-    cv.text_up(x0 + 14, py0 + ph // 2, ylabel, axis, 2)
+    cv.axes(x0, px0, py0, pw, ph, [(X(t), _fmt_tick(t)) for t in xt], [(Y(t), _fmt_tick(t)) for t in yt],
+            xlabel, ylabel)
     for label, x, y in points:
         c = colors.get(label, (0, 0, 0))
         cv.disc(X(x), Y(y), 6, c)
