@@ -19,23 +19,10 @@ import time
 from pathlib import Path
 
 import numpy as np
-from gguf import GGUFReader, GGUFValueType, GGUFWriter
+from gguf import GGUFWriter
 
-
-def _copy_tokenizer(w: GGUFWriter, vocab: Path) -> int:
-    r = GGUFReader(str(vocab))
-    n_vocab = 0
-    for key, f in r.fields.items():
-        if not key.startswith("tokenizer."):
-            continue
-        vtype = GGUFValueType(f.types[0])
-        sub = GGUFValueType(f.types[-1]) if vtype == GGUFValueType.ARRAY else None
-        w.add_key_value(key, f.contents(), vtype, sub_type=sub)
-        if key == "tokenizer.ggml.tokens":
-            n_vocab = len(f.data)
-    if n_vocab == 0:
-        sys.exit(f"{vocab}: no tokenizer.ggml.tokens (not a vocab GGUF?)")
-    return n_vocab
+from tritpack_gguf.converters.tiny_model import Shape, add_llama_header
+from tritpack_gguf.errors import TritpackError
 
 
 def main() -> None:
@@ -57,16 +44,11 @@ def main() -> None:
     w = GGUFWriter(str(tmp), "llama")
     w.add_name(f"random-llama-{a.n_layer}x{a.n_embd}-seed{a.seed}")
     w.add_file_type(1)  # LLAMA_FTYPE_MOSTLY_F16
-    w.add_context_length(a.n_ctx)
-    w.add_embedding_length(a.n_embd)
-    w.add_block_count(a.n_layer)
-    w.add_feed_forward_length(a.n_ff)
-    w.add_head_count(a.n_head)
-    w.add_head_count_kv(a.n_head_kv)
-    w.add_rope_dimension_count(a.n_embd // a.n_head)
-    w.add_layer_norm_rms_eps(1e-5)
-    n_vocab = _copy_tokenizer(w, a.vocab)
-    w.add_vocab_size(n_vocab)
+    shape = Shape(n_embd=a.n_embd, n_ff=a.n_ff, n_layer=a.n_layer, n_head=a.n_head, n_head_kv=a.n_head_kv, n_ctx=a.n_ctx)
+    try:
+        n_vocab = add_llama_header(w, shape, a.vocab)
+    except TritpackError as e:
+        sys.exit(str(e))
 
     e, f = a.n_embd, a.n_ff
     kv = (e // a.n_head) * a.n_head_kv

@@ -464,12 +464,13 @@ class _RawValue(bytes):
     """A key/value's type and value as the source file holds them (GGUF is read little-endian only)."""
 
 
-def copy_fields(src: GGUFFile, writer: gguf.GGUFWriter, skip: set[str]) -> None:
-    """Carry every key/value over unchanged (bar `skip` and the writer's own architecture key).
-    Arrays go over as their bytes: a tokenizer's 50,000 strings are not decoded and packed again."""
+def copy_fields(src: GGUFFile, writer: gguf.GGUFWriter, skip: set[str], prefix: str = "") -> None:
+    """Carry every key/value over unchanged (bar `skip`, keys not starting with `prefix`, and the
+    writer's own architecture key). Arrays go over as their bytes: a tokenizer's 50,000 strings are
+    not decoded and packed again."""
     _allow_empty_arrays(writer)
     for key, field in src.fields.items():
-        if key in skip or key == "general.architecture":
+        if key in skip or key == "general.architecture" or not key.startswith(prefix):
             continue
         if key == "general.alignment":
             writer.data_alignment = int(field.contents())

@@ -14,7 +14,7 @@ import numpy as np
 from gguf import GGMLQuantizationType as Q, GGUFValueType, GGUFWriter
 
 from ..errors import TritpackError
-from .reader import GGUFFile
+from .reader import GGUFFile, copy_fields
 
 
 @dataclass(frozen=True)
@@ -42,32 +42,36 @@ def _ternary(rng: np.random.Generator, shape: tuple[int, int], scale: float) -> 
     return (blocks * s).reshape(shape)
 
 
-def make_llama(path: str | Path, vocab: str | Path, shape: Shape = Shape(), *, seed: int = 0,
-               ternary: bool = False, dtype: Q = Q.F32) -> Path:
-    """Write a Llama GGUF of `shape` with the tokenizer of the vocab-only GGUF `vocab`."""
-    rng = np.random.default_rng(seed)
+def add_llama_header(w: GGUFWriter, shape: Shape, vocab: str | Path) -> int:
+    """A Llama's hyperparameters for `shape` and every tokenizer.* key of the vocab-only GGUF `vocab`
+    (as its bytes); returns the vocabulary size."""
     voc = GGUFFile(vocab)
-    n_vocab = len(voc.get("tokenizer.ggml.tokens"))
-    head_dim = shape.n_embd // shape.n_head
-    w = GGUFWriter(str(path), "llama")
-    w.add_key_value("general.name", f"tiny-llama-{'ternary' if ternary else 'gauss'}-{seed}", GGUFValueType.STRING)
-    w.add_key_value("general.file_type", 0 if dtype == Q.F32 else 1, GGUFValueType.UINT32)
+    tokens = voc.fields.get("tokenizer.ggml.tokens")
+    if tokens is None:
+        raise TritpackError("no tokenizer.ggml.tokens (not a vocab GGUF?)", path=vocab)
     w.add_context_length(shape.n_ctx)
     w.add_embedding_length(shape.n_embd)
     w.add_block_count(shape.n_layer)
     w.add_feed_forward_length(shape.n_ff)
     w.add_head_count(shape.n_head)
     w.add_head_count_kv(shape.n_head_kv)
-    w.add_rope_dimension_count(head_dim)
+    w.add_rope_dimension_count(shape.n_embd // shape.n_head)
     w.add_layer_norm_rms_eps(1e-5)
+    n_vocab = len(tokens.contents())
     w.add_vocab_size(n_vocab)
-    for key, f in voc.fields.items():
-        if key.startswith("tokenizer."):
-            from gguf import GGUFValueType as V
+    copy_fields(voc, w, skip=set(), prefix="tokenizer.")
+    return n_vocab
 
-            vtype = V(f.types[0])
-            sub = V(f.types[-1]) if vtype == V.ARRAY else None
-            w.add_key_value(key, f.contents(), vtype, sub_type=sub)
+
+def make_llama(path: str | Path, vocab: str | Path, shape: Shape = Shape(), *, seed: int = 0,
+               ternary: bool = False, dtype: Q = Q.F32) -> Path:
+    """Write a Llama GGUF of `shape` with the tokenizer of the vocab-only GGUF `vocab`."""
+    rng = np.random.default_rng(seed)
+    head_dim = shape.n_embd // shape.n_head
+    w = GGUFWriter(str(path), "llama")
+    w.add_key_value("general.name", f"tiny-llama-{'ternary' if ternary else 'gauss'}-{seed}", GGUFValueType.STRING)
+    w.add_key_value("general.file_type", 0 if dtype == Q.F32 else 1, GGUFValueType.UINT32)
+    n_vocab = add_llama_header(w, shape, vocab)
 
     def mat(rows: int, cols: int, std: float) -> np.ndarray:
         if ternary:
