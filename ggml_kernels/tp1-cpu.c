@@ -29,9 +29,7 @@ void quantize_row_tp1(const float * GGML_RESTRICT x, void * GGML_RESTRICT y, int
 }
 
 static inline float tp1_scale(const block_tp1 * b) {
-    ggml_fp16_t h;
-    memcpy(&h, b->d, sizeof(h));
-    return GGML_CPU_FP16_TO_FP32(h);
+    return GGML_CPU_FP16_TO_FP32(tritpack_scale_bits(b->d));
 }
 
 void ggml_vec_dot_tp1_q8_0_generic(int n, float * GGML_RESTRICT s, size_t bs, const void * GGML_RESTRICT vx, size_t bx,

@@ -188,7 +188,7 @@ static void tp1_quantize_block(const float * GGML_RESTRICT x, const float * GGML
         }
     }
     tp1_pack(codes, y->qs);
-    memcpy(y->d, &d, sizeof(d));  // little endian
+    tritpack_set_scale_bits(y->d, d);
 }
 
 // Lane sums of |x| over a block (lane l = element index % 8, added in index order), either all of
@@ -353,7 +353,7 @@ static void tp1_quantize_block_plain(const float * GGML_RESTRICT x, float alpha,
     const double A = tp1_hsum8(s);
     const ggml_fp16_t d = tp1_scale_to_fp16(A / (double) count);  // count >= 1: the max is kept
     tp1_pack(codes, y->qs);
-    memcpy(y->d, &d, sizeof(d));  // little endian
+    tritpack_set_scale_bits(y->d, d);
     if (m) {
         // |x - y| is | |x| - d | where kept (same sign), |x| where not
         const double dd = (double) GGML_FP16_TO_FP32(d);
@@ -418,9 +418,7 @@ void dequantize_row_tp1(const block_tp1 * GGML_RESTRICT x, float * GGML_RESTRICT
     static const uint8_t pow3[5] = { 1, 3, 9, 27, 81 };
     const int64_t nb = k / QK_TP1;
     for (int64_t b = 0; b < nb; ++b) {
-        ggml_fp16_t h;
-        memcpy(&h, x[b].d, sizeof(h));
-        const float d = GGML_FP16_TO_FP32(h);
+        const float d = GGML_FP16_TO_FP32(tritpack_scale_bits(x[b].d));
         float * GGML_RESTRICT yb = y + b*QK_TP1;
         for (int m = 0; m < 13; ++m) {
             const uint8_t q = x[b].qs[m];

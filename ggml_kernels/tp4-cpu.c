@@ -32,9 +32,7 @@ static inline int tp4_cpu_scale_of(unsigned code) {
 }
 
 static inline float tp4_d(const block_tp4 * b) {
-    ggml_fp16_t h;
-    memcpy(&h, b->d, sizeof(h));
-    return GGML_CPU_FP16_TO_FP32(h);
+    return GGML_CPU_FP16_TO_FP32(tritpack_scale_bits(b->d));
 }
 
 void ggml_vec_dot_tp4_q8_0_generic(int n, float * GGML_RESTRICT s, size_t bs, const void * GGML_RESTRICT vx, size_t bx,

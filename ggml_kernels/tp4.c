@@ -219,9 +219,7 @@ static void tp4_quantize_block(const tp4_tables * GGML_RESTRICT tab, const float
         }
     }
 
-    const uint16_t dbits = (uint16_t)d16;
-    y->d[0] = (uint8_t)(dbits & 0xff);
-    y->d[1] = (uint8_t)(dbits >> 8);
+    tritpack_set_scale_bits(y->d, (uint16_t)d16);
     uint32_t sc = (uint32_t)best_k;
     for (int i = 0; i < TP4_NSUB; ++i) sc |= (uint32_t)best_codes[i] << (4 + 3*i);
     y->sc[0] = (uint8_t)(sc & 0xff);
@@ -259,7 +257,7 @@ void dequantize_row_tp4(const block_tp4 * GGML_RESTRICT x, float * GGML_RESTRICT
     assert(k % QK_TP4 == 0);
     const int64_t nb = k / QK_TP4;
     for (int64_t ib = 0; ib < nb; ++ib) {
-        const float d = GGML_FP16_TO_FP32((ggml_fp16_t)(x[ib].d[0] | (x[ib].d[1] << 8)));
+        const float d = GGML_FP16_TO_FP32(tritpack_scale_bits(x[ib].d));
         const unsigned sc = x[ib].sc[0] | (x[ib].sc[1] << 8);
         const int8_t * cb = tp4_codebooks[sc & 15];
         float * yb = y + QK_TP4*ib;

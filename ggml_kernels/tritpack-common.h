@@ -70,6 +70,23 @@ static_assert(sizeof(block_tp4) == 36, "wrong tp4 block size/padding");
 _Static_assert(sizeof(block_tp4) == 36, "wrong tp4 block size/padding");
 #endif
 
+// The fp16 block scale d[2] of either type, little endian whatever the host: its bits, and storing them
+// (host and device code alike).
+#if defined(__CUDACC__)
+#define TRITPACK_HOST_DEVICE __host__ __device__
+#else
+#define TRITPACK_HOST_DEVICE
+#endif
+
+static inline TRITPACK_HOST_DEVICE uint16_t tritpack_scale_bits(const uint8_t d[2]) {
+    return (uint16_t) (d[0] | (d[1] << 8));
+}
+
+static inline TRITPACK_HOST_DEVICE void tritpack_set_scale_bits(uint8_t d[2], uint16_t h) {
+    d[0] = (uint8_t) (h & 0xff);
+    d[1] = (uint8_t) (h >> 8);
+}
+
 #ifdef __cplusplus
 }
 #endif

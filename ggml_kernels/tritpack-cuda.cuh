@@ -204,7 +204,7 @@ static __host__ __device__ __forceinline__ int tritpack_tp1_code(const uint8_t *
 
 // element j of block x (per-element templates: get_rows, non-contiguous convert)
 static __host__ __device__ __forceinline__ float tritpack_tp1_value(const block_tp1 * __restrict__ x, const int j) {
-    const float d = __half2float(__ushort_as_half((unsigned short) (x->d[0] | (x->d[1] << 8))));
+    const float d = __half2float(__ushort_as_half(tritpack_scale_bits(x->d)));
     return d * (float) (tritpack_tp1_code(x->qs, j) - 1);
 }
 
@@ -343,7 +343,7 @@ static __host__ __device__ __forceinline__ int tritpack_tp4_entry(const uint32_t
 
 // element j of block x (per-element templates: get_rows, non-contiguous convert)
 static __host__ __device__ __forceinline__ float tritpack_tp4_value(const block_tp4 * __restrict__ x, const int j) {
-    const float    d  = __half2float(__ushort_as_half((unsigned short) (x->d[0] | (x->d[1] << 8))));
+    const float    d  = __half2float(__ushort_as_half(tritpack_scale_bits(x->d)));
     const uint32_t sc = x->sc[0] | (x->sc[1] << 8);
     const float    dl = d * (float) tritpack_tp4_scale(sc >> (4 + 3*(j/16)));
     const uint32_t q  = (x->qs[j % 32] >> (4*(j/32))) & 0xFu;

@@ -14,10 +14,6 @@ const char * tritpack_version(void) {
     return TRITPACK_VERSION;
 }
 
-static uint16_t tritpack_scale_bits(const uint8_t d[2]) {
-    return (uint16_t) (d[0] | (d[1] << 8));
-}
-
 bool tritpack_validate_row_data(enum ggml_type type, const void * data, size_t nbytes) {
     size_t block_size, scale_offset;
     switch ((int) type) {

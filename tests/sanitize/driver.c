@@ -127,7 +127,6 @@ static void check_dot(const char * what, vec_dot_fn simd, vec_dot_fn generic, co
 
 // ----------------------------------------------------------------------------- TP1
 
-static void tp1_set_scale(block_tp1 * b, uint16_t h) { b->d[0] = (uint8_t) h; b->d[1] = (uint8_t) (h >> 8); }
 
 static void check_tp1_row(const block_tp1 * x, int nb, const char * what) {
     const int n = nb * QK_TP1;
@@ -135,7 +134,7 @@ static void check_tp1_row(const block_tp1 * x, int nb, const char * what) {
     dequantize_row_tp1(x, y, n);
     n_dequant_blocks += nb;
     for (int b = 0; b < nb; ++b) {
-        const float d = h2f((uint16_t) (x[b].d[0] | (x[b].d[1] << 8)));
+        const float d = h2f(tritpack_scale_bits(x[b].d));
         for (int j = 0; j < QK_TP1; ++j) {
             const float v = y[b * QK_TP1 + j];
             if (!(same_float(v, -d) || same_float(v, 0.0f * d) || same_float(v, d))) {
@@ -156,7 +155,7 @@ static void test_tp1_every_byte(void) {
     for (int v = 0; v < 256; ++v) {
         block_tp1 * x = xalloc(sizeof(block_tp1));
         memset(x->qs, v, sizeof(x->qs));
-        tp1_set_scale(x, 0x3c00);
+        tritpack_set_scale_bits(x->d, 0x3c00);
         float y[QK_TP1];
         dequantize_row_tp1(x, y, QK_TP1);
         n_dequant_blocks++;
@@ -188,7 +187,7 @@ static void test_tp1_hostile_rows(void) {
                                    : pattern == 1 ? (uint8_t) (243 + (rnd() % 13))        // 243..255 only
                                                   : (uint8_t) (b * 13 + m);                // a sweep
                     }
-                    tp1_set_scale(&x[b], SCALES[(s + b) % N_SCALES]);
+                    tritpack_set_scale_bits(x[b].d, SCALES[(s + b) % N_SCALES]);
                 }
                 char what[64];
                 snprintf(what, sizeof(what), "TP1 nb=%d scale=0x%04x pattern %d", nb, SCALES[s], pattern);
@@ -209,7 +208,7 @@ static void check_tp4_row(const block_tp4 * x, int nb, const char * what, int un
     dequantize_row_tp4(x, y, n);
     n_dequant_blocks += nb;
     for (int b = 0; b < nb; ++b) {
-        const float d = h2f((uint16_t) (x[b].d[0] | (x[b].d[1] << 8)));
+        const float d = h2f(tritpack_scale_bits(x[b].d));
         const unsigned sc = x[b].sc[0] | (x[b].sc[1] << 8);
         for (int i = 0; i < TP4_NSUB; ++i) {
             const float dl = d * tp4_scale((sc >> (4 + 3 * i)) & 7);
@@ -250,7 +249,7 @@ static void test_tp4_every_field_value(void) {
     for (unsigned sc0 = 0; sc0 < 65536; sc0 += nb) {
         for (int b = 0; b < nb; ++b) {
             const unsigned sc = sc0 + b;
-            x[b].d[0] = 0x00; x[b].d[1] = 0x3c;
+            tritpack_set_scale_bits(x[b].d, 0x3c00);
             x[b].sc[0] = (uint8_t) sc; x[b].sc[1] = (uint8_t) (sc >> 8);
             for (int j = 0; j < 32; ++j) x[b].qs[j] = (uint8_t) (j * 8 + (sc0 / nb) + b);
         }
@@ -267,7 +266,7 @@ static void test_tp4_hostile_rows(void) {
             block_tp4 * x = xalloc(sizeof(block_tp4) * nb);
             for (int b = 0; b < nb; ++b) {
                 const uint16_t h = SCALES[(s + b) % N_SCALES];
-                x[b].d[0] = (uint8_t) h; x[b].d[1] = (uint8_t) (h >> 8);
+                tritpack_set_scale_bits(x[b].d, h);
                 const uint16_t sc = (uint16_t) rnd();
                 x[b].sc[0] = (uint8_t) sc; x[b].sc[1] = (uint8_t) (sc >> 8);
                 for (int j = 0; j < 32; ++j) x[b].qs[j] = (uint8_t) rnd();
