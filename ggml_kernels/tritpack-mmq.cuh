@@ -12,6 +12,20 @@
 #include "tritpack-cuda.cuh"
 #include "mmq.cuh"
 
+// Where a loader puts the int8 values and the float scales of an x tile: after 2*MMQ_TILE_NE_K ints
+// with mma, after the values of the dp4a tile of `layout` (the stock type whose layout it reuses)
+// without.
+template <ggml_type layout, int I> static __device__ __forceinline__ void tritpack_mmq_tile(
+        int * x_tile, int * & x_qs, float * & x_df) {
+    x_qs = x_tile;
+#if defined(AMD_MFMA_AVAILABLE) || defined(TURING_MMA_AVAILABLE) || defined(AMD_WMMA_AVAILABLE)
+    x_df = (float *) (x_qs + 2*MMQ_TILE_NE_K);
+#else
+    constexpr tile_x_sizes txs = mmq_get_dp4a_tile_x_sizes(layout, I);
+    x_df = (float *) (x_qs + txs.qs);
+#endif // defined(AMD_MFMA_AVAILABLE) || defined(TURING_MMA_AVAILABLE) || defined(AMD_WMMA_AVAILABLE)
+}
+
 // TP1: one thread per 64-value block, four threads per tile row (MMQ_ITER_K = 256 values).
 template <ggml_type type, int J, bool fallback> static __device__ __forceinline__ void ggml_cuda_mmq_load_tiles_tp1(
         const char * __restrict__ x, int * __restrict__ x_tile, const int kbx0, const int i_max, const int stride) {
@@ -20,14 +34,9 @@ template <ggml_type type, int J, bool fallback> static __device__ __forceinline_
     constexpr int I           = ggml_cuda_mmq_get_I(type, J, fallback);
     constexpr int sram_stride = ggml_cuda_mmq_get_sram_stride(type, J, fallback);
 
-#if defined(AMD_MFMA_AVAILABLE) || defined(TURING_MMA_AVAILABLE) || defined(AMD_WMMA_AVAILABLE)
-    int   * x_qs = (int   *)  x_tile;
-    float * x_df = (float *) (x_qs + 2*MMQ_TILE_NE_K);
-#else
-    constexpr tile_x_sizes txs = mmq_get_dp4a_tile_x_sizes(GGML_TYPE_Q8_0, I);
-    int   * x_qs = (int   *)  x_tile;
-    float * x_df = (float *) (x_qs + txs.qs);
-#endif // defined(AMD_MFMA_AVAILABLE) || defined(TURING_MMA_AVAILABLE) || defined(AMD_WMMA_AVAILABLE)
+    int   * x_qs;
+    float * x_df;
+    tritpack_mmq_tile<GGML_TYPE_Q8_0, I>(x_tile, x_qs, x_df);
 
     constexpr int blocks_per_iter = MMQ_ITER_K / QK_TP1;
     constexpr int threads_per_row = blocks_per_iter;
@@ -86,14 +95,9 @@ template <ggml_type type, int J, bool fallback> static __device__ __forceinline_
     constexpr int I           = ggml_cuda_mmq_get_I(type, J, fallback);
     constexpr int sram_stride = ggml_cuda_mmq_get_sram_stride(type, J, fallback);
 
-#if defined(AMD_MFMA_AVAILABLE) || defined(TURING_MMA_AVAILABLE) || defined(AMD_WMMA_AVAILABLE)
-    int   * x_qs = (int   *)  x_tile;
-    float * x_df = (float *) (x_qs + 2*MMQ_TILE_NE_K);
-#else
-    constexpr tile_x_sizes txs = mmq_get_dp4a_tile_x_sizes(GGML_TYPE_TP4, I);
-    int   * x_qs = (int   *)  x_tile;
-    float * x_df = (float *) (x_qs + txs.qs);
-#endif // defined(AMD_MFMA_AVAILABLE) || defined(TURING_MMA_AVAILABLE) || defined(AMD_WMMA_AVAILABLE)
+    int   * x_qs;
+    float * x_df;
+    tritpack_mmq_tile<GGML_TYPE_TP4, I>(x_tile, x_qs, x_df);
 
     constexpr int blocks_per_iter = MMQ_ITER_K / QK_TP4;
     constexpr int threads_per_row = 2*blocks_per_iter;
