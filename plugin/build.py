@@ -15,7 +15,6 @@ Steps, each cached under $TRITPACK_HOME (never inside the repo):
 
 from __future__ import annotations
 
-import fcntl
 import filecmp
 import hashlib
 import threading
@@ -28,13 +27,12 @@ import sys
 import tarfile
 import tempfile
 import time
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
 from .errors import TritpackError
-from .paths import source_root, tritpack_home
+from .paths import locked, source_root, tritpack_home
 
 # what `tritpack-gguf build` makes: the libraries, the tools the commands drive, llama.cpp's tests
 LIBRARIES = ["llama", "ggml", "ggml-base", "ggml-cpu"]
@@ -118,18 +116,6 @@ def patch_series(root: Path) -> list[Path]:
 
 def kernel_sources(root: Path) -> list[Path]:
     return sorted(p for p in (root / "ggml_kernels").rglob("*") if p.is_file() and "__pycache__" not in p.parts)
-
-
-@contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    """One build at a time per cache entry (helpers and tests may start builds concurrently)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def _atomic_dir(dest: Path, fill: Callable[[Path], None]) -> None:
@@ -264,7 +250,7 @@ def prepare_source(pin: Pin, root: Path, home: Path, progress: Progress = _quiet
     marker = tree / ".tritpack-series"
     if marker.is_file() and marker.read_text() == series:
         return tree
-    with _locked(home / "src" / f"{tree.name}.lock"):
+    with locked(home / "src" / f"{tree.name}.lock"):
         if marker.is_file() and marker.read_text() == series:
             return tree
         pristine = unpack_llama_cpp(pin, fetch_sdist(pin, home, progress), home, progress)
@@ -377,7 +363,7 @@ def build(cuda: bool = False, archs: str | None = None, jobs: int | None = None,
     tree_key = hashlib.sha256(json.dumps({"source": str(source), **flags}, sort_keys=True).encode()).hexdigest()[:16]
     build_dir = home / "build" / f"{'cuda' if cuda else 'cpu'}-{tree_key}"
     project = home / "project" / tree_key
-    with _locked(home / "build" / f"{build_dir.name}.lock"):
+    with locked(home / "build" / f"{build_dir.name}.lock"):
         key = input_key(pin, root, source, flags)
         outputs = _outputs(build_dir, cuda)
         stamp = read_stamp(build_dir)

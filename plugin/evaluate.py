@@ -19,7 +19,6 @@ every tensor of the file (norms, embeddings and output included); `size` is the 
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import math
@@ -27,16 +26,15 @@ import os
 import re
 import subprocess
 import time
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
 import numpy as np
 
 from .build import sha256_file
 from .errors import TritpackError
-from .paths import tritpack_home
+from .paths import locked, tritpack_home
 
 Progress = Callable[[str, int, int], None]
 
@@ -144,17 +142,6 @@ def cache_key(base: Path, text: Path, *parts: object) -> str:
     return h.hexdigest()[:24]
 
 
-@contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    """One writer per cache entry (two evals of the same base may start together)."""
-    with open(path, "w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
 # ----------------------------------------------------------------------------- llama-perplexity
 
 def _program(lib_dir: Path, name: str) -> Path:
@@ -250,7 +237,7 @@ def kld_base(base: str | Path, text: str | Path, *, ctx: int = DEFAULT_CTX, chun
     progress("hashing the base and the text", 0, 0)
     key = cache_key(base, text, f"ctx={ctx}", f"chunks={n_chunks}")
     kld, meta = d / f"{key}.kld", d / f"{key}.json"
-    with _locked(d / f"{key}.lock"):
+    with locked(d / f"{key}.lock"):
         if kld.is_file() and meta.is_file():
             try:
                 return kld, json.loads(meta.read_text()), True
@@ -393,7 +380,7 @@ def base_embeddings(base: Path, text: Path, sentences: list[str], *, ctx: int, n
     d = eval_dir(cache_dir)
     key = cache_key(base, text, f"ctx={ctx}", f"sentences={n}", "embedding")
     path = d / f"{key}.emb.npy"
-    with _locked(d / f"{key}.lock"):
+    with locked(d / f"{key}.lock"):
         if path.is_file():
             try:
                 e = np.load(path)

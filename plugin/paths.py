@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 from .errors import TritpackError
 
@@ -28,3 +31,16 @@ def source_root() -> Path:
             hint="install from a checkout with `pip install -e .`, or set TRITPACK_SOURCE_DIR to one",
         )
     return root
+
+
+@contextmanager
+def locked(path: Path) -> Iterator[None]:
+    """One holder at a time of the lock file `path` (a cache entry that builds, tests, helpers or two
+    evals may want at once); its folder is made if missing."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)

@@ -44,7 +44,7 @@ def _inputs(root: Path) -> list[Path]:
 def build_sanitized(progress=print) -> tuple[Path, dict]:
     """Configure and build the sanitizer driver (or find it built); (driver path, stamp)."""
     from tritpack_gguf import build as B
-    from tritpack_gguf.paths import source_root, tritpack_home
+    from tritpack_gguf.paths import locked, source_root, tritpack_home
 
     t0 = time.monotonic()
     root, home = source_root(), tritpack_home()
@@ -63,7 +63,7 @@ def build_sanitized(progress=print) -> tuple[Path, dict]:
     h = hashlib.sha256(json.dumps({"sdist": pin.sha256, "source": str(source), "series": series}).encode())
     B._hash_files(h, root, _inputs(root))
     key = h.hexdigest()
-    with B._locked(home / "build" / f"{build_dir.name}.lock"):
+    with locked(home / "build" / f"{build_dir.name}.lock"):
         try:
             stamp = json.loads((build_dir / STAMP).read_text())
         except (OSError, ValueError):
