@@ -23,13 +23,13 @@ from tritpack_gguf.converters.reader import GGUFFile
 print(max(t.n_elements for t in GGUFFile(sys.argv[1]).tensors) * 4)
 EOF
 )
-measure() {  # measure NAME COMMAND... -> appends "seconds peak_kb" to $WORK/time-NAME.all
+measure() {  # measure NAME COMMAND... -> appends "seconds peak_kb cpu_seconds" to $WORK/time-NAME.all
   local name=$1; shift
   rm -f "$WORK/out-$name.gguf"
-  /usr/bin/time -f "%e %M" -o "$WORK/time-$name.txt" "$@" >"$WORK/log-$name.txt" 2>&1
-  cat "$WORK/time-$name.txt" >>"$WORK/time-$name.all"
+  /usr/bin/time -f "%e %M %U %S" -o "$WORK/time-$name.txt" "$@" >"$WORK/log-$name.txt" 2>&1
+  awk '{printf "%s %s %.2f\n", $1, $2, $3 + $4}' "$WORK/time-$name.txt" >>"$WORK/time-$name.all"
 }
-median() {  # median NAME -> "seconds peak_kb" of the run with the median time
+median() {  # median NAME -> "seconds peak_kb cpu_seconds" of the run with the median time
   sort -n "$WORK/time-$1.all" | sed -n "$(( ($(wc -l <"$WORK/time-$1.all") + 1) / 2 ))p"
 }
 REPEAT=${REPEAT:-3}
@@ -49,9 +49,9 @@ from tritpack_gguf.build import sha256_file
 t = time.monotonic(); sha256_file(sys.argv[1]); print(f"{time.monotonic() - t:.2f}")' "$F16")
 
 row() {  # row LABEL KEY
-  read -r s kb <<<"${R[$2]}"
+  read -r s kb cpu <<<"${R[$2]}"
   local all; all=$(awk '{printf "%s%s", sep, $1; sep=", "}' "$WORK/time-$2.all")
-  echo "| $1 | $s | $all | $(echo "scale=1; $in_bytes / 1000000 / $s" | bc) | $(( kb / 1024 )) |"
+  echo "| $1 | $s | $all | $cpu | $(echo "scale=1; $in_bytes / 1000000 / $s" | bc) | $(( kb / 1024 )) |"
 }
 ratio() { read -r a _ <<<"${R[$1]}"; read -r b _ <<<"${R[$2]}"; echo "scale=2; $b / $a" | bc; }
 {
@@ -68,8 +68,8 @@ ratio() { read -r a _ <<<"${R[$1]}"; read -r b _ <<<"${R[$2]}"; echo "scale=2; $
   echo
   echo "Each command ran $REPEAT times (pairs back to back, alternating which goes first); the table has the median run."
   echo
-  echo "| command | seconds (median) | every run | MB/s of F16 input | peak RSS MiB |"
-  echo "| --- | ---: | --- | ---: | ---: |"
+  echo "| command | seconds (median) | every run | CPU seconds (user + sys) | MB/s of F16 input | peak RSS MiB |"
+  echo "| --- | ---: | --- | ---: | ---: | ---: |"
   row "tritpack-gguf convert --type tp4" tp4
   row "llama-quantize IQ4_XS" iq4_xs
   row "tritpack-gguf convert --type tp1" tp1
