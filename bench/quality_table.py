@@ -20,7 +20,9 @@
   (the same statistic: mean squared input of each matrix, over Sense and Sensibility's sentences).
 
 Every product is cached in the work folder ($TRITPACK_BENCH_DIR, default $TRITPACK_HOME/bench-quality):
-a row whose model file and result exist is not made or measured again (--redo LABEL redoes one).
+a row whose model file and result exist is not made or measured again (--redo LABEL redoes one), except
+that a row made by tritpack-gguf is measured again when the build changed (our kernels, patches or the
+pin: the build's input key); llama.cpp's own rows run code we do not change.
 """
 
 from __future__ import annotations
@@ -384,9 +386,11 @@ def measure(name: str, rows: list[Row], f16: Path, work: Path, imatrix: Path | N
             results[row.label] = {"label": row.label, "error": str(e), "maker": row.maker, "note": row.note}
             continue
         st = path.stat()
+        kernels = _build().key if row.maker == "tritpack" else None
         if res_path.is_file():
             r = json.loads(res_path.read_text())
-            if r.get("file_size") == st.st_size and r.get("file_mtime") == st.st_mtime_ns:
+            if (r.get("file_size") == st.st_size and r.get("file_mtime") == st.st_mtime_ns
+                    and r.get("kernels") == kernels):
                 results[row.label] = r
                 continue
         log(f"{name} {row.label}: evaluating {path.name}")
@@ -401,7 +405,7 @@ def measure(name: str, rows: list[Row], f16: Path, work: Path, imatrix: Path | N
         fs = E.file_stats(path)
         r = {"label": row.label, "maker": row.maker, "type": row.type, "imatrix": row.imatrix,
              "target_bpw": row.bpw, "budget_of": row.budget_of, "note": row.note, "file": path.name,
-             "file_size": st.st_size, "file_mtime": st.st_mtime_ns, "tensor_bytes": fs.tensor_bytes,
+             "file_size": st.st_size, "file_mtime": st.st_mtime_ns, "kernels": kernels, "tensor_bytes": fs.tensor_bytes,
              **{k: v for k, v in ev.as_dict().items() if k not in ("model", "base", "text", "base_cache")},
              "make": info}
         res_path.write_text(json.dumps(r, indent=1))

@@ -19,6 +19,9 @@ eight lanes l = 0..7 add elements 8*i + l (i = 0..7) in order and are combined a
 ((l0+l1)+(l2+l3))+((l4+l5)+(l6+l7)); across blocks, sums run block by block in row-major order.
 
 NaN or Inf in the input (or the imatrix) raises NonFiniteInputError, a ValueError.
+
+TPQ16 is what TP1's CPU dot product multiplies with: activations as int16 with a float32 scale per 64
+(132 bytes a block), the twin of quantize_row_tpq16_ref / dequantize_row_tpq16 in tp1.c.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ import math
 
 import numpy as np
 
-__all__ = ["TP1", "NonFiniteInputError", "DEFAULT_ALPHA"]
+__all__ = ["TP1", "TPQ16", "NonFiniteInputError", "DEFAULT_ALPHA"]
 
 #: tritpack-quants.h TRITPACK_TP1_DEFAULT_ALPHA. Measured on N(0, 1) weights (2M samples): the cosine
 #: peaks at alpha ~0.76 (0.90244); 0.75 is within 5e-5 of it and lies on the search's 1/32 lattice.
@@ -305,3 +308,41 @@ class TP1:
         ggml_quantize_chunk), which does this per chunk of rows it is handed."""
         alpha, _ = cls.search_alpha(x2d, imatrix)
         return cls.quantize(x2d, alpha, imatrix)
+
+
+def _roundf(v: np.ndarray) -> np.ndarray:
+    """C roundf (halves away from zero), exactly: floor(|v|) plus one where the fraction is >= 1/2."""
+    a = np.abs(v)
+    f = np.floor(a)
+    return np.copysign(f + np.floor(2 * (a - f)), v)
+
+
+class TPQ16:
+    """Numpy twin of TP1's activation type (tritpack-common.h block_tpq16). Bit-exact with tp1.c."""
+
+    name = "TPQ16"
+    block_size = 64
+    type_size = 132
+
+    @classmethod
+    def quantize_blocks(cls, blocks: np.ndarray) -> np.ndarray:
+        """(n_blocks, 64) float32 -> (n_blocks, 132) uint8. C twin: quantize_row_tpq16_ref."""
+        x = np.ascontiguousarray(blocks, dtype=np.float32).reshape(-1, cls.block_size)
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            amax = np.fmax.reduce(np.abs(x), axis=1, initial=np.float32(0))  # fmaxf: NaN ignored
+            d = (amax / np.float32(32767)).astype(np.float32)
+            inv = np.where(d != 0, np.float32(1) / np.where(d != 0, d, np.float32(1)), np.float32(0)).astype(np.float32)
+            v = np.fmin(np.fmax(x * inv[:, None], np.float32(-32767)), np.float32(32767))
+        q = _roundf(v).astype(np.int16)
+        out = np.empty((x.shape[0], cls.type_size), dtype=np.uint8)
+        out[:, :4] = d.astype("<f4").view(np.uint8).reshape(-1, 4)
+        out[:, 4:] = q.astype("<i2").view(np.uint8).reshape(-1, 128)
+        return out
+
+    @classmethod
+    def dequantize_blocks(cls, blocks: np.ndarray) -> np.ndarray:
+        """(n_blocks, 132) uint8 -> (n_blocks, 64) float32. C twin: dequantize_row_tpq16."""
+        b = np.ascontiguousarray(blocks, dtype=np.uint8).reshape(-1, cls.type_size)
+        d = b[:, :4].copy().view("<f4").astype(np.float32)
+        with np.errstate(invalid="ignore"):  # d = Inf times q = 0: NaN, as in C
+            return d * b[:, 4:].copy().view("<i2").astype(np.float32)

@@ -1,13 +1,14 @@
-// TP1 CPU kernels (ggml-cpu): from_float and the dot product with Q8_0 activations.
+// TP1 CPU kernels (ggml-cpu): from_float, and the dot product with TPQ16 activations (16-bit integers,
+// tritpack-common.h says why), and TPQ16's own from_float and dot product.
 //
 // Decoding a trit is a multiply and a shift (the TQ1_0 trick, tritpack-common.h):
 //     c_n = ((uint8_t)(q * 3^n) * 3) >> 8
 // The AVX2 path does it in 16-bit lanes with the byte in the high half: _mm256_mullo_epi16(q << 8, 3^n)
-// leaves (uint8_t)(q * 3^n) << 8, and _mm256_mulhi_epu16(., 3) is then c_n. One pshufb places the
-// right byte in each lane (the fifth trit of bytes 3k..3k+2 completes group k), the power comes from a
-// per-lane constant, and packus pairs two 16-lane groups into 32 codes in element order, matching one
-// Q8_0 block. No lane reads past the 13 trit bytes; the 16-byte load of a row's last block starts one
-// byte early (inside the row) so that it ends where the block ends.
+// leaves (uint8_t)(q * 3^n) << 8, and _mm256_mulhi_epu16(., 3) is then c_n. One pshufb per group of 16
+// elements places the right byte in each lane (the fifth trit of bytes 3g..3g+2 completes group g), the
+// power comes from a per-lane constant, and the trit c_n - 1 stays in its 16-bit lane for one
+// _mm256_madd_epi16 with 16 activations. No lane reads past the 13 trit bytes; the 16-byte load of a
+// row's last block starts one byte early (inside the row) so that it ends where the block ends.
 
 #define GGML_COMMON_DECL_C
 #include "ggml-common.h"
@@ -32,8 +33,35 @@ static inline float tp1_scale(const block_tp1 * b) {
     return GGML_CPU_FP16_TO_FP32(tritpack_scale_bits(b->d));
 }
 
-void ggml_vec_dot_tp1_q8_0_generic(int n, float * GGML_RESTRICT s, size_t bs, const void * GGML_RESTRICT vx, size_t bx,
-                                   const void * GGML_RESTRICT vy, size_t by, int nrc) {
+void quantize_row_tpq16(const float * GGML_RESTRICT x, void * GGML_RESTRICT y, int64_t k) {
+    quantize_row_tpq16_ref(x, (block_tpq16 *) y, k);
+}
+
+// TPQ16 x TPQ16: only so that the type is complete (test-quantize-fns checks every type's dot product);
+// nothing multiplies two activation rows this way.
+void ggml_vec_dot_tpq16_tpq16(int n, float * GGML_RESTRICT s, size_t bs, const void * GGML_RESTRICT vx, size_t bx,
+                              const void * GGML_RESTRICT vy, size_t by, int nrc) {
+    assert(n % QK_TPQ16 == 0);
+    assert(nrc == 1);
+    (void) nrc;
+    (void) bs;
+    (void) bx;
+    (void) by;
+    const block_tpq16 * GGML_RESTRICT x = (const block_tpq16 *) vx;
+    const block_tpq16 * GGML_RESTRICT y = (const block_tpq16 *) vy;
+    float sumf = 0.0f;
+    for (int i = 0; i < n / QK_TPQ16; ++i) {
+        int64_t sumi = 0;
+        for (int j = 0; j < QK_TPQ16; ++j) {
+            sumi += (int32_t) x[i].qs[j] * y[i].qs[j];
+        }
+        sumf += x[i].d * y[i].d * (float) sumi;
+    }
+    *s = sumf;
+}
+
+void ggml_vec_dot_tp1_tpq16_generic(int n, float * GGML_RESTRICT s, size_t bs, const void * GGML_RESTRICT vx, size_t bx,
+                                    const void * GGML_RESTRICT vy, size_t by, int nrc) {
     assert(n % QK_TP1 == 0);
     assert(nrc == 1);
     (void) nrc;
@@ -43,67 +71,48 @@ void ggml_vec_dot_tp1_q8_0_generic(int n, float * GGML_RESTRICT s, size_t bs, co
 
     static const uint8_t pow3[5] = { 1, 3, 9, 27, 81 };
 
-    const block_tp1  * GGML_RESTRICT x = (const block_tp1 *) vx;
-    const block_q8_0 * GGML_RESTRICT y = (const block_q8_0 *) vy;
+    const block_tp1   * GGML_RESTRICT x = (const block_tp1 *) vx;
+    const block_tpq16 * GGML_RESTRICT y = (const block_tpq16 *) vy;
     const int nb = n / QK_TP1;
 
     float sumf = 0.0f;
     for (int i = 0; i < nb; ++i) {
-        int8_t t[QK_TP1];  // trits -1, 0, +1 in element order
+        int t[QK_TP1];  // trits -1, 0, +1 in element order
         for (int j = 0; j < 4; ++j) {  // trit j of bytes 0..12: elements 16j .. 16j+12
             for (int m = 0; m < 13; ++m) {
-                t[16*j + m] = (int8_t) ((((uint8_t) (x[i].qs[m] * pow3[j]) * 3) >> 8) - 1);
+                t[16*j + m] = (((uint8_t) (x[i].qs[m] * pow3[j]) * 3) >> 8) - 1;
             }
         }
         for (int m = 0; m < 12; ++m) {  // trit 4 of bytes 0..11: elements 16k+13 .. 16k+15
-            t[16*(m/3) + 13 + m%3] = (int8_t) ((((uint8_t) (x[i].qs[m] * pow3[4]) * 3) >> 8) - 1);
+            t[16*(m/3) + 13 + m%3] = (((uint8_t) (x[i].qs[m] * pow3[4]) * 3) >> 8) - 1;
         }
-        const float dx = tp1_scale(&x[i]);
-        for (int h = 0; h < 2; ++h) {
-            const block_q8_0 * yb = &y[2*i + h];
-            int sumi = 0;
-            for (int j = 0; j < QK8_0; ++j) {
-                sumi += t[QK8_0*h + j] * yb->qs[j];
-            }
-            sumf += dx * GGML_CPU_FP16_TO_FP32(yb->d) * (float) sumi;
+        int sumi = 0;  // |sumi| <= 64 * 32767
+        for (int j = 0; j < QK_TP1; ++j) {
+            sumi += t[j] * y[i].qs[j];
         }
+        sumf += tp1_scale(&x[i]) * y[i].d * (float) sumi;
     }
     *s = sumf;
 }
 
 #if defined(__AVX2__)
 
-// Lane j of group g (16-bit lanes; j < 8 in the low 128 bits, j >= 8 in the high 128 bits) holds element
-//     e = 32*(g/2) + 8*(g%2) + (j < 8 ? j : 8 + j)
-// so that packus(group 2h, group 2h+1) lists elements 32h .. 32h+31 in order. Its byte and trit follow
-// tritpack-common.h; the pshufb index puts that byte in the lane's high half (0x80: zero low half).
+// Group g (g = 0..3) is elements 16g .. 16g+15 in order, one per 16-bit lane: lane j < 13 is trit g of
+// byte j, lanes 13..15 are trit 4 of bytes 3g..3g+2. The pshufb index puts that byte in the lane's high
+// half (0x80: zero low half); the low 128 bits (lanes 0..7, bytes 0..7) are the same for every group.
 #define Z 0x80
-static const uint8_t tp1_shuf[3][32] = {
-    // groups 0 and 2: bytes 0..7, twice
-    { Z, 0, Z, 1, Z, 2, Z, 3, Z, 4, Z, 5, Z, 6, Z, 7,   Z, 0, Z, 1, Z, 2, Z, 3, Z, 4, Z, 5, Z, 6, Z, 7 },
-    // group 1: bytes 8..12 then the fifth trits of bytes 0..2 (elements 13..15), 3..5 (29..31)
-    { Z, 8, Z, 9, Z,10, Z,11, Z,12, Z, 0, Z, 1, Z, 2,   Z, 8, Z, 9, Z,10, Z,11, Z,12, Z, 3, Z, 4, Z, 5 },
-    // group 3: same with bytes 6..8 (elements 45..47) and 9..11 (61..63)
-    { Z, 8, Z, 9, Z,10, Z,11, Z,12, Z, 6, Z, 7, Z, 8,   Z, 8, Z, 9, Z,10, Z,11, Z,12, Z, 9, Z,10, Z,11 },
+#define TP1_LOW Z, 0, Z, 1, Z, 2, Z, 3, Z, 4, Z, 5, Z, 6, Z, 7
+static const uint8_t tp1_shuf[4][32] = {
+    { TP1_LOW,   Z, 8, Z, 9, Z,10, Z,11, Z,12, Z, 0, Z, 1, Z, 2 },
+    { TP1_LOW,   Z, 8, Z, 9, Z,10, Z,11, Z,12, Z, 3, Z, 4, Z, 5 },
+    { TP1_LOW,   Z, 8, Z, 9, Z,10, Z,11, Z,12, Z, 6, Z, 7, Z, 8 },
+    { TP1_LOW,   Z, 8, Z, 9, Z,10, Z,11, Z,12, Z, 9, Z,10, Z,11 },
 };
+#undef TP1_LOW
 #undef Z
-static const uint16_t tp1_pow[4][16] = {
-    {  1,  1,  1,  1,  1,  1,  1,  1,    3,  3,  3,  3,  3,  3,  3,  3 },
-    {  1,  1,  1,  1,  1, 81, 81, 81,    3,  3,  3,  3,  3, 81, 81, 81 },
-    {  9,  9,  9,  9,  9,  9,  9,  9,   27, 27, 27, 27, 27, 27, 27, 27 },
-    {  9,  9,  9,  9,  9, 81, 81, 81,   27, 27, 27, 27, 27, 81, 81, 81 },
-};
-
-// sum of a signed-byte vector's 32 lanes into 8 int32 lanes
-static inline __m256i tp1_sum_i8(const __m256i v) {
-#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
-    return _mm256_dpbusd_epi32(_mm256_setzero_si256(), _mm256_set1_epi8(1), v);
-#elif defined(__AVXVNNI__)
-    return _mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), _mm256_set1_epi8(1), v);
-#else
-    return _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_set1_epi8(1), v), _mm256_set1_epi16(1));
-#endif
-}
+#define TP1_POW(p) p, p, p, p, p, p, p, p, p, p, p, p, p, 81, 81, 81
+static const uint16_t tp1_pow[4][16] = { { TP1_POW(1) }, { TP1_POW(3) }, { TP1_POW(9) }, { TP1_POW(27) } };
+#undef TP1_POW
 
 static inline float tp1_hsum_f32_8(const __m256 x) {
     __m128 r = _mm_add_ps(_mm256_extractf128_ps(x, 1), _mm256_castps256_ps128(x));
@@ -113,42 +122,37 @@ static inline float tp1_hsum_f32_8(const __m256 x) {
 }
 
 typedef struct {
-    __m256i s0, s1, s2;      // shuffles: groups 0 and 2, group 1, group 3
-    __m256i p0, p1, p2, p3;  // powers of 3 per lane, groups 0..3
-    __m256i k3, one8;
+    __m256i shuf[4];  // per group
+    __m256i pow[4];   // powers of 3 per lane, per group
+    __m256i k3, one16;
 } tp1_avx2_consts;
 
-// one TP1 block (its 13 trit bytes broadcast to both 128-bit halves of qq) against two Q8_0 blocks
+// group g of a block (its 13 trit bytes broadcast to both 128-bit halves of qq) times 16 activations:
+// 8 int32 sums of two products each
+static inline __m256i tp1_group_avx2(const __m256i qq, const tp1_avx2_consts * k, const int g, const int16_t * y) {
+    const __m256i r = _mm256_shuffle_epi8(qq, k->shuf[g]);
+    const __m256i c = _mm256_mulhi_epu16(_mm256_mullo_epi16(r, k->pow[g]), k->k3);  // codes 0..2
+    return _mm256_madd_epi16(_mm256_sub_epi16(c, k->one16), _mm256_loadu_si256((const __m256i *) (y + 16*g)));
+}
+
+// one TP1 block against one TPQ16 block; |each int32 lane| <= 8 * 32767
 static inline void tp1_block_avx2(const __m256i qq, const tp1_avx2_consts * k, const block_tp1 * xb,
-                                  const block_q8_0 * yb, __m256 * acc) {
-    const __m256i r02 = _mm256_shuffle_epi8(qq, k->s0);
-    const __m256i r1  = _mm256_shuffle_epi8(qq, k->s1);
-    const __m256i r3  = _mm256_shuffle_epi8(qq, k->s2);
-    const __m256i c0 = _mm256_mulhi_epu16(_mm256_mullo_epi16(r02, k->p0), k->k3);
-    const __m256i c1 = _mm256_mulhi_epu16(_mm256_mullo_epi16(r1,  k->p1), k->k3);
-    const __m256i c2 = _mm256_mulhi_epu16(_mm256_mullo_epi16(r02, k->p2), k->k3);
-    const __m256i c3 = _mm256_mulhi_epu16(_mm256_mullo_epi16(r3,  k->p3), k->k3);
-    const __m256i t0 = _mm256_sub_epi8(_mm256_packus_epi16(c0, c1), k->one8);  // trits, elements 0..31
-    const __m256i t1 = _mm256_sub_epi8(_mm256_packus_epi16(c2, c3), k->one8);  // elements 32..63
-    const __m256i y0 = _mm256_loadu_si256((const __m256i *) yb[0].qs);
-    const __m256i y1 = _mm256_loadu_si256((const __m256i *) yb[1].qs);
-    const __m256i i0 = tp1_sum_i8(_mm256_sign_epi8(y0, t0));
-    const __m256i i1 = tp1_sum_i8(_mm256_sign_epi8(y1, t1));
-    // the scales are broadcast straight from memory (ggml's fp16 table on x86): no shuffles needed
-    __m256 t = _mm256_mul_ps(_mm256_cvtepi32_ps(i0), _mm256_set1_ps(GGML_CPU_FP16_TO_FP32(yb[0].d)));
+                                  const block_tpq16 * yb, __m256 * acc) {
+    const __m256i s01 = _mm256_add_epi32(tp1_group_avx2(qq, k, 0, yb->qs), tp1_group_avx2(qq, k, 1, yb->qs));
+    const __m256i s23 = _mm256_add_epi32(tp1_group_avx2(qq, k, 2, yb->qs), tp1_group_avx2(qq, k, 3, yb->qs));
+    const __m256 sum = _mm256_cvtepi32_ps(_mm256_add_epi32(s01, s23));
+    const __m256 d = _mm256_set1_ps(tp1_scale(xb) * yb->d);
 #if defined(__FMA__)
-    t = _mm256_fmadd_ps(_mm256_cvtepi32_ps(i1), _mm256_set1_ps(GGML_CPU_FP16_TO_FP32(yb[1].d)), t);
-    *acc = _mm256_fmadd_ps(t, _mm256_set1_ps(tp1_scale(xb)), *acc);
+    *acc = _mm256_fmadd_ps(sum, d, *acc);
 #else
-    t = _mm256_add_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(i1), _mm256_set1_ps(GGML_CPU_FP16_TO_FP32(yb[1].d))), t);
-    *acc = _mm256_add_ps(_mm256_mul_ps(t, _mm256_set1_ps(tp1_scale(xb))), *acc);
+    *acc = _mm256_add_ps(_mm256_mul_ps(sum, d), *acc);
 #endif
 }
 
 #endif // __AVX2__
 
-void ggml_vec_dot_tp1_q8_0(int n, float * GGML_RESTRICT s, size_t bs, const void * GGML_RESTRICT vx, size_t bx,
-                           const void * GGML_RESTRICT vy, size_t by, int nrc) {
+void ggml_vec_dot_tp1_tpq16(int n, float * GGML_RESTRICT s, size_t bs, const void * GGML_RESTRICT vx, size_t bx,
+                            const void * GGML_RESTRICT vy, size_t by, int nrc) {
 #if defined(__AVX2__)
     assert(n % QK_TP1 == 0);
     assert(nrc == 1);
@@ -157,20 +161,17 @@ void ggml_vec_dot_tp1_q8_0(int n, float * GGML_RESTRICT s, size_t bs, const void
     (void) bx;
     (void) by;
 
-    const block_tp1  * GGML_RESTRICT x = (const block_tp1 *) vx;
-    const block_q8_0 * GGML_RESTRICT y = (const block_q8_0 *) vy;
+    const block_tp1   * GGML_RESTRICT x = (const block_tp1 *) vx;
+    const block_tpq16 * GGML_RESTRICT y = (const block_tpq16 *) vy;
     const int nb = n / QK_TP1;
 
     tp1_avx2_consts k;
-    k.s0 = _mm256_loadu_si256((const __m256i *) tp1_shuf[0]);
-    k.s1 = _mm256_loadu_si256((const __m256i *) tp1_shuf[1]);
-    k.s2 = _mm256_loadu_si256((const __m256i *) tp1_shuf[2]);
-    k.p0 = _mm256_loadu_si256((const __m256i *) tp1_pow[0]);
-    k.p1 = _mm256_loadu_si256((const __m256i *) tp1_pow[1]);
-    k.p2 = _mm256_loadu_si256((const __m256i *) tp1_pow[2]);
-    k.p3 = _mm256_loadu_si256((const __m256i *) tp1_pow[3]);
-    k.k3   = _mm256_set1_epi16(3);
-    k.one8 = _mm256_set1_epi8(1);
+    for (int g = 0; g < 4; ++g) {
+        k.shuf[g] = _mm256_loadu_si256((const __m256i *) tp1_shuf[g]);
+        k.pow[g]  = _mm256_loadu_si256((const __m256i *) tp1_pow[g]);
+    }
+    k.k3    = _mm256_set1_epi16(3);
+    k.one16 = _mm256_set1_epi16(1);
 
     __m256 acc0 = _mm256_setzero_ps();
     __m256 acc1 = _mm256_setzero_ps();
@@ -180,12 +181,12 @@ void ggml_vec_dot_tp1_q8_0(int n, float * GGML_RESTRICT s, size_t bs, const void
     for (; i + 2 < nb; i += 2) {  // two accumulators: the fmadd chains overlap
         const __m256i q0 = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *) x[i].qs));
         const __m256i q1 = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *) x[i+1].qs));
-        tp1_block_avx2(q0, &k, &x[i],   &y[2*i],     &acc0);
-        tp1_block_avx2(q1, &k, &x[i+1], &y[2*(i+1)], &acc1);
+        tp1_block_avx2(q0, &k, &x[i],   &y[i],   &acc0);
+        tp1_block_avx2(q1, &k, &x[i+1], &y[i+1], &acc1);
     }
     for (; i < nb - 1; ++i) {
         const __m256i qq = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *) x[i].qs));
-        tp1_block_avx2(qq, &k, &x[i], &y[2*i], &acc0);
+        tp1_block_avx2(qq, &k, &x[i], &y[i], &acc0);
     }
     // the last block: load 16 bytes ending with the block (byte 0 of the vector is the byte before qs)
     // and shift the shuffle indices by one (0x80 + 1 still has the high bit set: still a zero lane)
@@ -198,14 +199,14 @@ void ggml_vec_dot_tp1_q8_0(int n, float * GGML_RESTRICT s, size_t bs, const void
             memcpy(tmp + 1, x[i].qs, sizeof(x[i].qs));
             q = _mm_loadu_si128((const __m128i *) tmp);
         }
-        k.s0 = _mm256_add_epi8(k.s0, k.one8);
-        k.s1 = _mm256_add_epi8(k.s1, k.one8);
-        k.s2 = _mm256_add_epi8(k.s2, k.one8);
-        tp1_block_avx2(_mm256_broadcastsi128_si256(q), &k, &x[i], &y[2*i], &acc1);
+        for (int g = 0; g < 4; ++g) {
+            k.shuf[g] = _mm256_add_epi8(k.shuf[g], _mm256_set1_epi8(1));
+        }
+        tp1_block_avx2(_mm256_broadcastsi128_si256(q), &k, &x[i], &y[i], &acc1);
     }
 
     *s = tp1_hsum_f32_8(_mm256_add_ps(acc0, acc1));
 #else
-    ggml_vec_dot_tp1_q8_0_generic(n, s, bs, vx, bx, vy, by, nrc);
+    ggml_vec_dot_tp1_tpq16_generic(n, s, bs, vx, bx, vy, by, nrc);
 #endif
 }

@@ -434,6 +434,37 @@ void dequantize_row_tp1(const block_tp1 * GGML_RESTRICT x, float * GGML_RESTRICT
     }
 }
 
+// TPQ16, TP1's activations (tritpack-common.h). Values outside +-32767 * d cannot occur for finite
+// rows; the clamp only keeps NaN/Inf activations from an undefined conversion (fmaxf maps NaN to
+// -32767; a row holding Inf gets d = Inf and every value NaN * 0).
+void quantize_row_tpq16_ref(const float * GGML_RESTRICT x, block_tpq16 * GGML_RESTRICT y, int64_t k) {
+    assert(k % QK_TPQ16 == 0);
+    const int64_t nb = k / QK_TPQ16;
+    for (int64_t b = 0; b < nb; ++b) {
+        const float * xb = x + b*QK_TPQ16;
+        float amax = 0.0f;
+        for (int j = 0; j < QK_TPQ16; ++j) {
+            amax = fmaxf(amax, fabsf(xb[j]));
+        }
+        const float d  = amax / 32767.0f;
+        const float id = d != 0.0f ? 1.0f / d : 0.0f;
+        y[b].d = d;
+        for (int j = 0; j < QK_TPQ16; ++j) {
+            y[b].qs[j] = (int16_t) roundf(fminf(fmaxf(xb[j] * id, -32767.0f), 32767.0f));
+        }
+    }
+}
+
+void dequantize_row_tpq16(const block_tpq16 * GGML_RESTRICT x, float * GGML_RESTRICT y, int64_t k) {
+    assert(k % QK_TPQ16 == 0);
+    const int64_t nb = k / QK_TPQ16;
+    for (int64_t b = 0; b < nb; ++b) {
+        for (int j = 0; j < QK_TPQ16; ++j) {
+            y[b*QK_TPQ16 + j] = x[b].d * (float) x[b].qs[j];
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // alpha search
 // ---------------------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ extern "C" {
 // Private type ids (mainline ggml uses up to 42 and grows; ik_llama.cpp 97 and up; BitNet 36 to 39).
 #define TRITPACK_TYPE_TP1 80
 #define TRITPACK_TYPE_TP4 81
+#define TRITPACK_TYPE_TPQ16 82  // TP1's activations on the CPU (below), not a storage type
 
 // ---------------------------------------------------------------------------------------------
 // TP1: balanced ternary {-1, 0, +1} times one fp16 scale per 64 weights.
@@ -68,6 +69,32 @@ typedef struct {
 static_assert(sizeof(block_tp4) == 36, "wrong tp4 block size/padding");
 #else
 _Static_assert(sizeof(block_tp4) == 36, "wrong tp4 block size/padding");
+#endif
+
+// ---------------------------------------------------------------------------------------------
+// TPQ16: what TP1's CPU dot product multiplies with (its vec_dot_type); activations only, never
+// written to a file by tritpack-gguf. 64 int16 and one float32 scale per 64 values:
+//
+//     x[j] ~= d * qs[j],   d = max|x| / 32767,   qs[j] = roundf(x[j] / d)
+//
+// Why 16 bits: a ternary-trained model stored in TP1 has exactly the weights of its F16 original, so
+// the only difference left in the logits is how the activations are rounded. 8-bit activations
+// (Q8_0, as TQ1_0/TQ2_0 use Q8_K) cost a KL divergence of 0.005 to 0.06 against the F16 model; at 16
+// bits it is float noise. Integers rather than fp16: a trit times an int16 is one vpmaddwd per 16
+// weights, with the trits left in the 16-bit lanes they are decoded in, so the dot product costs no
+// more than with Q8_0 (fp16 would need a float conversion per weight).
+//
+// 4 + 128 = 132 bytes per 64 values = 16.5 bits per value.
+// ---------------------------------------------------------------------------------------------
+#define QK_TPQ16 64
+typedef struct {
+    float   d;              // scale
+    int16_t qs[QK_TPQ16];  // values / d, rounded
+} block_tpq16;
+#ifdef __cplusplus
+static_assert(sizeof(block_tpq16) == 132, "wrong tpq16 block size/padding");
+#else
+_Static_assert(sizeof(block_tpq16) == 132, "wrong tpq16 block size/padding");
 #endif
 
 // The fp16 block scale d[2] of either type, little endian whatever the host: its bits, and storing them

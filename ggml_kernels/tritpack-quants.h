@@ -76,6 +76,10 @@ GGML_API size_t tritpack_quantize_tp1_measured(const float * GGML_RESTRICT src, 
 // *out_cos (if not NULL) receives the chosen alpha's cosine.
 GGML_API float  tritpack_tp1_search_alpha(const float * src, int64_t nrows, int64_t n_per_row, const float * imatrix, float target_cos, float * out_cos);
 
+// TPQ16 (tp1.c): TP1's activations on the CPU, 16-bit integers with a float scale per 64
+GGML_API void   quantize_row_tpq16_ref(const float * GGML_RESTRICT x, block_tpq16 * GGML_RESTRICT y, int64_t k);
+GGML_API void   dequantize_row_tpq16(const block_tpq16 * GGML_RESTRICT x, float * GGML_RESTRICT y, int64_t k);
+
 // TP4 (tp4.c)
 GGML_API void   quantize_row_tp4_ref(const float * GGML_RESTRICT x, block_tp4 * GGML_RESTRICT y, int64_t k);
 GGML_API void   dequantize_row_tp4(const block_tp4 * GGML_RESTRICT x, float * GGML_RESTRICT y, int64_t k);

@@ -17,6 +17,18 @@ const char * tritpack_version(void) {
 bool tritpack_validate_row_data(enum ggml_type type, const void * data, size_t nbytes) {
     size_t block_size, scale_offset;
     switch ((int) type) {
+        case TRITPACK_TYPE_TPQ16: {
+            const block_tpq16 * b = (const block_tpq16 *) data;
+            for (size_t i = 0; i < nbytes / sizeof(block_tpq16); ++i) {
+                float d;
+                memcpy(&d, &b[i].d, sizeof(d));  // the row may not be 4-byte aligned
+                if (!isfinite(d)) {
+                    fprintf(stderr, "ggml_validate_row_data: found %s value at block %zu\n", isnan(d) ? "nan" : "inf", i);
+                    return false;
+                }
+            }
+            return true;
+        }
         case TRITPACK_TYPE_TP1: block_size = sizeof(block_tp1); scale_offset = offsetof(block_tp1, d); break;
         case TRITPACK_TYPE_TP4: block_size = sizeof(block_tp4); scale_offset = offsetof(block_tp4, d); break;
         default:

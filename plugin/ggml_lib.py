@@ -69,8 +69,8 @@ class GGML:
 
     @property
     def type_count(self) -> int:
-        # ggml has no getter for GGML_TYPE_COUNT; the patched library has 82 (TP1=80, TP4=81)
-        return 82 if self.is_patched else 43
+        # ggml has no getter for GGML_TYPE_COUNT; the patched library has 83 (TP1=80, TP4=81, TPQ16=82)
+        return 83 if self.is_patched else 43
 
     @property
     def is_patched(self) -> bool:
@@ -124,10 +124,8 @@ class GGML:
         """CPU vec_dot of one quantized row with float activations, quantized first to the type's
         vec_dot_type by that type's CPU from_float, as ggml's mul_mat does."""
         tc = self.cpu.ggml_get_type_traits_cpu(t).contents
-        vt = tc.vec_dot_type
         y = _f32(y).ravel()
-        yq = np.empty(self.row_size(vt, y.size), dtype=np.uint8)
-        _from_float_t(self.cpu.ggml_get_type_traits_cpu(vt).contents.from_float)(y.ctypes.data, yq.ctypes.data, y.size)
+        yq = self.quantize_activations(t, y)
         x_row = np.ascontiguousarray(x_row, dtype=np.uint8)
         s = np.zeros(1, dtype=np.float32)
         _vec_dot_t(tc.vec_dot)(y.size, s.ctypes.data, 0, x_row.ctypes.data, 0, yq.ctypes.data, 0, 1)

@@ -51,7 +51,7 @@ def test_series_applies_cleanly_and_idempotently(tmp_path):
         assert B._git_apply(tree, p, "--check", "--reverse").returncode == 0, p.name
     assert B.apply_patches(tree, patches) == []
     header = (tree / "ggml" / "include" / "ggml.h").read_text()
-    assert "GGML_TYPE_TP1     = 80" in header and "GGML_TYPE_COUNT   = 82" in header
+    assert "GGML_TYPE_TP1     = 80" in header and "GGML_TYPE_COUNT   = 83" in header
     # no rejects or backups left behind
     left = subprocess.run(["find", str(tree), "-name", "*.rej", "-o", "-name", "*.orig"],
                           capture_output=True, text=True).stdout

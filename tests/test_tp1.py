@@ -9,12 +9,14 @@ import math
 import numpy as np
 import pytest
 
-from tritpack_gguf.converters.tp1 import DEFAULT_ALPHA, TP1, NonFiniteInputError
+from tritpack_gguf.converters.tp1 import DEFAULT_ALPHA, TP1, TPQ16, NonFiniteInputError
 
-TP1_ID = 80  # TRITPACK_TYPE_TP1
+TP1_ID = 80    # TRITPACK_TYPE_TP1
+TPQ16_ID = 82  # TRITPACK_TYPE_TPQ16, TP1's CPU activations
+Q8_0_ID = 8
 
 # vec_dot tolerance: |C - exact| <= DOT_RTOL * sum_i |x_i * y_i| (float64, on the dequantized TP1 row and
-# the dequantized Q8_0 activations). The kernels sum exact int32 block products and round only in
+# the dequantized TPQ16 activations). The kernels sum exact int32 block products and round only in
 # float32 scale/accumulate steps (measured error ~4e-8); 1e-5 leaves ample room and still fails on any
 # wrong trit (one wrong trit changes the sum by >= 1/n of sum |x*y| for these sizes).
 DOT_RTOL = 1e-5
@@ -39,7 +41,9 @@ def c_tp1(ggml):
     b.tritpack_tp1_search_alpha.argtypes = [P, C.c_int64, C.c_int64, P, C.c_float, C.POINTER(C.c_float)]
     b.quantize_row_tp1_ref.restype = None
     b.quantize_row_tp1_ref.argtypes = [P, P, C.c_int64]
-    for name in ("ggml_vec_dot_tp1_q8_0", "ggml_vec_dot_tp1_q8_0_generic"):
+    b.quantize_row_tpq16_ref.restype = None
+    b.quantize_row_tpq16_ref.argtypes = [P, P, C.c_int64]
+    for name in ("ggml_vec_dot_tp1_tpq16", "ggml_vec_dot_tp1_tpq16_generic", "ggml_vec_dot_tpq16_tpq16"):
         fn = getattr(c, name)
         fn.restype = None
         fn.argtypes = [C.c_int, P, C.c_size_t, P, C.c_size_t, P, C.c_size_t, C.c_int]
@@ -70,6 +74,13 @@ def c_tp1(ggml):
             a = b.tritpack_tp1_search_alpha(x.ctypes.data, x.shape[0], x.shape[1],
                                             None if im is None else im.ctypes.data, target_cos, C.byref(cos))
             return a, cos.value
+
+        @staticmethod
+        def quantize_tpq16(y):
+            y = _f32(y).ravel()
+            out = np.empty(y.size // 64 * 132, dtype=np.uint8)
+            b.quantize_row_tpq16_ref(y.ctypes.data, out.ctypes.data, y.size)
+            return out
 
         @staticmethod
         def vec_dot(name, xrow, yq, n):
@@ -282,10 +293,81 @@ def test_default_alpha_is_best_for_gaussian_weights():
 
 # --- CPU dot products ------------------------------------------------------------------------------
 
-def _dequant_q8_0(yq: np.ndarray) -> np.ndarray:
-    b = yq.reshape(-1, 34)
-    d = b[:, :2].copy().view("<f2").astype(np.float64)
-    return (d * b[:, 2:].view(np.int8).astype(np.float64)).ravel()
+def _dequant_tpq16(yq: np.ndarray) -> np.ndarray:
+    return TPQ16.dequantize_blocks(yq).astype(np.float64).ravel()
+
+
+def _tpq16_cases():
+    r = np.random.default_rng(16)
+    yield "gauss", r.standard_normal(576).astype(np.float32)
+    yield "outliers", (r.standard_t(2, 1536) * 10.0 ** r.uniform(-3, 3, 1536)).astype(np.float32)
+    yield "huge-tiny", np.concatenate([r.standard_normal(64) * 1e30, r.standard_normal(64) * 1e-30]).astype(np.float32)
+    halves = np.empty(64, dtype=np.float32)
+    halves[0] = 32767.0  # max 32767: d = 1, so q = x, and the halves round away from zero (roundf)
+    halves[1:] = np.arange(-31, 32, dtype=np.float32) + np.float32(0.5)
+    yield "halves", halves
+    z = r.standard_normal(192).astype(np.float32)
+    z[64:128] = 0.0
+    z[130] = -0.0
+    yield "zero-block", z
+    yield "subnormal", np.full(64, 1e-40, dtype=np.float32) * r.choice([-1, 1], 64).astype(np.float32)
+    inf = r.standard_normal(128).astype(np.float32)
+    inf[5], inf[70] = np.inf, np.nan
+    yield "inf-nan", inf
+
+
+@pytest.mark.parametrize("case", [c[0] for c in _tpq16_cases()])
+def test_tpq16_c_and_numpy_agree_bit_for_bit(c_tp1, ggml, case):
+    y = dict(_tpq16_cases())[case]
+    got = c_tp1.quantize_tpq16(y)
+    want = TPQ16.quantize_blocks(y.reshape(-1, 64)).ravel()
+    assert np.array_equal(got, want), np.flatnonzero(got != want)[:8]
+    assert np.array_equal(ggml.quantize_activations(TP1_ID, y), got)  # the CPU from_float TP1's mul_mat uses
+    back = ggml.dequantize(TPQ16_ID, got[None], y.size)[0]
+    assert np.array_equal(back.view(np.uint32), TPQ16.dequantize_blocks(got).ravel().view(np.uint32))
+    if np.isfinite(y).all():
+        # error at most half a step (d/2, plus 1% for the float32 rounding of 1/d and d * q, up to 32767
+        # ulps of a step each) where d is a normal float; a block below 32767 * FLT_MIN gets a
+        # subnormal d (its 1/d overflows) and comes back within its own maximum
+        d = got.reshape(-1, 132)[:, :4].copy().view("<f4").ravel().astype(np.float64)
+        err = np.abs(back.astype(np.float64) - y).reshape(-1, 64)
+        amax = np.abs(y.astype(np.float64)).reshape(-1, 64).max(axis=1)
+        normal = d >= np.finfo(np.float32).tiny
+        assert (err[normal] <= d[normal, None] * 0.51).all()
+        assert (err[~normal] <= amax[~normal, None]).all()
+        assert ggml.validate_row_data(TPQ16_ID, got)
+    else:
+        assert not ggml.validate_row_data(TPQ16_ID, got)  # the Inf block has d = Inf
+
+
+def test_tp1_multiplies_with_16_bit_activations(ggml):
+    # the point of TPQ16: exact ternary weights times activations with outlier channels lose far less
+    # than with 8-bit (Q8_0) activations
+    r = np.random.default_rng(7)
+    n = 2048
+    w = (r.integers(-1, 2, (1, n)) * 0.02).astype(np.float32)
+    xq = ggml.quantize_chunk(TP1_ID, w)
+    xd = ggml.dequantize(TP1_ID, xq, n)[0].astype(np.float64)
+    assert np.array_equal(xd, w[0].astype(np.float16).astype(np.float64))  # the weights are exact
+    assert ggml.cpu.ggml_get_type_traits_cpu(TP1_ID).contents.vec_dot_type == TPQ16_ID
+    err16, err8 = [], []
+    for _ in range(20):
+        y = (r.standard_normal(n) * np.where(r.random(n) < 0.01, 30.0, 1.0)).astype(np.float32)
+        exact = float(np.dot(xd, y))
+        scale = float(np.sum(np.abs(xd * y)))
+        err16.append(abs(ggml.vec_dot(TP1_ID, xq[0], y) - exact) / scale)
+        y8 = ggml.dequantize(Q8_0_ID, ggml.quantize_chunk(Q8_0_ID, y[None]), n)[0].astype(np.float64)
+        err8.append(abs(float(np.dot(xd, y8)) - exact) / scale)
+    assert max(err16) < 1e-4 and np.mean(err16) < np.mean(err8) / 50, (max(err16), np.mean(err16), np.mean(err8))
+
+
+def test_tpq16_dot_product(c_tp1):
+    r = np.random.default_rng(3)
+    a, b = r.standard_normal(576).astype(np.float32), (r.standard_normal(576) * 1e3).astype(np.float32)
+    qa, qb = c_tp1.quantize_tpq16(a), c_tp1.quantize_tpq16(b)
+    exact = float(np.dot(_dequant_tpq16(qa), _dequant_tpq16(qb)))
+    scale = float(np.sum(np.abs(_dequant_tpq16(qa) * _dequant_tpq16(qb))))
+    assert abs(c_tp1.vec_dot("ggml_vec_dot_tpq16_tpq16", qa, qb, 576) - exact) <= DOT_RTOL * scale
 
 
 @pytest.mark.parametrize("n", [64, 128, 576, 1536])
@@ -299,13 +381,13 @@ def test_vec_dot_simd_and_generic_agree_with_exact_dot(c_tp1, ggml, n):
         xq = c_tp1.quantize(x, DEFAULT_ALPHA)[0]
         yq = ggml.quantize_activations(TP1_ID, y)
         xd = ggml.dequantize(TP1_ID, xq[None], n)[0].astype(np.float64)
-        yd = _dequant_q8_0(yq)
+        yd = _dequant_tpq16(yq)
         exact = float(np.dot(xd, yd))
         scale = float(np.sum(np.abs(xd * yd)))
         assert scale > 0
         simd = ggml.vec_dot(TP1_ID, xq, y)  # the traits' kernel (AVX2 where built with it)
-        direct = c_tp1.vec_dot("ggml_vec_dot_tp1_q8_0", xq, yq, n)
-        generic = c_tp1.vec_dot("ggml_vec_dot_tp1_q8_0_generic", xq, yq, n)
+        direct = c_tp1.vec_dot("ggml_vec_dot_tp1_tpq16", xq, yq, n)
+        generic = c_tp1.vec_dot("ggml_vec_dot_tp1_tpq16_generic", xq, yq, n)
         assert simd == direct
         for got in (simd, generic):
             assert abs(got - exact) <= DOT_RTOL * scale, (n, trial, got, exact)
@@ -327,11 +409,11 @@ def test_vec_dot_reads_nothing_past_the_row(c_tp1, ggml):
             y = r.standard_normal(n).astype(np.float32)
             xq = c_tp1.quantize(x, DEFAULT_ALPHA)[0]
             yq = ggml.quantize_activations(TP1_ID, y)
-            want = c_tp1.vec_dot("ggml_vec_dot_tp1_q8_0_generic", xq, yq, n)
+            want = c_tp1.vec_dot("ggml_vec_dot_tp1_tpq16_generic", xq, yq, n)
             at = base + pg - xq.size
             C.memmove(at, xq.ctypes.data, xq.size)
             s = np.zeros(1, dtype=np.float32)
-            for name in ("ggml_vec_dot_tp1_q8_0", "ggml_vec_dot_tp1_q8_0_generic"):
+            for name in ("ggml_vec_dot_tp1_tpq16", "ggml_vec_dot_tp1_tpq16_generic"):
                 getattr(ggml.cpu, name)(n, s.ctypes.data, 0, at, 0, yq.ctypes.data, 0, 1)
                 assert abs(float(s[0]) - want) <= 1e-5 * abs(want) + 1e-6
     finally:

@@ -4,6 +4,8 @@
 // sanitizer report; the checks below add what "defined" means for each kernel:
 //   - TP1: every byte value 0..255 (243..255 included) decodes to trits in {-1, 0, +1};
 //     dequantize gives exactly d * trit; NaN, Inf, subnormal and zero scales stay what IEEE says;
+//   - TPQ16 (TP1's activations): NaN, Inf, FLT_MAX, subnormal inputs quantize without an out-of-range
+//     float-to-int conversion, finite ones (below FLT_MAX / 2) come back within half a step (normal scales);
 //   - TP4: every codebook index and every sub-block scale code (all 65536 values of the 16-bit
 //     field) dequantizes to exactly d * scale * entry; codebook entries lie in [-127, 127] (the
 //     AVX2 dot product's sign trick needs it);
@@ -82,32 +84,53 @@ static const uint16_t SCALES[] = {
 };
 #define N_SCALES (int) (sizeof(SCALES) / sizeof(SCALES[0]))
 
-// Q8_0 activations of n values (random, finite), exact-size buffer
-static block_q8_0 * make_q8(int n, float amp) {
+// activations of n values (random, finite), exact-size buffers: Q8_0 (TP4's) and TPQ16 (TP1's)
+static float * make_activations(int n) {
     float * y = xalloc(sizeof(float) * n);
-    for (int i = 0; i < n; ++i) y[i] = amp * rnd_normal();
+    for (int i = 0; i < n; ++i) y[i] = rnd_normal();
+    return y;
+}
+
+static void * make_q8(int n) {
+    float * y = make_activations(n);
     block_q8_0 * q = xalloc(sizeof(block_q8_0) * (n / QK8_0));
     quantize_row_q8_0_ref(y, q, n);
     free(y);
     return q;
 }
 
-static double q8_value(const block_q8_0 * q, int i) {
+static void * make_tpq16(int n) {
+    float * y = make_activations(n);
+    block_tpq16 * q = xalloc(sizeof(block_tpq16) * (n / QK_TPQ16));
+    quantize_row_tpq16_ref(y, q, n);
+    free(y);
+    return q;
+}
+
+typedef double (*act_value_fn)(const void *, int);
+
+static double q8_value(const void * y, int i) {
+    const block_q8_0 * q = (const block_q8_0 *) y;
     return (double) h2f(q[i / QK8_0].d) * q[i / QK8_0].qs[i % QK8_0];
+}
+
+static double tpq16_value(const void * y, int i) {
+    const block_tpq16 * q = (const block_tpq16 *) y;
+    return (double) q[i / QK_TPQ16].d * q[i / QK_TPQ16].qs[i % QK_TPQ16];
 }
 
 typedef void (*vec_dot_fn)(int, float *, size_t, const void *, size_t, const void *, size_t, int);
 
 // the dot product of a row through SIMD and generic kernels, checked against the dequantized row
 static void check_dot(const char * what, vec_dot_fn simd, vec_dot_fn generic, const void * x, const float * deq,
-                      int n, const block_q8_0 * y, int exact) {
+                      int n, const void * y, act_value_fn y_value, int exact) {
     float s1 = -1.0f, s2 = -2.0f;
     simd(n, &s1, 0, x, 0, y, 0, 1);
     generic(n, &s2, 0, x, 0, y, 0, 1);
     n_dots += 2;
     double ref = 0.0, mag = 0.0;
     for (int i = 0; i < n; ++i) {
-        const double t = (double) deq[i] * q8_value(y, i);
+        const double t = (double) deq[i] * y_value(y, i);
         ref += t;
         mag += fabs(t);
     }
@@ -144,8 +167,8 @@ static void check_tp1_row(const block_tp1 * x, int nb, const char * what) {
             }
         }
     }
-    block_q8_0 * q = make_q8(n, 1.0f);
-    check_dot(what, ggml_vec_dot_tp1_q8_0, ggml_vec_dot_tp1_q8_0_generic, x, y, n, q, 0);
+    void * q = make_tpq16(n);
+    check_dot(what, ggml_vec_dot_tp1_tpq16, ggml_vec_dot_tp1_tpq16_generic, x, y, n, q, tpq16_value, 0);
     free(q);
     free(y);
 }
@@ -163,12 +186,10 @@ static void test_tp1_every_byte(void) {
             if (y[j] != -1.0f && y[j] != 0.0f && y[j] != 1.0f) FAIL("TP1 byte %d: element %d is %g", v, j, y[j]);
         }
         // against all-ones activations with d = 1 the dot is the exact sum of the trits
-        block_q8_0 * q = xalloc(2 * sizeof(block_q8_0));
-        for (int h = 0; h < 2; ++h) {
-            q[h].d = ggml_fp32_to_fp16(1.0f);
-            memset(q[h].qs, 1, sizeof(q[h].qs));
-        }
-        check_dot("TP1 every byte", ggml_vec_dot_tp1_q8_0, ggml_vec_dot_tp1_q8_0_generic, x, y, QK_TP1, q, 1);
+        block_tpq16 * q = xalloc(sizeof(block_tpq16));
+        q->d = 1.0f;
+        for (int j = 0; j < QK_TPQ16; ++j) q->qs[j] = 1;
+        check_dot("TP1 every byte", ggml_vec_dot_tp1_tpq16, ggml_vec_dot_tp1_tpq16_generic, x, y, QK_TP1, q, tpq16_value, 1);
         free(q);
         free(x);
     }
@@ -224,11 +245,11 @@ static void check_tp4_row(const block_tp4 * x, int nb, const char * what, int un
             }
         }
     }
-    block_q8_0 * q = make_q8(n, 1.0f);
+    block_q8_0 * q = make_q8(n);
     if (unit_activations) {  // d = 1: integer products (sums past 2^24 still round, in different orders)
         for (int i = 0; i < n / QK8_0; ++i) q[i].d = ggml_fp32_to_fp16(1.0f);
     }
-    check_dot(what, ggml_vec_dot_tp4_q8_0, ggml_vec_dot_tp4_q8_0_generic, x, y, n, q, 0);
+    check_dot(what, ggml_vec_dot_tp4_q8_0, ggml_vec_dot_tp4_q8_0_generic, x, y, n, q, q8_value, 0);
     free(q);
     free(y);
 }
@@ -493,6 +514,63 @@ static void test_validate(void) {
     }
 }
 
+// TPQ16 (TP1's activations) from hostile floats: NaN, +-Inf, +-FLT_MAX, subnormals, zeros, one class per
+// block. quantize_row_tpq16_ref must not convert an out-of-range float to int16 (float-cast-overflow),
+// finite blocks come back within half a step, and TP1 x TPQ16 stays in bounds on them.
+static void test_tpq16_hostile_activations(void) {
+    static const float SPECIAL[] = { NAN, INFINITY, -INFINITY, FLT_MAX, -FLT_MAX, 1e-45f, -1e-40f, 0.0f, -0.0f, 1.0f };
+    const int ns = (int) (sizeof(SPECIAL) / sizeof(SPECIAL[0]));
+    for (int s = 0; s < ns; ++s) {
+        for (int fill = 0; fill < 2; ++fill) {  // the special value once in a random block, or the whole block
+            const int nb = 3, n = nb * QK_TPQ16;
+            float * x = make_activations(n);
+            for (int j = 0; j < QK_TPQ16; ++j) {
+                if (fill || j == 17) x[QK_TPQ16 + j] = SPECIAL[s];
+            }
+            block_tpq16 * q = xalloc(sizeof(block_tpq16) * nb);
+            quantize_row_tpq16_ref(x, q, n);
+            n_quant_rows++;
+            float * back = xalloc(sizeof(float) * n);
+            dequantize_row_tpq16(q, back, n);
+            for (int b = 0; b < nb; ++b) {
+                // finite blocks whose d * q cannot overflow (near FLT_MAX, d = max/32767 may round up and
+                // d * 32767 round to Inf: activations there are meaningless anyway)
+                int finite = 1;
+                for (int j = 0; j < QK_TPQ16; ++j) finite &= fabsf(x[b * QK_TPQ16 + j]) <= FLT_MAX / 2;
+                if (!finite) continue;
+                for (int j = 0; j < QK_TPQ16; ++j) {
+                    // half a step where d is normal (plus 1% for the float32 rounding of 1/d and of d * q,
+                    // up to 32767 ulps of a step each); a block below 32767 * FLT_MIN (subnormal d, whose
+                    // 1/d overflows) within its maximum
+                    const double err = fabs((double) back[b * QK_TPQ16 + j] - x[b * QK_TPQ16 + j]);
+                    const double bound = q[b].d >= FLT_MIN ? 0.51 * (double) q[b].d : 32767.0 * q[b].d + FLT_MIN;
+                    if (!(err <= bound)) {
+                        FAIL("TPQ16 value %g, block %d element %d: %g came back as %g (d = %g)", SPECIAL[s], b, j, x[b * QK_TPQ16 + j],
+                             back[b * QK_TPQ16 + j], q[b].d);
+                    }
+                }
+            }
+            n_dequant_blocks += nb;
+            block_tp1 * w = xalloc(sizeof(block_tp1) * nb);
+            for (int b = 0; b < nb; ++b) {
+                for (int m = 0; m < 13; ++m) w[b].qs[m] = (uint8_t) rnd();
+                tritpack_set_scale_bits(w[b].d, 0x3c00);
+            }
+            float s1, s2;
+            ggml_vec_dot_tp1_tpq16(n, &s1, 0, w, 0, q, 0, 1);
+            ggml_vec_dot_tp1_tpq16_generic(n, &s2, 0, w, 0, q, 0, 1);
+            n_dots += 2;
+            if (isfinite(SPECIAL[s]) && fabs((double) s1 - s2) > 1e-5 * (fabs((double) s2) + 1e3)) {
+                FAIL("TP1 x TPQ16 with %g in the activations: SIMD %g, generic %g", SPECIAL[s], s1, s2);
+            }
+            free(w);
+            free(back);
+            free(q);
+            free(x);
+        }
+    }
+}
+
 // the sanitizers are really on: one read past a buffer (ASan) or one signed overflow (UBSan)
 static int selftest(const char * what) {
     volatile int n = 15;
@@ -522,6 +600,7 @@ int main(int argc, char ** argv) {
     test_tp4_hostile_rows();
     test_quantize();
     test_validate();
+    test_tpq16_hostile_activations();
 
 #if defined(__AVX2__)
     const char * simd = "AVX2";
