@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import filecmp
 import hashlib
-import threading
 import json
 import os
 import re
@@ -31,6 +30,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from .digest import sha256_file
 from .errors import TritpackError
 from .paths import locked, source_root, tritpack_home
 
@@ -88,20 +88,6 @@ class BuildResult:
     cached: bool
     seconds: float
     outputs: list[str] = field(default_factory=list)
-
-
-def sha256_file(path: Path, stop: "threading.Event | None" = None) -> str:
-    """The file's sha256 (hex); "" if `stop` is set before the end (hashing in a background thread)."""
-    h = hashlib.sha256()
-    try:
-        with open(path, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 22), b""):
-                if stop is not None and stop.is_set():
-                    return ""
-                h.update(chunk)
-    except OSError as e:
-        raise TritpackError(f"cannot read: {e.strerror or e}", path=path) from None
-    return h.hexdigest()
 
 
 def _hash_files(h: "hashlib._Hash", root: Path, paths: list[Path]) -> None:

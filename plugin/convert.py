@@ -13,7 +13,6 @@ import errno
 import math
 import os
 import re
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -24,12 +23,12 @@ import numpy as np
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType as Q, GGUFValueType, GGUFWriter
 
 from . import __version__
-from .build import sha256_file
 from .converters import policy
 from .converters.gguf_types import TP1, TP4
 from .converters.imatrix import load_imatrix
 from .converters.metrics import ErrorStats
 from .converters.reader import GGUFFile, TensorInfo, copy_fields, to_float32
+from .digest import SourceHash
 from .errors import TritpackError
 from .ggml_lib import GGML, load_ggml
 
@@ -449,82 +448,49 @@ def _convert_tensor(src: GGUFFile, g: GGML, q: Quantizer, t: TensorInfo, p: Tens
 
 
 def convert(inp: str | Path, opts: ConvertOptions, progress: Progress = lambda *a: None,
-            g: GGML | None = None) -> ConvertReport:
+            g: GGML | None = None, source_hash: SourceHash | None = None) -> ConvertReport:
+    """Convert `inp` as `opts` say. `source_hash`: the input's hash, already started (the CLI starts it
+    before importing this module); convert() owns it from here and stops it when done."""
     t0 = time.monotonic()
     inp = Path(inp)
-    src = GGUFFile(inp)
-    out = Path(opts.output) if opts.output else default_output(inp, opts.type)
-    if not opts.dry_run:
-        if out.exists() and out.resolve() == inp.resolve():
-            raise TritpackError("the output would overwrite the input", path=out)
-        if out.exists() and not opts.force:
-            raise TritpackError("output exists", path=out, hint="use --force to overwrite it, or -o to choose another name")
-        if not out.parent.is_dir():
-            raise TritpackError("the output folder does not exist", path=out.parent)
-    g = g or load_ggml()
-    imatrix = load_imatrix(opts.imatrix) if opts.imatrix else None
-    q = Quantizer(g, opts.threads)
-    # hashed from the start: planning runs on one core, so the hash mostly takes the other
-    source_hash = None if opts.dry_run else _SourceHash(src.path)
+    if source_hash is not None and (opts.dry_run or source_hash.path.resolve() != inp.resolve()):
+        source_hash.stop()
+        source_hash = None
     try:
-        plans = plan_conversion(src, opts, g, q, imatrix, progress)
-        report = ConvertReport(str(inp), None if opts.dry_run else str(out), opts.type, plans,
-                               size_before=sum(t.nbytes for t in src.tensors),
-                               size_after=sum(p.dst_bytes for p in plans),
-                               n_weights=sum(t.n_elements for t in src.tensors), dry_run=opts.dry_run)
-        if source_hash is not None:
-            _write(src, out, opts, g, q, imatrix, plans, progress, source_hash)
+        src = GGUFFile(inp)
+        out = Path(opts.output) if opts.output else default_output(inp, opts.type)
+        if not opts.dry_run:
+            if out.exists() and out.resolve() == inp.resolve():
+                raise TritpackError("the output would overwrite the input", path=out)
+            if out.exists() and not opts.force:
+                raise TritpackError("output exists", path=out, hint="use --force to overwrite it, or -o to choose another name")
+            if not out.parent.is_dir():
+                raise TritpackError("the output folder does not exist", path=out.parent)
+            # hashed from the start: planning runs on one core, so the hash mostly takes the other
+            source_hash = source_hash or SourceHash(src.path)
+        g = g or load_ggml()
+        imatrix = load_imatrix(opts.imatrix) if opts.imatrix else None
+        q = Quantizer(g, opts.threads)
+        try:
+            plans = plan_conversion(src, opts, g, q, imatrix, progress)
+            report = ConvertReport(str(inp), None if opts.dry_run else str(out), opts.type, plans,
+                                   size_before=sum(t.nbytes for t in src.tensors),
+                                   size_after=sum(p.dst_bytes for p in plans),
+                                   n_weights=sum(t.n_elements for t in src.tensors), dry_run=opts.dry_run)
+            if source_hash is not None:
+                _write(src, out, opts, g, q, imatrix, plans, progress, source_hash)
+        finally:
+            q.close()
     finally:
-        q.close()
         if source_hash is not None:
             source_hash.stop()
     report.seconds = time.monotonic() - t0
     return report
 
 
-class _SourceHash:
-    """The source's sha256, computed in a background thread while the tensors convert (hashlib
-    releases the GIL): the header gets a placeholder of the same length, replaced at the end."""
-
-    def __init__(self, path: Path):
-        self.placeholder = ("pending-sha256-" + os.urandom(32).hex())[:64]
-        self._stop = threading.Event()
-        self._result: list = []
-        self._thread = threading.Thread(target=self._run, args=(path,), daemon=True)
-        self._thread.start()
-
-    def _run(self, path: Path) -> None:
-        try:
-            self._result.append(sha256_file(path, self._stop))
-        except TritpackError as e:
-            self._result.append(e)
-
-    def digest(self) -> str:
-        self._thread.join()
-        r = self._result[0]
-        if isinstance(r, TritpackError):
-            raise r
-        return r
-
-    def stop(self) -> None:
-        self._stop.set()
-
-    def fill_in(self, path: Path, header_bytes: int) -> None:
-        """Write the digest over the placeholder in the first header_bytes of the written file."""
-        digest = self.digest().encode()
-        with open(path, "r+b") as f:
-            pos = f.read(header_bytes).find(self.placeholder.encode())
-            if pos < 0:
-                raise TritpackError("the source hash placeholder is missing from the written header", path=path)
-            f.seek(pos)
-            f.write(digest)
-            f.flush()
-            os.fsync(f.fileno())
-
-
 def _write(src: GGUFFile, out: Path, opts: ConvertOptions, g: GGML, q: Quantizer,
            imatrix: dict[str, np.ndarray] | None, plans: list[TensorPlan], progress: Progress,
-           source_hash: _SourceHash) -> None:
+           source_hash: SourceHash) -> None:
     tmp = out.with_name(f".{out.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
     writer = GGUFWriter(tmp, src.architecture)
     try:

@@ -7,13 +7,14 @@ dequantized reference.
 
 from __future__ import annotations
 
+from . import defaults
 from .convert import ConvertOptions, convert
 from .models import NAME, fetch_default_model
 from .paths import tritpack_home
 from .run import generate
 from .verify import verify
 
-PROMPT = "It is a truth universally acknowledged, that"
+PROMPT = defaults.DEMO_PROMPT
 
 
 def run_demo(type_: str = "tp4", prompt: str = PROMPT, n_tokens: int = 48, threads: int | None = None,

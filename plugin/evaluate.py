@@ -32,15 +32,16 @@ from typing import Callable
 
 import numpy as np
 
-from .build import sha256_file
+from . import defaults
+from .digest import sha256_file
 from .errors import TritpackError
 from .paths import locked, tritpack_home
 
 Progress = Callable[[str, int, int], None]
 
-DEFAULT_CTX = 512
-DEFAULT_CHUNKS = 16          # 16 x 512 = 8192 tokens; 0 or a negative number: every chunk of the text
-DEFAULT_SENTENCES = 256
+DEFAULT_CTX = defaults.EVAL_CTX
+DEFAULT_CHUNKS = defaults.EVAL_CHUNKS  # 0 or a negative number: every chunk of the text
+DEFAULT_SENTENCES = defaults.EVAL_SENTENCES
 KLD_VERSION = 1              # part of the cache key: bump when what the cache holds changes
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from gguf import GGMLQuantizationType as Q, quants
 
-from .build import sha256_file
+from .digest import sha256_file
 from .converters.reader import rewrite_tensors
 from .errors import TritpackError
 from .paths import tritpack_home

@@ -35,11 +35,12 @@ from typing import Callable, Iterator
 import numpy as np
 from gguf import GGMLQuantizationType as Q
 
+from . import defaults
 from .converters.gguf_types import BY_NAME
 from .errors import TritpackError
 
 Progress = Callable[[str, int, int], None]
-DEFAULT_PROMPT = "The capital of France is Paris. The capital of Italy is Rome. The capital of Spain is"
+DEFAULT_PROMPT = defaults.VERIFY_PROMPT
 ROWS_PER_CHUNK_VALUES = 1 << 22  # floats dequantized at a time while writing a reference
 
 

@@ -301,6 +301,27 @@ def test_cli_json_report(models, tmp_path):
     assert doc["output"] == str(out) and doc["size_after"] == sum(t["dst_bytes"] for t in doc["tensors"])
     assert {t["name"] for t in doc["tensors"]} == {t.name for t in GGUFFile(models["gauss"]).tensors}
     assert all(t["cos"] is not None for t in doc["tensors"] if t["quantize"])
+    # the CLI starts the source's hash before it loads the converter: the digest must still be the file's
+    assert GGUFFile(out).get("tritpack.source_sha256") == sha(models["gauss"])
+
+
+def test_cli_starts_without_the_heavy_modules():
+    # `tritpack-gguf convert` hashes the source on the second core while numpy, gguf and the converter
+    # load; that only helps if importing the CLI does not load them first
+    code = ("import sys, tritpack_gguf.cli; "
+            "print(sorted(m for m in ('numpy', 'gguf', 'tritpack_gguf.convert', 'tritpack_gguf.evaluate', "
+            "'tritpack_gguf.verify', 'tritpack_gguf.demo') if m in sys.modules))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0 and r.stdout.strip() == "[]", (r.stdout, r.stderr)
+
+
+def test_a_started_hash_of_another_file_is_not_used(models, tmp_path):
+    from tritpack_gguf.digest import SourceHash
+
+    other = SourceHash(models["tern"])
+    r = convert(models["gauss"], ConvertOptions(type="tp1", output=tmp_path / "h.gguf"), source_hash=other)
+    assert GGUFFile(r.output).get("tritpack.source_sha256") == sha(models["gauss"])
+    assert other._stop.is_set()
 
 
 def test_parse_size():

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from .. import convert as _convert
+from ..digest import SourceHash
 from ..errors import TritpackError
 from ._common import JsonOpt, ThreadsOpt, print_json, progress_bar, resolve_model_arg
 from ._report import print_convert_report
@@ -42,15 +42,20 @@ def convert_command(
         raise TritpackError("--target-cos must be between 0 and 1")
     if (budget or bpw) and type_ != "mixed":
         raise TritpackError("--budget and --bpw apply to --type mixed")
+    path, stem = resolve_model_arg(model)
+    # the source's sha256 (for tritpack.source_sha256) starts now, on the second core, while the
+    # interpreter loads numpy, gguf and the converter; convert() takes it over
+    source_hash = None if dry_run else SourceHash(path)
+    from .. import convert as _convert
+
     opts = _convert.ConvertOptions(type=type_.lower(), output=output,
                                    budget=_convert.parse_size(budget) if budget else None, bpw=bpw,
                                    target_cos=target_cos, alpha=alpha_v, imatrix=imatrix, keep=keep or [],
                                    threads=threads, force=force, dry_run=dry_run)
-    path, stem = resolve_model_arg(model)
     if stem is not None and opts.output is None:
         opts.output = _convert.default_output(stem.with_name(stem.name + ".gguf"), opts.type)
     with progress_bar(enabled=not json_out) as update:
-        report = _convert.convert(path, opts, progress=update)
+        report = _convert.convert(path, opts, progress=update, source_hash=source_hash)
     if json_out:
         print_json(report.as_dict())
     else:

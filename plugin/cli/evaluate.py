@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from .. import evaluate as _eval
+from .. import defaults
 from ..errors import TritpackError
 from ._common import JsonOpt, ThreadsOpt, print_json, progress_bar
 
@@ -20,11 +20,11 @@ def eval_command(
     model: Annotated[Path, typer.Argument(help="The GGUF to evaluate (e.g. a TP4 conversion).")],
     base: Annotated[Path, typer.Option("--base", help="The reference GGUF (e.g. the F16 file it was made from).")],
     text: Annotated[Path, typer.Option("--text", help="A plain text file to evaluate on.")],
-    ctx: Annotated[int, typer.Option("--ctx", help="Context length of each chunk.")] = _eval.DEFAULT_CTX,
-    chunks: Annotated[int, typer.Option("--chunks", help="Chunks of --ctx tokens to evaluate (0: the whole text).")] = _eval.DEFAULT_CHUNKS,
+    ctx: Annotated[int, typer.Option("--ctx", help="Context length of each chunk.")] = defaults.EVAL_CTX,
+    chunks: Annotated[int, typer.Option("--chunks", help="Chunks of --ctx tokens to evaluate (0: the whole text).")] = defaults.EVAL_CHUNKS,
     embedding: Annotated[bool | None, typer.Option("--embedding/--no-embedding",
                                                    help="Compare sentence embeddings (default: for models with a pooling type, e.g. BERT).")] = None,
-    sentences: Annotated[int, typer.Option("--sentences", help="With --embedding: how many sentences of the text.")] = _eval.DEFAULT_SENTENCES,
+    sentences: Annotated[int, typer.Option("--sentences", help="With --embedding: how many sentences of the text.")] = defaults.EVAL_SENTENCES,
     threads: ThreadsOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
@@ -40,9 +40,11 @@ def eval_command(
         raise TritpackError("--ctx must be at least 8")
     if sentences < 1:
         raise TritpackError("--sentences must be at least 1")
+    from ..evaluate import evaluate
+
     with progress_bar(enabled=not json_out) as update:
-        r = _eval.evaluate(model, base, text, ctx=ctx, chunks=chunks, embedding=embedding,
-                           sentences=sentences, threads=threads, progress=update)
+        r = evaluate(model, base, text, ctx=ctx, chunks=chunks, embedding=embedding,
+                     sentences=sentences, threads=threads, progress=update)
     if json_out:
         print_json(r.as_dict())
         return

@@ -8,7 +8,6 @@ from typing import Annotated
 
 import typer
 
-from ..export import export_gguf
 from ._common import JsonOpt, ThreadsOpt, print_json, progress_bar
 from ._report import mb
 
@@ -22,6 +21,8 @@ def export_command(
     json_out: JsonOpt = False,
 ) -> None:
     """Rewrite TP1/TP4 tensors into one stock type (TP1 -> Q4_0 is exact)."""
+    from ..export import export_gguf
+
     out = output or model.with_name(f"{model.stem}-{to.upper()}.gguf")
     with progress_bar(enabled=not json_out) as update:
         r = export_gguf(model, out, to, force=force, threads=threads, progress=update)

@@ -10,7 +10,6 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from ..inspect import estimate_file, inspect_file
 from ._common import JsonOpt, print_json, resolve_model_arg
 from ._report import mb
 
@@ -21,6 +20,8 @@ def inspect_command(
     json_out: JsonOpt = False,
 ) -> None:
     """Show tensors, types and sizes (and quality against the original)."""
+    from ..inspect import inspect_file
+
     doc = inspect_file(model, against)
     if json_out:
         print_json(doc)
@@ -50,6 +51,8 @@ def estimate_command(
     json_out: JsonOpt = False,
 ) -> None:
     """The sizes a conversion would give, for TP4, TP1 and the stock types, without converting."""
+    from ..inspect import estimate_file
+
     path, _ = resolve_model_arg(model)
     doc = estimate_file(path, type_)
     if json_out:

@@ -3,20 +3,23 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from .. import verify as _verify
+from ..defaults import VERIFY_PROMPT
 from ..errors import TritpackError
 from ._common import JsonOpt, ThreadsOpt, print_json, progress_bar
+
+if TYPE_CHECKING:
+    from ..verify import VerifyReport
 
 
 def _tok(piece: str, tok: int) -> str:
     return f"{tok} {piece!r}"
 
 
-def print_verify_report(r: _verify.VerifyReport, echo=typer.echo) -> None:
+def print_verify_report(r: VerifyReport, echo=typer.echo) -> None:
     if not r.reference_made:
         ref = r.reference
     elif r.reference == "(made on the fly)":
@@ -64,7 +67,7 @@ def print_verify_report(r: _verify.VerifyReport, echo=typer.echo) -> None:
 def verify_command(
     model: Annotated[Path, typer.Argument(help="TritPack GGUF to verify.")],
     reference: Annotated[Path | None, typer.Option("--reference", help="Reference GGUF (default: the model's own weights dequantized to F32, made in a temporary folder).")] = None,
-    prompt: Annotated[str, typer.Option("--prompt", help="Prompt both models read.")] = _verify.DEFAULT_PROMPT,
+    prompt: Annotated[str, typer.Option("--prompt", help="Prompt both models read.")] = VERIFY_PROMPT,
     n: Annotated[int, typer.Option("-n", help="Greedy tokens that must equal the reference's.")] = 16,
     ngl: Annotated[int, typer.Option("--ngl", help="Layers on the GPU (both models).")] = 0,
     check_data: Annotated[bool, typer.Option("--check-data", help="Also validate every tensor's data (NaN/Inf block scales) with ggml_validate_row_data.")] = False,
@@ -81,8 +84,10 @@ def verify_command(
         note = gpu_note(ngl)
         if note:
             typer.echo(f"note: {note}", err=True)
+    from ..verify import verify
+
     with progress_bar(enabled=not json_out) as update:
-        r = _verify.verify(model, reference=reference, prompt=prompt, n=n, ngl=ngl, threads=threads,
+        r = verify(model, reference=reference, prompt=prompt, n=n, ngl=ngl, threads=threads,
                            check_data=check_data, all_f32=all_f32, save_reference=save_reference, progress=update)
     if json_out:
         print_json(r.as_dict())
