@@ -45,7 +45,7 @@ declare -A R
 for k in tp4 iq4_xs tp1 tq1_0; do R[$k]=$(median $k); done
 # what the source hash alone costs (convert runs it in a thread beside the work)
 hash_s=$(.venv/bin/python -c 'import sys, time
-from tritpack_gguf.build import sha256_file
+from tritpack_gguf.digest import sha256_file
 t = time.monotonic(); sha256_file(sys.argv[1]); print(f"{time.monotonic() - t:.2f}")' "$F16")
 
 row() {  # row LABEL KEY

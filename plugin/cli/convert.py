@@ -46,12 +46,17 @@ def convert_command(
     # the source's sha256 (for tritpack.source_sha256) starts now, on the second core, while the
     # interpreter loads numpy, gguf and the converter; convert() takes it over
     source_hash = None if dry_run else SourceHash(path)
-    from .. import convert as _convert
+    try:
+        from .. import convert as _convert
 
-    opts = _convert.ConvertOptions(type=type_.lower(), output=output,
-                                   budget=_convert.parse_size(budget) if budget else None, bpw=bpw,
-                                   target_cos=target_cos, alpha=alpha_v, imatrix=imatrix, keep=keep or [],
-                                   threads=threads, force=force, dry_run=dry_run)
+        opts = _convert.ConvertOptions(type=type_.lower(), output=output,
+                                       budget=_convert.parse_size(budget) if budget else None, bpw=bpw,
+                                       target_cos=target_cos, alpha=alpha_v, imatrix=imatrix, keep=keep or [],
+                                       threads=threads, force=force, dry_run=dry_run)
+    except BaseException:
+        if source_hash is not None:
+            source_hash.stop()
+        raise
     if stem is not None and opts.output is None:
         opts.output = _convert.default_output(stem.with_name(stem.name + ".gguf"), opts.type)
     with progress_bar(enabled=not json_out) as update:
