@@ -37,6 +37,20 @@
 #include <emmintrin.h>
 #endif
 
+// ggml-base is built for the baseline ISA; on x86-64 the lane sums below also have 256-bit versions,
+// picked at run time. Each lane adds its elements in the same order either way: the same bits.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__AVX2__) && !defined(TRITPACK_NO_CLONES)
+#define TP1_AVX2_DISPATCH 1
+#include <immintrin.h>
+static int tp1_use_avx2 = -1;  // unknown yet; a race only ever writes the same value
+static inline int tp1_avx2(void) {
+    if (tp1_use_avx2 < 0) {
+        tp1_use_avx2 = tritpack_cpu_has("avx2");
+    }
+    return tp1_use_avx2;
+}
+#endif
+
 #define TP1_ROW_BLOCKS(n) ((n) / QK_TP1)
 
 // largest finite fp16 value: scales are clamped to it rather than overflowing to inf
@@ -194,7 +208,34 @@ static void tp1_quantize_block(const float * GGML_RESTRICT x, const float * GGML
 // Lane sums of |x| over a block (lane l = element index % 8, added in index order), either all of
 // them (all) or those above tf, as float64: the sums tp1_prep and tp1_support_sums make. Returns
 // how many were summed.
+#if defined(TP1_AVX2_DISPATCH)
+__attribute__((target("avx2,popcnt")))
+static int tp1_lane_sums_avx2(const float * GGML_RESTRICT x, int all, float tf, double out[8]) {
+    const __m256 sign = _mm256_set1_ps(-0.0f);
+    const __m256 t    = _mm256_set1_ps(tf);
+    __m256d lo = _mm256_setzero_pd();  // lanes 0..3
+    __m256d hi = _mm256_setzero_pd();  // lanes 4..7
+    int count = 0;
+    for (int i = 0; i < 8; ++i) {
+        const __m256 v    = _mm256_andnot_ps(sign, _mm256_loadu_ps(x + 8*i));
+        const __m256 keep = _mm256_cmp_ps(v, t, _CMP_GT_OQ);  // false for NaN, as _mm_cmpgt_ps
+        const __m256 kept = all ? v : _mm256_and_ps(v, keep);
+        count += __builtin_popcount((unsigned) _mm256_movemask_ps(keep));
+        lo = _mm256_add_pd(lo, _mm256_cvtps_pd(_mm256_castps256_ps128(kept)));
+        hi = _mm256_add_pd(hi, _mm256_cvtps_pd(_mm256_extractf128_ps(kept, 1)));
+    }
+    _mm256_storeu_pd(out, lo);
+    _mm256_storeu_pd(out + 4, hi);
+    return all ? QK_TP1 : count;
+}
+#endif
+
 static inline int tp1_lane_sums(const float * GGML_RESTRICT x, int all, float tf, double out[8]) {
+#if defined(TP1_AVX2_DISPATCH)
+    if (tp1_avx2()) {
+        return tp1_lane_sums_avx2(x, all, tf, out);
+    }
+#endif
 #if defined(__SSE2__)
     // two lanes a register; _mm_cvtps_pd converts without the false dependency scalar code gets
     static const uint8_t tp1_bits4[16] = { 0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4 };  // set bits
@@ -238,7 +279,41 @@ static inline int tp1_lane_sums(const float * GGML_RESTRICT x, int all, float tf
 
 // Lane sums (tp1_lane_sums' lanes and order) of |x|^2 into xx, and of (|x| - d*[|x| > tf])^2 into ee,
 // the squared error of a block whose kept weights come back as +-d (ee may be NULL).
+#if defined(TP1_AVX2_DISPATCH)
+__attribute__((target("avx2")))
+static void tp1_lane_squares_avx2(const float * GGML_RESTRICT x, float tf, double d, double xx[8], double * ee) {
+    const __m256  sign = _mm256_set1_ps(-0.0f);
+    const __m256d t    = _mm256_set1_pd((double) tf);
+    const __m256d dv   = _mm256_set1_pd(d);
+    __m256d ax[2] = { _mm256_setzero_pd(), _mm256_setzero_pd() };  // lanes 0..3, 4..7
+    __m256d ae[2] = { _mm256_setzero_pd(), _mm256_setzero_pd() };
+    for (int i = 0; i < 8; ++i) {
+        const __m256 v = _mm256_andnot_ps(sign, _mm256_loadu_ps(x + 8*i));
+        for (int h = 0; h < 2; ++h) {
+            const __m256d vd = _mm256_cvtps_pd(h ? _mm256_extractf128_ps(v, 1) : _mm256_castps256_ps128(v));
+            ax[h] = _mm256_add_pd(ax[h], _mm256_mul_pd(vd, vd));
+            if (ee) {
+                const __m256d e = _mm256_sub_pd(vd, _mm256_and_pd(dv, _mm256_cmp_pd(vd, t, _CMP_GT_OQ)));
+                ae[h] = _mm256_add_pd(ae[h], _mm256_mul_pd(e, e));
+            }
+        }
+    }
+    for (int h = 0; h < 2; ++h) {
+        _mm256_storeu_pd(xx + 4*h, ax[h]);
+        if (ee) {
+            _mm256_storeu_pd(ee + 4*h, ae[h]);
+        }
+    }
+}
+#endif
+
 static inline void tp1_lane_squares(const float * GGML_RESTRICT x, float tf, double d, double xx[8], double * ee) {
+#if defined(TP1_AVX2_DISPATCH)
+    if (tp1_avx2()) {
+        tp1_lane_squares_avx2(x, tf, d, xx, ee);
+        return;
+    }
+#endif
 #if defined(__SSE2__)
     const __m128  sign = _mm_set1_ps(-0.0f);
     const __m128d t    = _mm_set1_pd((double) tf);

@@ -19,6 +19,11 @@ extern "C" {
 #define TRITPACK_CLONES
 #endif
 
+#if defined(__x86_64__) && defined(__GNUC__)
+// x86-64: whether this CPU runs "f16c" (with AVX) or "avx2" code (tritpack.c; internal, not exported)
+int tritpack_cpu_has(const char * what);
+#endif
+
 // Library marker: present only in a patched build; the Python runtime checks it before use.
 GGML_API const char * tritpack_version(void);
 

@@ -18,10 +18,10 @@ bool tritpack_validate_row_data(enum ggml_type type, const void * data, size_t n
     size_t block_size, scale_offset;
     switch ((int) type) {
         case TRITPACK_TYPE_TPQ16: {
-            const block_tpq16 * b = (const block_tpq16 *) data;
+            const uint8_t * p = (const uint8_t *) data;
             for (size_t i = 0; i < nbytes / sizeof(block_tpq16); ++i) {
-                float d;
-                memcpy(&d, &b[i].d, sizeof(d));  // the row may not be 4-byte aligned
+                float d;  // read as bytes: the row may not be 4-byte aligned
+                memcpy(&d, p + i*sizeof(block_tpq16) + offsetof(block_tpq16, d), sizeof(d));
                 if (!isfinite(d)) {
                     fprintf(stderr, "ggml_validate_row_data: found %s value at block %zu\n", isnan(d) ? "nan" : "inf", i);
                     return false;
@@ -51,13 +51,16 @@ bool tritpack_validate_row_data(enum ggml_type type, const void * data, size_t n
 #include <immintrin.h>
 #define TRITPACK_X86_PATHS 1
 
-// x86-64 only: "f16c" (with AVX) or "avx2", what this CPU can run, asked once
-static int tritpack_cpu_has(const char * what) {
+// x86-64 only: "f16c" (with AVX) or "avx2", what this CPU can run, asked once.
+// TRITPACK_X86_BASELINE=1 answers no to both (the tests run the baseline paths that way).
+int tritpack_cpu_has(const char * what) {
     static int f16c = -1, avx2 = -1;
     if (f16c < 0) {
+        const char * base = getenv("TRITPACK_X86_BASELINE");
+        const int off = base != NULL && base[0] != '\0' && base[0] != '0';
         __builtin_cpu_init();
-        avx2 = __builtin_cpu_supports("avx2");
-        f16c = __builtin_cpu_supports("f16c") && __builtin_cpu_supports("avx");
+        avx2 = !off && __builtin_cpu_supports("avx2");
+        f16c = !off && __builtin_cpu_supports("f16c") && __builtin_cpu_supports("avx");
     }
     return what[0] == 'f' ? f16c : avx2;
 }

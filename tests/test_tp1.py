@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import ctypes as C
 import math
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -418,3 +421,41 @@ def test_vec_dot_reads_nothing_past_the_row(c_tp1, ggml):
                 assert abs(float(s[0]) - want) <= 1e-5 * abs(want) + 1e-6
     finally:
         libc.mprotect(base + pg, pg, mmap.PROT_READ | mmap.PROT_WRITE)
+
+
+_BOTH_PATHS = r"""
+import hashlib, numpy as np
+from gguf import GGMLQuantizationType as Q
+from tritpack_gguf.convert import Quantizer
+from tritpack_gguf.converters.gguf_types import TP1
+from tritpack_gguf.converters.metrics import ErrorStats
+from tritpack_gguf.ggml_lib import load_ggml
+q = Quantizer(load_ggml(), 2)
+r = np.random.default_rng(11)
+h = hashlib.sha256()
+for x in (r.standard_normal((37, 576)).astype(np.float32), (r.standard_t(3, (9, 1536)) * 1e-3).astype(np.float32)):
+    im = r.gamma(0.5, 2.0, x.shape[1]).astype(np.float32)
+    for w in (None, im):
+        h.update(repr(q.search_alpha(x, w, None)).encode() + repr(q.search_alpha(x, w, 0.9)).encode())
+        h.update(q.quantize(TP1.qtype, x, w, 0.8).tobytes())
+    for src_t, raw in ((Q.F32, x), (Q.F16, x.astype(np.float16))):
+        out = np.empty((x.shape[0], x.shape[1] // 64 * 15), np.uint8)
+        st = ErrorStats()
+        q.convert_rows(src_t, raw.view(np.uint8).reshape(x.shape[0], -1), TP1.qtype, x.shape[1], None, 0.7, out, st)
+        h.update(out.tobytes() + repr(st.as_dict()).encode())
+q.close()
+print(h.hexdigest())
+"""
+
+
+def test_avx2_and_baseline_x86_paths_give_the_same_bits():
+    # ggml-base is built for the baseline ISA and picks 256-bit lane sums and the F16C conversion at run
+    # time; the twin tests above check whichever this CPU runs. TRITPACK_X86_BASELINE=1 forces the
+    # baseline ones: the quantized bytes, the searched alphas and the measured sums must not change.
+    runs = {}
+    for base in ("0", "1"):
+        env = {**os.environ, "TRITPACK_X86_BASELINE": base}
+        r = subprocess.run([sys.executable, "-c", _BOTH_PATHS], capture_output=True, text=True, env=env)
+        assert r.returncode == 0, r.stderr
+        runs[base] = r.stdout.strip()
+    assert len(runs["0"]) == 64 and runs["0"] == runs["1"]
