@@ -31,6 +31,7 @@
 
 #include <assert.h>
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 #if defined(__SSE2__)
@@ -555,9 +556,17 @@ typedef struct {
     double err;
 } tp1_cand;
 
-// one pass over the data evaluating several alphas; fills cos and err (weighted squared error)
+// tp1_plain_prep's results for each block of the sample, made once for the search's four passes
+typedef struct {
+    double sum, xx;
+    float  amax;
+    int    ok;  // 0: tp1_plain_prep declined (a zero or NaN block): the pass takes the general path
+} tp1_plain_cache;
+
+// one pass over the data evaluating several alphas; fills cos and err (weighted squared error).
+// cache: NULL, or tp1_plain_prep of every block (no imatrix only)
 static void tp1_eval_pass(const float * src, int64_t nrows, int64_t n_per_row, const float * imatrix,
-                          tp1_cand * cand, int ncand) {
+                          const tp1_plain_cache * cache, tp1_cand * cand, int ncand) {
     const int64_t nb = TP1_ROW_BLOCKS(n_per_row);
     double dot[TP1_MAX_CAND], yy[TP1_MAX_CAND];
     float alpha[TP1_MAX_CAND];
@@ -572,7 +581,13 @@ static void tp1_eval_pass(const float * src, int64_t nrows, int64_t n_per_row, c
         for (int64_t b = 0; b < nb; ++b) {
             const float * x = src + r*n_per_row + b*QK_TP1;
             const float * w = imatrix ? imatrix + b*QK_TP1 : NULL;
-            if (w == NULL && tp1_plain_prep(x, &p, 1)) {
+            const tp1_plain_cache * pc = cache ? &cache[r*nb + b] : NULL;
+            if (pc) {
+                p.sum  = pc->sum;
+                p.xx   = pc->xx;
+                p.amax = pc->amax;
+            }
+            if (w == NULL && (pc ? pc->ok : tp1_plain_prep(x, &p, 1))) {
                 // without an imatrix: the same sums from the floats (see tp1_quantize_block_plain)
                 xx += p.xx;
                 double s[8];
@@ -618,6 +633,17 @@ float tritpack_tp1_search_alpha(const float * src, int64_t nrows, int64_t n_per_
     tp1_cand all[TP1_MAX_CAND * 4];
     int nall = 0;
 
+    // without an imatrix every pass starts each block with the same tp1_plain_prep: make it once
+    const int64_t nblocks = nrows * TP1_ROW_BLOCKS(n_per_row);
+    tp1_plain_cache * cache = imatrix == NULL && nblocks > 0 ? malloc(sizeof(*cache) * (size_t) nblocks) : NULL;
+    if (cache) {
+        tp1_block_prep p;
+        for (int64_t i = 0; i < nblocks; ++i) {
+            const int ok = tp1_plain_prep(src + i*QK_TP1, &p, 1);
+            cache[i] = (tp1_plain_cache) { ok ? p.sum : 0.0, ok ? p.xx : 0.0, ok ? p.amax : 0.0f, ok };
+        }
+    }
+
     // coarse pass
     tp1_cand pass[TP1_MAX_CAND];
     int np = 0;
@@ -625,7 +651,7 @@ float tritpack_tp1_search_alpha(const float * src, int64_t nrows, int64_t n_per_
         pass[np].m = m;
         np++;
     }
-    tp1_eval_pass(src, nrows, n_per_row, imatrix, pass, np);
+    tp1_eval_pass(src, nrows, n_per_row, imatrix, cache, pass, np);
     int best = 0;
     for (int c = 0; c < np; ++c) {
         all[nall++] = pass[c];
@@ -641,7 +667,7 @@ float tritpack_tp1_search_alpha(const float * src, int64_t nrows, int64_t n_per_
             pass[np++].m = mb - step;
         }
         pass[np++].m = mb + step;
-        tp1_eval_pass(src, nrows, n_per_row, imatrix, pass, np);
+        tp1_eval_pass(src, nrows, n_per_row, imatrix, cache, pass, np);
         for (int c = 0; c < np; ++c) {
             all[nall++] = pass[c];
             if (pass[c].cos > all[best].cos) {
@@ -649,6 +675,7 @@ float tritpack_tp1_search_alpha(const float * src, int64_t nrows, int64_t n_per_
             }
         }
     }
+    free(cache);
     int pick = best;
     if (target_cos > 0.0f) {
         // the smallest error among the candidates that reach the target cosine (else the best cosine)
