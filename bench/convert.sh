@@ -53,7 +53,12 @@ row() {  # row LABEL KEY
   local all; all=$(awk '{printf "%s%s", sep, $1; sep=", "}' "$WORK/time-$2.all")
   echo "| $1 | $s | $all | $cpu | $(echo "scale=1; $in_bytes / 1000000 / $s" | bc) | $(( kb / 1024 )) |"
 }
-ratio() { read -r a _ <<<"${R[$1]}"; read -r b _ <<<"${R[$2]}"; echo "scale=2; $b / $a" | bc; }
+ratio() { read -r a _ <<<"${R[$1]}"; read -r b _ <<<"${R[$2]}"; printf "%.3f" "$(echo "scale=6; $b / $a" | bc)"; }
+pairs() {  # pairs OURS THEIRS -> each pair's ratio (their seconds / ours, the runs made back to back), and their median
+  paste -d' ' <(awk '{print $1}' "$WORK/time-$1.all") <(awk '{print $1}' "$WORK/time-$2.all") |
+    awk '{r[NR] = $2 / $1; printf "%s%.3f", (NR > 1 ? ", " : ""), r[NR]} END {
+      n = asort(r); printf " (median %.3f)", (n % 2 ? r[(n + 1) / 2] : (r[n / 2] + r[n / 2 + 1]) / 2)}'
+}
 {
   echo "# Converter throughput and memory"
   echo
@@ -77,6 +82,7 @@ ratio() { read -r a _ <<<"${R[$1]}"; read -r b _ <<<"${R[$2]}"; echo "scale=2; $
   echo
   echo "Throughput ratios (same input, machine and threads): convert --type tp4 / llama-quantize IQ4_XS = $(ratio tp4 iq4_xs)x;"
   echo "convert --type tp1 / llama-quantize TQ1_0 = $(ratio tp1 tq1_0)x (goals: at least 1.0x each)."
+  echo "Each pair's ratio, in run order: tp4 $(pairs tp4 iq4_xs); tp1 $(pairs tp1 tq1_0)."
   echo "convert does more than llama-quantize: it hashes the whole input (sha256, for tritpack.source_sha256), searches TP1's"
   echo "alpha per tensor, and measures every tensor against its source (cos, SNR, RMSE) while writing."
   echo "The sha256 of the input alone took $hash_s s of one core here (the same function, same run)."

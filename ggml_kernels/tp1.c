@@ -385,8 +385,51 @@ static inline ggml_fp16_t tp1_scale_to_fp16(double d) {
 
 // tp1_prep without an imatrix: only sum, amax and (with need_xx) xx, what tp1_tau and the search read.
 // Returns 0 for an all-zero block, which the general path handles.
+#if defined(TP1_AVX2_DISPATCH)
+// max |x| over a block (NaN skipped: _mm256_max_ps returns its second operand for a NaN, as
+// v > amax ? v : amax does); max is exact in any order
+__attribute__((target("avx2")))
+static float tp1_amax_avx2(const float * GGML_RESTRICT x) {
+    const __m256 sign = _mm256_set1_ps(-0.0f);
+    __m256 m = _mm256_setzero_ps();
+    for (int i = 0; i < 8; ++i) {
+        m = _mm256_max_ps(_mm256_andnot_ps(sign, _mm256_loadu_ps(x + 8*i)), m);
+    }
+    __m128 r = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+    r = _mm_max_ps(r, _mm_movehl_ps(r, r));
+    r = _mm_max_ss(r, _mm_movehdup_ps(r));
+    return _mm_cvtss_f32(r);
+}
+
+// the codes of tp1_quantize_block_plain (kept: 2 for x > 0, else 0; not kept: 1); returns how many kept
+__attribute__((target("avx2,popcnt")))
+static int tp1_codes_avx2(const float * GGML_RESTRICT x, float tf, uint8_t codes[QK_TP1]) {
+    const __m256 sign = _mm256_set1_ps(-0.0f);
+    const __m256 t    = _mm256_set1_ps(tf);
+    const __m256i one = _mm256_set1_epi32(1);
+    int count = 0;
+    for (int i = 0; i < 8; ++i) {
+        const __m256  xv = _mm256_loadu_ps(x + 8*i);
+        const __m256  kf = _mm256_cmp_ps(_mm256_andnot_ps(sign, xv), t, _CMP_GT_OQ);  // NaN: not kept
+        const __m256i k  = _mm256_castps_si256(kf);                                      // -1 kept, 0 not
+        const __m256i p  = _mm256_castps_si256(_mm256_cmp_ps(xv, _mm256_setzero_ps(), _CMP_GT_OQ));
+        // 1 + k - 2 (k & p): not kept 1, kept and positive 2, kept otherwise 0
+        const __m256i c  = _mm256_sub_epi32(_mm256_add_epi32(one, k), _mm256_slli_epi32(_mm256_and_si256(k, p), 1));
+        const __m128i w  = _mm_packs_epi32(_mm256_castsi256_si128(c), _mm256_extracti128_si256(c, 1));
+        _mm_storel_epi64((__m128i *) (codes + 8*i), _mm_packus_epi16(w, w));
+        count += __builtin_popcount((unsigned) _mm256_movemask_ps(kf));
+    }
+    return count;
+}
+#endif
+
 static inline int tp1_plain_prep(const float * GGML_RESTRICT x, tp1_block_prep * p, int need_xx) {
     float amax = 0.0f;
+#if defined(TP1_AVX2_DISPATCH)
+    if (tp1_avx2()) {
+        amax = tp1_amax_avx2(x);
+    } else
+#endif
     for (int j = 0; j < QK_TP1; ++j) {
         const float v = fabsf(x[j]);
         amax = v > amax ? v : amax;
@@ -419,6 +462,11 @@ static void tp1_quantize_block_plain(const float * GGML_RESTRICT x, float alpha,
     const float tf = tp1_float_below(tp1_tau(&p, alpha));
     uint8_t codes[QK_TP1];
     int count = 0;
+#if defined(TP1_AVX2_DISPATCH)
+    if (tp1_avx2()) {
+        count = tp1_codes_avx2(x, tf, codes);
+    } else
+#endif
     for (int j = 0; j < QK_TP1; ++j) {  // kept: 2 (+) or 0 (-), else 1
         const int k = fabsf(x[j]) > tf;
         codes[j] = (uint8_t) (1 - k + 2*(k & (x[j] > 0.0f)));
