@@ -55,9 +55,10 @@ row() {  # row LABEL KEY
 }
 ratio() { read -r a _ <<<"${R[$1]}"; read -r b _ <<<"${R[$2]}"; printf "%.3f" "$(echo "scale=6; $b / $a" | bc)"; }
 pairs() {  # pairs OURS THEIRS -> each pair's ratio (their seconds / ours, the runs made back to back), and their median
-  paste -d' ' <(awk '{print $1}' "$WORK/time-$1.all") <(awk '{print $1}' "$WORK/time-$2.all") |
-    awk '{r[NR] = $2 / $1; printf "%s%.3f", (NR > 1 ? ", " : ""), r[NR]} END {
-      n = asort(r); printf " (median %.3f)", (n % 2 ? r[(n + 1) / 2] : (r[n / 2] + r[n / 2 + 1]) / 2)}'
+  local each; each=$(paste -d' ' <(awk '{print $1}' "$WORK/time-$1.all") <(awk '{print $1}' "$WORK/time-$2.all") |
+    awk '{printf "%.3f\n", $2 / $1}')
+  printf "%s (median %s)" "$(echo "$each" | paste -sd, | sed 's/,/, /g')" \
+    "$(echo "$each" | sort -n | awk '{r[NR] = $1} END {printf "%.3f", NR % 2 ? r[(NR + 1) / 2] : (r[NR / 2] + r[NR / 2 + 1]) / 2}')"
 }
 {
   echo "# Converter throughput and memory"
