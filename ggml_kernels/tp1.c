@@ -38,8 +38,9 @@
 #include <emmintrin.h>
 #endif
 
-// ggml-base is built for the baseline ISA; on x86-64 the lane sums below also have 256-bit versions,
-// picked at run time. Each lane adds its elements in the same order either way: the same bits.
+// ggml-base is built for the baseline ISA; on x86-64 the lane sums, block max and codes below also have
+// 256-bit versions, picked at run time. Each lane adds its elements in the same order either way: the
+// same bits.
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__AVX2__) && !defined(TRITPACK_NO_CLONES)
 #define TP1_AVX2_DISPATCH 1
 #include <immintrin.h>
