@@ -402,13 +402,12 @@ static float tp1_amax_avx2(const float * GGML_RESTRICT x) {
     return _mm_cvtss_f32(r);
 }
 
-// the codes of tp1_quantize_block_plain (kept: 2 for x > 0, else 0; not kept: 1); returns how many kept
-__attribute__((target("avx2,popcnt")))
-static int tp1_codes_avx2(const float * GGML_RESTRICT x, float tf, uint8_t codes[QK_TP1]) {
+// the codes of tp1_quantize_block_plain (kept: 2 for x > 0, else 0; not kept: 1)
+__attribute__((target("avx2")))
+static void tp1_codes_avx2(const float * GGML_RESTRICT x, float tf, uint8_t codes[QK_TP1]) {
     const __m256 sign = _mm256_set1_ps(-0.0f);
     const __m256 t    = _mm256_set1_ps(tf);
     const __m256i one = _mm256_set1_epi32(1);
-    int count = 0;
     for (int i = 0; i < 8; ++i) {
         const __m256  xv = _mm256_loadu_ps(x + 8*i);
         const __m256  kf = _mm256_cmp_ps(_mm256_andnot_ps(sign, xv), t, _CMP_GT_OQ);  // NaN: not kept
@@ -418,9 +417,7 @@ static int tp1_codes_avx2(const float * GGML_RESTRICT x, float tf, uint8_t codes
         const __m256i c  = _mm256_sub_epi32(_mm256_add_epi32(one, k), _mm256_slli_epi32(_mm256_and_si256(k, p), 1));
         const __m128i w  = _mm_packs_epi32(_mm256_castsi256_si128(c), _mm256_extracti128_si256(c, 1));
         _mm_storel_epi64((__m128i *) (codes + 8*i), _mm_packus_epi16(w, w));
-        count += __builtin_popcount((unsigned) _mm256_movemask_ps(kf));
     }
-    return count;
 }
 #endif
 
@@ -462,19 +459,17 @@ static void tp1_quantize_block_plain(const float * GGML_RESTRICT x, float alpha,
     }
     const float tf = tp1_float_below(tp1_tau(&p, alpha));
     uint8_t codes[QK_TP1];
-    int count = 0;
 #if defined(TP1_AVX2_DISPATCH)
     if (tp1_avx2()) {
-        count = tp1_codes_avx2(x, tf, codes);
+        tp1_codes_avx2(x, tf, codes);
     } else
 #endif
     for (int j = 0; j < QK_TP1; ++j) {  // kept: 2 (+) or 0 (-), else 1
         const int k = fabsf(x[j]) > tf;
         codes[j] = (uint8_t) (1 - k + 2*(k & (x[j] > 0.0f)));
-        count += k;
     }
     double s[8];
-    tp1_lane_sums(x, 0, tf, s);
+    const int count = tp1_lane_sums(x, 0, tf, s);  // how many are kept (the same test as the codes')
     const double A = tp1_hsum8(s);
     const ggml_fp16_t d = tp1_scale_to_fp16(A / (double) count);  // count >= 1: the max is kept
     tp1_pack(codes, y->qs);
