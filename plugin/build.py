@@ -35,9 +35,9 @@ from .errors import TritpackError
 from .paths import locked, source_root, tritpack_home
 
 # what `tritpack-gguf build` makes: the libraries, the tools the commands drive, llama.cpp's tests
-LIBRARIES = ["llama", "ggml", "ggml-base", "ggml-cpu"]
+LIBRARIES = ["llama", "ggml", "ggml-base", "ggml-cpu", "ggml-rpc"]
 PROGRAMS = ["llama-quantize", "llama-bench", "llama-perplexity", "llama-imatrix", "llama-completion",
-            "llama-server", "test-quantize-fns", "test-backend-ops"]
+            "llama-server", "test-quantize-fns", "test-backend-ops", "ggml-rpc-server"]
 DEFAULT_CUDA_ARCHS = "80;86;89;90"
 STAMP = "tritpack-build.json"
 
