@@ -4,5 +4,4 @@ these when it starts, before it imports anything heavy (numpy, gguf, the convert
 EVAL_CTX = 512          # tritpack-gguf eval: tokens per chunk
 EVAL_CHUNKS = 16        # 16 x 512 = 8192 tokens; 0 or a negative number: every chunk of the text
 EVAL_SENTENCES = 256    # eval --embedding: sentences of the text compared
-VERIFY_PROMPT = "The capital of France is Paris. The capital of Italy is Rome. The capital of Spain is"
 DEMO_PROMPT = "It is a truth universally acknowledged, that"

@@ -11,7 +11,7 @@ import json
 import os
 import sys
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
@@ -117,6 +117,7 @@ class GGUFHeader:
     tensors: list[HeaderTensor]
     alignment: int
     data_start: int
+    source: object = field(default=None, repr=False, compare=False)  # the GGUFFile it was read from (its data)
 
     def get(self, key: str, default=None):
         v = self.values.get(key)
@@ -149,7 +150,7 @@ def read_header(path: str | Path) -> GGUFHeader:
     spans = {k: (fld.offset, fld.end) for k, fld in fields.items()}
     tensors = [HeaderTensor(t.name, tuple(reversed(t.shape)), int(t.type), t.offset - f.data_offset)
                for t in f.tensors]
-    return GGUFHeader(f.path, int(f.get("GGUF.version")), values, spans, tensors, f.alignment, f.data_offset)
+    return GGUFHeader(f.path, int(f.get("GGUF.version")), values, spans, tensors, f.alignment, f.data_offset, f)
 
 
 def gguf_tensor_types(path: str | Path) -> list[tuple[str, int]]:
