@@ -251,16 +251,25 @@ def test_verify_passes_on_a_correct_model(models, cli, capsys, kind, tmp_path):
     rc = cli(["verify", str(models[kind]), "--check-data", "-n", "16", *T1])
     out, err = capsys.readouterr()
     assert rc == 0, out + err
-    assert "greedy continuation = reference 16/16 OK" in out, out
+    from tritpack_gguf.verify import default_prompts
+
+    assert f"prompts            {len(default_prompts())} (" in out and "16 of the reference's greedy tokens" in out, out
+    assert re.search(r"logits vs reference \(worst\) \d\.\de-\d+ of the logit range", out), out
     assert "tensors valid" in out and out.strip().splitlines()[-1].startswith("OK")
     assert [p for p in tmp_path.iterdir()] == []  # the on-the-fly reference went with its temp dir
+
+    rc = cli(["verify", str(models[kind]), "--strict", "--prompt", "Hello world", "--prompt", "a b c", "-n", "8", *T1])
+    out = capsys.readouterr().out
+    assert rc == 0 and out.count("greedy continuation = reference 8/8 OK") == 2, out
 
     if kind == "tp1":
         rc = cli(["verify", str(models[kind]), "--json", "-n", "8", *T1])
         doc = json.loads(capsys.readouterr().out)
-        assert rc == 0 and doc["ok"] and doc["finite"] and doc["continuation_match"] == 8
-        assert doc["top1_agree"] == doc["n_prompt"]
-        assert 0 < doc["max_abs_diff"] < doc["min_reference_margin"] / 4  # the test model's margins are clear
+        assert rc == 0 and doc["ok"] and doc["finite"] and not doc["strict"]
+        assert doc["top1_agree"] == doc["positions"] == sum(p["n_prompt"] + 7 for p in doc["prompts"])
+        assert doc["near_ties"] == doc["faults"] == [] and all(p["continuation_match"] == 8 for p in doc["prompts"])
+        assert 0 <= doc["noise"] < doc["noise_ceiling"] and doc["tolerance"] == 4 * doc["noise"]
+        assert 0 < doc["relative_diff"] == doc["max_abs_diff"] / doc["logit_range"] < 2 ** -7
 
 
 def test_verify_fails_on_a_nan_block_scale(models, cli, capsys, tmp_path):
@@ -291,9 +300,13 @@ def test_verify_against_a_saved_reference_catches_scrambled_blocks(models, cli, 
     rc = cli(["verify", str(bad), "--reference", str(ref), "-n", "8", *T1])
     out, err = capsys.readouterr()
     assert rc == 1, out + err
+    assert "faults" in out and "beyond the tolerance" in out, out  # names the disagreements
+    assert "verification failed" in err and "beyond the tolerance" in err
+
+    rc = cli(["verify", str(bad), "--reference", str(ref), "--strict", "--prompt", "Hello world", "-n", "8", *T1])
+    out, err = capsys.readouterr()
     m = re.search(r"greedy continuation = reference (\d+)/8 FAILED", out)
-    assert m and int(m.group(1)) < 8, out
-    assert "token " in out and "reference" in out  # names the first differing token
+    assert rc == 1 and m and int(m.group(1)) < 8, out
     assert "differs from the reference" in err
 
 
