@@ -3,14 +3,11 @@
 The reference holds the same weights dequantized to F32 (made on the fly in a temporary folder when
 none is given): the TP1/TP4 tensors are dequantized by the library's own to_float, the other tensors
 are copied as they are (they run through the same stock kernels in both models; `all_f32` dequantizes
-them too). Both models read the same prompt; the report has the worst absolute logit difference
-over the prompt positions, the top-1 agreement there, and how many tokens of the greedy
-continuation equal the reference's.
-
-The logits are not bit-identical: a quantized matmul on ggml's CPU backend quantizes the activations
-to Q8_0 first (Q8_1 on CUDA), the F32 reference does not. The pass criterion is therefore the greedy
-continuation: all n tokens equal, and every logit finite. `check_data` adds llama.cpp's tensor
-validation (ggml_validate_row_data: NaN/Inf block scales and values).
+them too). Both models read the same tokens, each prompt then the reference's greedy continuation
+(teacher forcing), and every position's logits are compared; "the comparison" below says how a near
+tie is told from a fault, and why the logits are not bit-identical (TP4's CPU matmul quantizes its
+activations to Q8_0, TP1's to TPQ16). `check_data` adds llama.cpp's tensor validation
+(ggml_validate_row_data: NaN/Inf block scales and values).
 
 Files are checked first by converters/reader.py (and the library's types): a broken one is one
 TritpackError naming it. llama.cpp then loads, tokenizes and decodes in one child process
