@@ -28,7 +28,7 @@ import numpy as np
 import gguf
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType
 
-from ..errors import TritpackError
+from .errors import TritpackError
 from . import gguf_types  # noqa: F401  (registers TP1/TP4 with gguf before any file is read)
 
 FLOAT_TYPES = (GGMLQuantizationType.F32, GGMLQuantizationType.F16, GGMLQuantizationType.BF16)

@@ -8,6 +8,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
+from .converters.sources import candidates, find_source_root
 from .errors import TritpackError
 
 
@@ -18,17 +19,15 @@ def tritpack_home() -> Path:
 
 
 def source_root() -> Path:
-    """The tritpack-gguf checkout (CMakeLists.txt, patches/, ggml_kernels/) that `build` compiles.
-
-    $TRITPACK_SOURCE_DIR overrides; otherwise the checkout this package is installed from (editable).
-    """
-    env = os.environ.get("TRITPACK_SOURCE_DIR")
-    root = Path(env).expanduser().resolve() if env else Path(__file__).resolve().parent.parent
-    if not (root / "CMakeLists.txt").is_file() or not (root / "patches").is_dir():
+    """The tritpack-gguf sources (CMakeLists.txt, patches/, ggml_kernels/) that `build` compiles:
+    $TRITPACK_SOURCE_DIR, else the checkout this package runs from, else the installed wheel's copy
+    (converters/sources.py)."""
+    root = find_source_root()
+    if root is None:
         raise TritpackError(
             "the tritpack-gguf source tree (CMakeLists.txt, patches/, ggml_kernels/) was not found",
-            path=root,
-            hint="install from a checkout with `pip install -e .`, or set TRITPACK_SOURCE_DIR to one",
+            path=candidates()[0],
+            hint="reinstall tritpack-gguf, or set TRITPACK_SOURCE_DIR to a checkout",
         )
     return root
 
