@@ -220,7 +220,6 @@ def pack_blocks(d16: np.ndarray, k: np.ndarray, codes: np.ndarray, q: np.ndarray
 
 def unpack_blocks(blocks: np.ndarray):
     b = np.ascontiguousarray(blocks, dtype=np.uint8)
-    n = b.shape[0]
     d = b[:, 0:2].copy().view("<f2")[:, 0].astype(np.float32)
     sc = b[:, 2].astype(np.uint32) | (b[:, 3].astype(np.uint32) << 8)
     k = (sc & 15).astype(np.int64)

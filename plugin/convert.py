@@ -30,7 +30,7 @@ from .converters.metrics import ErrorStats
 from .converters.reader import GGUFFile, TensorInfo, copy_fields, to_float32
 from .digest import SourceHash
 from .errors import TritpackError
-from .ggml_lib import GGML, load_ggml
+from .ggml_lib import CONVERT_INVALID, CONVERT_NOMEM, CONVERT_NONFINITE, GGML, ConvertStats, load_ggml
 
 Progress = Callable[[str, int, int], None]
 CHUNK_VALUES = 1 << 22          # floats per work chunk (16 MB of float32)
@@ -151,16 +151,6 @@ def _check_finite(src: GGUFFile, t: TensorInfo, x: np.ndarray, first_row: int = 
                             path=src.path, tensor=t.name)
 
 
-class _ConvertStats(C.Structure):
-    """tritpack_convert_stats (tritpack-quants.h)."""
-    _fields_ = [("sxx", C.c_double), ("syy", C.c_double), ("sxy", C.c_double), ("see", C.c_double),
-                ("n", C.c_int64), ("bad_row", C.c_int64), ("bad_col", C.c_int64), ("exact", C.c_int32),
-                ("pad", C.c_int32)]
-
-
-CONVERT_NONFINITE, CONVERT_INVALID, CONVERT_UNSUPPORTED, CONVERT_NOMEM = 1, 2, 3, 4
-
-
 class Quantizer:
     """Quantizes rows into a ggml type with the C kernels, in parallel over row slices."""
 
@@ -168,19 +158,9 @@ class Quantizer:
         self.g = g
         self.threads = max(1, threads or os.cpu_count() or 1)
         self.pool = ThreadPoolExecutor(self.threads) if self.threads > 1 else None
-        fn = g.base.tritpack_quantize_tp1
-        fn.restype = C.c_size_t
-        fn.argtypes = [C.c_void_p, C.c_void_p, C.c_int64, C.c_int64, C.c_void_p, C.c_float]
-        self._tp1 = fn
-        s = g.base.tritpack_tp1_search_alpha
-        s.restype = C.c_float
-        s.argtypes = [C.c_void_p, C.c_int64, C.c_int64, C.c_void_p, C.c_float, C.POINTER(C.c_float)]
-        self._search = s
-        c = g.base.tritpack_convert_rows
-        c.restype = C.c_int
-        c.argtypes = [C.c_int, C.c_void_p, C.c_int, C.c_void_p, C.c_int64, C.c_int64, C.c_void_p, C.c_float,
-                      C.POINTER(_ConvertStats)]
-        self._convert = c
+        self._tp1 = g.base.tritpack_quantize_tp1
+        self._search = g.base.tritpack_tp1_search_alpha
+        self._convert = g.base.tritpack_convert_rows
 
     def close(self) -> None:
         if self.pool:
@@ -226,8 +206,8 @@ class Quantizer:
         im = None if imatrix is None else imatrix.ctypes.data
         a = C.c_float(TP1_DEFAULT_ALPHA if alpha is None else alpha)
 
-        def work(r0: int, r1: int) -> tuple[int, _ConvertStats, int]:
-            st = _ConvertStats(exact=1)
+        def work(r0: int, r1: int) -> tuple[int, ConvertStats, int]:
+            st = ConvertStats(exact=1)
             rc = self._convert(int(src_type), raw[r0:r1].ctypes.data, int(dst), out[r0:r1].ctypes.data,
                                r1 - r0, n, im, a, C.byref(st))
             return rc, st, r0

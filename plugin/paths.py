@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 from contextlib import contextmanager
 from pathlib import Path
@@ -43,3 +44,31 @@ def locked(path: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
+
+
+# ----------------------------------------------------------------------------- the built library
+
+BUILD_HINT = "run `tritpack-gguf build` (add --cuda for NVIDIA GPUs)"
+
+
+def latest_build(kind: str) -> dict | None:
+    """The stamp of the newest successful build of `kind` ('cpu' or 'cuda'), if any."""
+    try:
+        return json.loads((tritpack_home() / f"latest-{kind}.json").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def library_dir(prefer_cuda: bool = True) -> Path:
+    """$TRITPACK_LIB_DIR, else the newest CUDA build (when preferred and present), else the CPU one."""
+    env = os.environ.get("TRITPACK_LIB_DIR")
+    if env:
+        d = Path(env).expanduser().resolve()
+        if not (d / "libllama.so").is_file():
+            raise TritpackError("no libllama.so in TRITPACK_LIB_DIR", path=d, hint=BUILD_HINT)
+        return d
+    for kind in (["cuda", "cpu"] if prefer_cuda else ["cpu"]):
+        stamp = latest_build(kind)
+        if stamp and (Path(stamp["lib_dir"]) / "libllama.so").is_file():
+            return Path(stamp["lib_dir"])
+    raise TritpackError("no patched llama.cpp build found", path=tritpack_home(), hint=BUILD_HINT)

@@ -6,60 +6,21 @@ set before `import llama_cpp`. `activate()` sets it to our build and checks the 
 
 from __future__ import annotations
 
-import ctypes
-import json
 import os
 import sys
 import warnings
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 
 from .errors import TritpackError
-from .paths import tritpack_home
-
-BUILD_HINT = "run `tritpack-gguf build` (add --cuda for NVIDIA GPUs)"
-
-
-def latest_build(kind: str) -> dict | None:
-    """The stamp of the newest successful build of `kind` ('cpu' or 'cuda'), if any."""
-    try:
-        return json.loads((tritpack_home() / f"latest-{kind}.json").read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def library_dir(prefer_cuda: bool = True) -> Path:
-    """$TRITPACK_LIB_DIR, else the newest CUDA build (when preferred and present), else the CPU one."""
-    env = os.environ.get("TRITPACK_LIB_DIR")
-    if env:
-        d = Path(env).expanduser().resolve()
-        if not (d / "libllama.so").is_file():
-            raise TritpackError("no libllama.so in TRITPACK_LIB_DIR", path=d, hint=BUILD_HINT)
-        return d
-    for kind in (["cuda", "cpu"] if prefer_cuda else ["cpu"]):
-        stamp = latest_build(kind)
-        if stamp and (Path(stamp["lib_dir"]) / "libllama.so").is_file():
-            return Path(stamp["lib_dir"])
-    raise TritpackError("no patched llama.cpp build found", path=tritpack_home(), hint=BUILD_HINT)
-
-
-@lru_cache(maxsize=None)
-def tritpack_version_of(lib_dir: Path) -> str | None:
-    """The tritpack_version() marker of the libggml-base in `lib_dir`, or None for a stock build."""
-    lib = ctypes.CDLL(str(lib_dir / "libggml-base.so"))
-    try:
-        fn = lib.tritpack_version
-    except AttributeError:
-        return None
-    fn.restype = ctypes.c_char_p
-    return fn().decode()
-
+from .paths import BUILD_HINT, latest_build, library_dir, tritpack_home  # noqa: F401  (runtime.library_dir: used by callers)
 
 def activate(lib_dir: str | Path | None = None) -> Path:
     """Point llama-cpp-python at the patched library. After it, plain `from llama_cpp import Llama`
     runs TritPack models. Must run before the first `import llama_cpp` in the process."""
     d = Path(lib_dir).resolve() if lib_dir else library_dir()
+    from .ggml_lib import tritpack_version_of  # here: the CLI starts without numpy
+
     if tritpack_version_of(d) is None:
         raise TritpackError("this llama.cpp library is not patched by tritpack-gguf", path=d, hint=BUILD_HINT)
     current = os.environ.get("LLAMA_CPP_LIB_PATH")

@@ -10,7 +10,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 from gguf import GGMLQuantizationType as Q
 
 from tritpack_gguf.converters.tiny_model import make_llama, vocab_file

@@ -23,8 +23,7 @@ def _version(dist: str) -> str | None:
 def diagnose() -> dict:
     """Everything doctor reports, as one dict (the --json document)."""
     from .. import build as _build
-    from ..paths import source_root, tritpack_home
-    from ..runtime import latest_build, library_dir
+    from ..paths import latest_build, library_dir, source_root, tritpack_home
 
     report: dict = {"tritpack_gguf": __version__, "python": platform.python_version(),
                     "tritpack_home": str(tritpack_home()), "missing": []}
@@ -58,8 +57,7 @@ def diagnose() -> dict:
         return report
 
     from ..converters.gguf_types import TRITPACK_TYPES
-    from ..ggml_lib import load_ggml
-    from ..runtime import tritpack_version_of
+    from ..ggml_lib import load_ggml, tritpack_version_of
 
     g = load_ggml(lib_dir)
     lib: dict = {"dir": str(lib_dir), "patched": g.is_patched, "tritpack_version": tritpack_version_of(lib_dir),
