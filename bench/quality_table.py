@@ -242,7 +242,7 @@ def to_f32(src_path: Path, out: Path) -> Path:
         return out
     from gguf import GGMLQuantizationType as Q
 
-    from tritpack_gguf.converters.reader import rewrite_tensors
+    from tritpack_gguf.converters.writer import rewrite_tensors
 
     def values(t, raw):
         return np.frombuffer(raw.tobytes(), dtype=np.float32 if t.type == Q.F32 else np.float16).reshape(t.shape).astype(np.float32)
@@ -280,7 +280,7 @@ def rewrite(src_path: Path, out: Path, fn) -> Path:
     """Copy a GGUF of F16/F32 tensors with each tensor's values replaced by fn(name, array)."""
     from gguf import GGMLQuantizationType as Q
 
-    from tritpack_gguf.converters.reader import rewrite_tensors
+    from tritpack_gguf.converters.writer import rewrite_tensors
 
     def values(t, raw):
         a = np.frombuffer(raw.tobytes(), dtype=np.float32 if t.type == Q.F32 else np.float16).reshape(t.shape)

@@ -13,12 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .converters.gguf_types import TP1, TP4
 from .errors import TritpackError
 from .paths import library_dir
-
-TYPE_TP1 = TP1.id
-TYPE_TP4 = TP4.id
 
 _to_float_t = C.CFUNCTYPE(None, C.c_void_p, C.c_void_p, C.c_int64)
 _from_float_t = C.CFUNCTYPE(None, C.c_void_p, C.c_void_p, C.c_int64)

@@ -78,7 +78,7 @@ def make_reference(model: str | Path, output: str | Path, *, all_f32: bool = Fal
     """Write `output`: `model` with its TP1/TP4 tensors (every non-F32 tensor with `all_f32`)
     dequantized to F32 by the library's to_float. The key/values are copied byte for byte (the
     tritpack.* ones and general.file_type dropped), so a large vocabulary costs nothing to carry."""
-    from .convert import _publish
+    from .converters.writer import publish as _publish
     from .ggml_lib import load_ggml
     from .runtime import read_header
 

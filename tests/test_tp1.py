@@ -446,3 +446,14 @@ def test_avx2_and_baseline_x86_paths_give_the_same_bits():
         assert r.returncode == 0, r.stderr
         runs[base] = r.stdout.strip()
     assert len(runs["0"]) == 64 and runs["0"] == runs["1"]
+
+
+def test_default_alpha_is_written_once_on_each_side():
+    """The numpy twin's DEFAULT_ALPHA (which convert uses too) is the C define."""
+    import re
+
+    from tritpack_gguf.paths import source_root
+
+    header = (source_root() / "ggml_kernels" / "tritpack-quants.h").read_text()
+    m = re.search(r"#define\s+TRITPACK_TP1_DEFAULT_ALPHA\s+([0-9.]+)f", header)
+    assert m and float(m.group(1)) == DEFAULT_ALPHA
