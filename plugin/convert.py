@@ -340,30 +340,7 @@ def _plan_tiers(src: GGUFFile, opts: ConvertOptions, g: GGML, q: Quantizer,
             y = g.dequantize(int(TIERS[tier]), q.quantize(TIERS[tier], x, w, alpha))
             err[p.name][tier] = float((((x - y).astype(np.float64) ** 2) * ww).sum()) / ref * t.n_elements
     size = {p.name: {tier: policy.tensor_bytes(qt, t) for tier, qt in TIERS.items()} for p, t in tiered}
-    choice = dict(lowest)
-    total = fixed + sum(size[name][tier] for name, tier in choice.items())
-    if total > budget:
-        raise TritpackError(f"the budget of {budget / 1e6:.1f} MB is below the smallest mix "
-                            f"({total / 1e6:.1f} MB: every tiered tensor at its lowest tier, TP1, or TP4 for the "
-                            f"token embedding and output; the rest as the policy keeps them)")
-    while True:
-        best = None
-        for name, tier in choice.items():
-            if tier == order[-1]:
-                continue
-            nxt = order[order.index(tier) + 1]
-            extra = size[name][nxt] - size[name][tier]
-            gain = err[name][tier] - err[name][nxt]
-            if extra <= 0 or total + extra > budget or gain <= 0:
-                continue
-            score = gain / extra
-            if best is None or score > best[0]:
-                best = (score, name, nxt, extra)
-        if best is None:
-            break
-        _, name, nxt, extra = best
-        choice[name] = nxt
-        total += extra
+    choice = policy.choose_tiers(lowest, err, size, fixed, budget, order)
     for p, t in tiered:
         tier = choice[p.name]
         p.tier = tier
