@@ -15,6 +15,8 @@ def build_command(
     cuda: Annotated[bool, typer.Option("--cuda", help="Build the CUDA backend too.")] = False,
     arch: Annotated[str | None, typer.Option("--arch", help="CUDA architectures, e.g. 90 or '80;86' (default 80;86;89;90).")] = None,
     jobs: Annotated[int | None, typer.Option("--jobs", "-j", help="Parallel compile jobs (default: all cores).")] = None,
+    portable: Annotated[bool, typer.Option("--portable", help="CPU code for any x86-64 with AVX2, not only this CPU "
+                                                              "(binaries that run elsewhere: bench/gpu-bundle.sh).")] = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Fetch, verify and patch the pinned llama.cpp, build it with our kernels, print the library folder."""
@@ -22,7 +24,7 @@ def build_command(
         cuda = True
     archs = arch.replace(",", ";") if arch else None
     with progress_bar(enabled=not json_out) as update:
-        result = _build.build(cuda=cuda, archs=archs, jobs=jobs, progress=update)
+        result = _build.build(cuda=cuda, archs=archs, jobs=jobs, progress=update, native=not portable)
     if json_out:
         print_json(asdict(result))
         return
