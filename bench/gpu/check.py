@@ -576,6 +576,15 @@ def report(r: Run, manifest: dict, args) -> str:
         for x in mv["matvec"]:
             pct = f"{100 * x['gbs'] / mv['copy_gbs']:.0f}%" if mv["copy_gbs"] else "-"
             w(f"| {x['type']} | {x['K']} x {x['M']} | {x['bytes'] / 1e6:.1f} | {x['us']:.2f} | {x['gbs']:.0f} | {pct} |")
+    goals = goal_rows(res)
+    if goals:
+        w("")
+        w("## Goals of issue 16 (from the tables above)")
+        w("")
+        w("| goal | measured | met |")
+        w("| --- | ---: | --- |")
+        for g, v, ok in goals:
+            w(f"| {g} | {v} | {'yes' if ok else '**no**'} |")
     w("")
     w("## Commands")
     w("")
@@ -584,6 +593,28 @@ def report(r: Run, manifest: dict, args) -> str:
     w("\n".join(res["commands"]))
     w("```")
     return "\n".join(L) + "\n"
+
+
+def goal_rows(res: dict) -> list[tuple[str, str, bool]]:
+    """The speed and correctness goals of issue 16 that this run measured: (goal, value, met)."""
+    st, out = res["steps"], []
+    bench = {(x["type"], x["test"]): x["ts"] for x in st.get("bench", {}).get("rows", [])}
+    tg = next((x for _, x in bench if x.startswith("tg")), None)
+    pp = next((x for _, x in bench if x.startswith("pp")), None)
+    for t, ref, test, want in (("TP4", "Q4_K_M", tg, 1.1), ("TP4", "Q4_0", tg, 1.0), ("TP1", "Q4_0", tg, 1.5),
+                               ("TP4", "Q4_K_M", pp, 0.8), ("TP1", "Q4_K_M", pp, 0.8)):
+        a, b = bench.get((t, test)), bench.get((ref, test))
+        if test and a and b:
+            out.append((f"{test} {t} >= {want}x {ref}", f"{a / b:.2f}x", a / b >= want))
+    mv = st.get("matvec", {})
+    for x in mv.get("matvec", []):
+        if x["type"] in ("tp1", "tp4") and x["K"] == 4096 and mv.get("copy_gbs"):
+            f = x["gbs"] / mv["copy_gbs"]
+            out.append((f"mat-vec {x['type']} 4096x11008 >= 70% of copy bandwidth", f"{100 * f:.0f}%", f >= 0.7))
+    for t, v in st.get("greedy", {}).get("models", {}).items():
+        if "same_tokens" in v:
+            out.append((f"greedy {t} GPU = CPU, 16 of 16", f"{v['same_tokens']}/{v['of']}", v["same_tokens"] == v["of"]))
+    return out
 
 
 def write_out(r: Run, manifest: dict, args) -> None:
