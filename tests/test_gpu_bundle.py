@@ -105,3 +105,70 @@ def test_check_arguments(bundle, tmp_path):
     assert r.returncode == 2 and "unknown step(s) nope" in r.stderr
     r = subprocess.run([sys.executable, str(CHECK), str(tmp_path / "o")], capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and "manifest.json" in r.stderr and "gpu-bundle.sh" in r.stderr
+
+
+# ----------------------------------------------------------------------------- the GPU-only paths, on canned output
+# (the rehearsal cannot run them: their parsing and report sections are checked on text in the programs' formats)
+
+def _check_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("gpu_check", CHECK)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_parse_test_backend_ops_console_output():
+    ck = _check_module()
+    ok, fail = "\x1b[1;32mOK\x1b[0m", "\x1b[1;31mFAIL\x1b[0m"
+    text = "\n".join([
+        "Backend 1/2: CUDA0",
+        "  Device description: NVIDIA H200",
+        f"  MUL_MAT(type_a=tp1,type_b=f32,m=16,n=1,k=256,bs=[1,1],nr=[1,1],per=[0,1,2,3],k_v=0,o=1): {ok}",
+        f"  MUL_MAT(type_a=tp4,type_b=f32,m=16,n=9,k=256,bs=[1,1],nr=[1,1],per=[0,1,2,3],k_v=0,o=1): [MUL_MAT] NMSE = 0.012 > 0.0005 {fail}",
+        "  MUL_MAT(type_a=tp4,type_b=f16,m=16,n=1,k=256,bs=[1,1],nr=[1,1],per=[0,1,2,3],k_v=0,o=1): not supported [CUDA0] ",
+        f"  GET_ROWS(type=tp1,n=256,m=5,r=4,be1=1,bs=1,v=0): {ok}",
+        f"  MUL_MAT(type_a=q4_0,type_b=f32,m=16,n=1,k=256,bs=[1,1],nr=[1,1],per=[0,1,2,3],k_v=0,o=1): {ok}",
+        "  3/4 tests passed",
+    ])
+    p = ck.parse_tbo(text)
+    assert p["types"] == {"tp1": {"ok": 2, "fail": 0, "unsupported": 0}, "tp4": {"ok": 0, "fail": 1, "unsupported": 1},
+                          "q4_0": {"ok": 1, "fail": 0, "unsupported": 0}}
+    assert len(p["fails"]) == 1 and "NMSE" in p["fails"][0]
+
+
+def test_report_of_a_gpu_run(tmp_path):
+    """Every section of a GPU run's report, from results in the shape the steps store them."""
+    ck = _check_module()
+    r = ck.Run(tmp_path / "out", tmp_path / "work", 450, rehearse=False)
+    types = {"tp1": {"ok": 40, "fail": 0, "unsupported": 2}, "tp4": {"ok": 40, "fail": 0, "unsupported": 2},
+             "q4_0": {"ok": 40, "fail": 0, "unsupported": 0}}
+    r.results["machine"].update(gpu="NVIDIA H200, 580.159.04, 9.0", cpu="x", cpu_threads=16, python="3.12.3", cublas="/x")
+    r.results["model_shape"] = "Llama-2-7B layer shape, 8 layers"
+    r.results["tq2_0_cuda"] = "no"
+    r.step("tbo", "ok", ops={op: {"exit": 0, "types": types, "fails": [], "last": ""} for op in ck.OPS}, seconds=50)
+    r.step("memcheck", "partial", "time cap", seconds=100, ops={op: {"exit": 124, "seconds": 30, "cases_done": 12, "errors": [],
+                                                                      "error_summary": None, "timed_out": True} for op in ck.OPS})
+    r.step("matvec", "ok", copy_gbs=4300.0, seconds=20, matvec=[
+        {"type": t, "K": 4096, "M": 11008, "bytes": 25_000_000, "us": 10.0, "gbs": g} for t, g in (("tp1", 3100.0), ("tp4", 3500.0), ("q4_0", 3600.0))])
+    r.step("greedy", "ok", seconds=9, models={t: {"same_tokens": 16, "of": 16, "max_abs_logit_diff": 0.01, "max_abs_logit": 9.0,
+                                                   "gpu_tokens": [1] * 16, "cpu_tokens": [1] * 16, "finite": True} for t in ("TP1", "TP4")})
+    rows = []
+    for t, pp, tg in (("Q4_0", 9000.0, 200.0), ("Q4_K_M", 8000.0, 180.0), ("TP4", 7000.0, 210.0), ("TP1", 6000.0, 320.0)):
+        rows += [{"type": t, "test": "pp512", "ts": pp, "sd": 1.0, "size": 2**30, "params": 2**31, "backends": "CUDA", "n_gpu_layers": 99},
+                 {"type": t, "test": "tg128", "ts": tg, "sd": 1.0, "size": 2**30, "params": 2**31, "backends": "CUDA", "n_gpu_layers": 99}]
+    r.step("bench", "ok", rows=rows, prompt_gen=["-p", "512", "-n", "128", "-r", "3"], seconds=60)
+    r.step("energy", "ok", field="power.draw.instant", seconds=40,
+           rows=[{"type": "TP1", "tg_ts": 320.0, "watts": 400.0, "samples": 20, "j_per_token": 1.25}])
+    manifest = {"kind": "cuda", "archs": "90", "commit": "abc", "key": "0" * 64}
+    text = ck.report(r, manifest, type("A", (), {"budget": 450.0})())
+    for s in ("## test-backend-ops", "## compute-sanitizer", "## Greedy", "## llama-bench", "## Energy per token",
+              "## Mat-vec bandwidth", "## Goals of issue 16"):
+        assert s in text, s
+    goals = {g: (v, ok) for g, v, ok in ck.goal_rows(r.results)}
+    assert goals["tg128 TP4 >= 1.1x Q4_K_M"] == ("1.17x", True)
+    assert goals["tg128 TP1 >= 1.5x Q4_0"] == ("1.60x", True)
+    assert goals["pp512 TP1 >= 0.8x Q4_K_M"] == ("0.75x", False)
+    assert goals["mat-vec tp1 4096x11008 >= 70% of copy bandwidth"] == ("72%", True)
+    assert goals["greedy TP4 GPU = CPU, 16 of 16"] == ("16/16", True)

@@ -208,7 +208,7 @@ def make(lib_dir: Path, cache: Path) -> dict:
                 "native_cpu": _native(lib_dir.parent), "build_dir": str(lib_dir.parent), "build_key": stamp["key"],
                 "commit": commit or "unknown", "made": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
                 "payload": "payload.tar.xz", "programs": programs, "libraries": sorted(libs),
-                "not_carried": [n for n in NOT_CARRIED if any(n in x for x in _all_needed(stage / "bin"))],
+                "not_carried": sorted(n for n in _all_needed(stage / "bin") if n.startswith(NOT_CARRIED)),
                 "binary_bytes_stripped": raw, "binary_sizes": sizes,
                 "payload_bytes": (out / "payload.tar.xz").stat().st_size, "seconds": round(time.monotonic() - t0, 1),
             }

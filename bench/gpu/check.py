@@ -126,8 +126,11 @@ def unpack(r: Run, manifest: dict) -> None:
     if r.work.exists():
         shutil.rmtree(r.work)
     r.work.mkdir(parents=True)
-    with tarfile.open(HERE / manifest["payload"]) as tf:
-        tf.extractall(r.work, filter="data") if hasattr(tarfile, "data_filter") else tf.extractall(r.work)
+    try:
+        with tarfile.open(HERE / manifest["payload"]) as tf:
+            tf.extractall(r.work, filter="data") if hasattr(tarfile, "data_filter") else tf.extractall(r.work)
+    except (tarfile.CompressionError, ImportError):  # a Python without lzma: the system's tar and xz
+        subprocess.run(["tar", "-xJf", str(HERE / manifest["payload"]), "-C", str(r.work)], check=True)
     stamp.write_text(manifest["key"])
 
 
@@ -138,48 +141,49 @@ def find_tool(name: str, extra: list[str]) -> str | None:
     return None
 
 
-def library_dirs(r: Run) -> tuple[list[str], str]:
-    """LD_LIBRARY_PATH for the bundled programs: the bundle's bin/, then wherever this machine keeps
-    cuBLAS (the bundle does not carry it: libcublasLt alone is over 500 MB)."""
+def library_dirs(r: Run, manifest: dict) -> tuple[list[str], str]:
+    """LD_LIBRARY_PATH for the bundled programs: the bundle's bin/, then the folder of this machine
+    that holds the libraries the bundle does not carry (cuBLAS: libcublasLt alone is over 500 MB)."""
     dirs = [str(r.bin)]
-    found = "not needed (CPU build)"
-    if r.results["machine"].get("bundle_kind") == "cuda":
-        cands = ["/usr/local/cuda/lib64", "/usr/local/cuda/targets/x86_64-linux/lib", "/usr/lib/x86_64-linux-gnu"]
-        try:  # the nvidia-cublas wheel of the machine's Python (PyTorch's)
-            import importlib.util
-            for name in ("nvidia.cu13", "nvidia.cublas"):
-                spec = importlib.util.find_spec(name)
-                cands += [str(Path(p) / "lib") for p in (spec.submodule_search_locations or [])] if spec else []
-        except ModuleNotFoundError:
-            pass
-        for pat in ("/opt/*/.venv/lib/python3*/site-packages/nvidia/cu13/lib",
-                    "/usr/local/lib/python3*/dist-packages/nvidia/cu13/lib", "/usr/lib/python3/dist-packages/nvidia/cu13/lib"):
-            cands += [str(p) for p in sorted(Path("/").glob(pat.lstrip("/")))]
-        found = "NOT FOUND"
-        for d in cands:
-            if list(Path(d).glob("libcublas.so.1[0-9]*")) and list(Path(d).glob("libcublasLt.so.1[0-9]*")):
-                dirs.append(d)
-                found = d
-                break
-    old = os.environ.get("LD_LIBRARY_PATH")
-    return dirs + ([old] if old else []), found
+    need = [n for n in manifest.get("not_carried", []) if not n.startswith("libcuda.so")]
+    if not need:
+        return dirs, "not needed" if manifest["kind"] != "cuda" else "not needed (?)"
+    cands = ["/usr/local/cuda/lib64", "/usr/local/cuda/targets/x86_64-linux/lib", "/usr/lib/x86_64-linux-gnu"]
+    try:  # the nvidia-cublas wheel of the machine's Python (PyTorch's)
+        import importlib.util
+        for name in ("nvidia.cu13", "nvidia.cublas", "nvidia.cu12"):
+            spec = importlib.util.find_spec(name)
+            cands += [str(Path(p) / "lib") for p in (spec.submodule_search_locations or [])] if spec else []
+    except ModuleNotFoundError:
+        pass
+    for pat in ("opt/*/.venv/lib/python3*/site-packages/nvidia/*/lib", "usr/local/lib/python3*/dist-packages/nvidia/*/lib",
+                "usr/lib/python3/dist-packages/nvidia/*/lib", "usr/local/cuda*/lib64"):
+        cands += [str(p) for p in sorted(Path("/").glob(pat))]
+    found = f"NOT FOUND ({', '.join(need)})"
+    for d in cands:
+        if all((Path(d) / n).exists() for n in need):
+            dirs.append(d)
+            found = d
+            break
+    return dirs, found
 
 
 def preflight(r: Run, manifest: dict) -> list[str]:
-    """Every program the steps call, started once (`--help`-like): missing libraries show here."""
+    """`ldd` of every program the steps call, with the LD_LIBRARY_PATH they run with: a missing library
+    or too old a C++ runtime shows here, before any step."""
     problems = []
     for prog in manifest["programs"]:
         path = r.bin / prog
         if not path.is_file():
             problems.append(f"{prog}: not in the bundle")
             continue
-        ldd = subprocess.run(["ldd", str(path)], capture_output=True, text=True, env=r.env) if shutil.which("ldd") else None
-        if ldd is not None:
-            missing = [ln.split()[0] for ln in ldd.stdout.splitlines() if "not found" in ln]
-            if missing:
-                problems.append(f"{prog}: libraries not found: {', '.join(missing)}")
-        if ldd is not None and "version `GLIBCXX" in ldd.stderr + ldd.stdout:
-            problems.append(f"{prog}: {ldd.stderr.strip()[:200]}")
+        if not shutil.which("ldd"):
+            continue
+        ldd = subprocess.run(["ldd", str(path)], capture_output=True, text=True, env=r.env)
+        missing = [ln.split()[0] for ln in ldd.stdout.splitlines() if "not found" in ln and "=>" in ln]
+        if missing:
+            problems.append(f"{prog}: libraries not found: {', '.join(missing)}")
+        problems += [f"{prog}: {ln.strip()[:200]}" for ln in (ldd.stdout + ldd.stderr).splitlines() if "version `" in ln][:2]
     return problems
 
 
@@ -664,7 +668,9 @@ def main() -> int:
     for p in r.logs.iterdir():
         p.unlink()
     r.results["machine"]["bundle_kind"] = manifest["kind"]
-    dirs, cublas = library_dirs(r)
+    dirs, cublas = library_dirs(r, manifest)
+    if os.environ.get("LD_LIBRARY_PATH"):
+        dirs.append(os.environ["LD_LIBRARY_PATH"])
     r.env["LD_LIBRARY_PATH"] = ":".join(dirs)
     r.results["machine"]["cublas"] = cublas
     cuda_bin = ["/usr/local/cuda/bin/", "/usr/local/cuda/compute-sanitizer/"]
@@ -672,7 +678,7 @@ def main() -> int:
     san = None if args.rehearse else find_tool("compute-sanitizer", [d + "compute-sanitizer" for d in cuda_bin])
     machine(r, smi)
     r.results["preflight"] = preflight(r, manifest)
-    if any("GLIBCXX" in x or "CXXABI" in x or "GCC_" in x for x in r.results["preflight"]):
+    if any("version `" in x for x in r.results["preflight"]):
         # an older C++ runtime than the build's: use the one the bundle carries
         r.env["LD_LIBRARY_PATH"] = ":".join([dirs[0], str(r.work / "fallback")] + dirs[1:])
         r.results["machine"]["cxx_runtime"] = "the bundle's (fallback/)"
