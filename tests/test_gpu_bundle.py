@@ -84,14 +84,16 @@ def test_check_rehearsal_writes_the_report(bundle, tmp_path):
     res = json.loads((out / "results.json").read_text())
     st = {k: v["status"] for k, v in res["steps"].items()}
     assert st == {"tbo": "skipped", "memcheck": "skipped", "energy": "skipped",
-                  "matvec": "ok", "greedy": "ok", "bench": "ok", "models": "ok"}, res["steps"]
+                  "matvec": "ok", "greedy": "ok", "ternary": "ok", "bench": "ok", "models": "ok"}, res["steps"]
     greedy = res["steps"]["greedy"]["models"]
     assert {t: (v["same_tokens"], v["of"]) for t, v in greedy.items()} == {"TP1": (16, 16), "TP4": (16, 16)}
+    tern = res["steps"]["ternary"]["sides"]
+    assert set(tern) == {"gpu", "cpu"} and all(v["same_tokens"] == 16 for v in tern.values())
     bench_types = {x["type"] for x in res["steps"]["bench"]["rows"]}
     assert bench_types == {"F16", "Q8_0", "Q4_0", "Q4_K_M", "IQ4_XS", "TQ2_0", "TP4", "TP1"}
     assert {x["type"] for x in res["steps"]["matvec"]["matvec"]} >= {"tp1", "tp4"}
     report = (out / "report.md").read_text()
-    for heading in ("| step | status |", "## Greedy", "## llama-bench", "## Mat-vec bandwidth", "## Commands"):
+    for heading in ("| step | status |", "## Greedy", "## Ternary model", "## llama-bench", "## Mat-vec bandwidth", "## Commands"):
         assert heading in report
     assert sorted(p.name for p in out.iterdir()) == ["logs.tar.gz", "report.md", "results.json"]
     with tarfile.open(out / "logs.tar.gz") as tf:
@@ -172,3 +174,82 @@ def test_report_of_a_gpu_run(tmp_path):
     assert goals["pp512 TP1 >= 0.8x Q4_K_M"] == ("0.75x", False)
     assert goals["mat-vec tp1 4096x11008 >= 70% of copy bandwidth"] == ("72%", True)
     assert goals["greedy TP4 GPU = CPU, 16 of 16"] == ("16/16", True)
+
+
+_FAKE_TBO = r'''#!/usr/bin/env bash
+# test-backend-ops as far as check.py reads it: [support] -b DEV -o OPS -p FILTER
+mode=test; ops=""; filt=""
+while [ $# -gt 0 ]; do
+  case "$1" in support) mode=support ;; -o) ops=$2; shift ;; -p) filt=$2; shift ;; esac; shift
+done
+for op in ${ops//,/ }; do
+  for t in tp1 tp4 q4_0 tq2_0; do
+    if [ "$op" = GET_ROWS ]; then vars="type=$t,n=256,m=5,r=4,be1=1,bs=1,v=0"; else vars="type_a=$t,type_b=f32,m=16,n=1,k=256"; fi
+    echo "$vars" | grep -Eq -- "$filt" || continue
+    if [ $mode = support ]; then printf '  %s(%s): \033[1;31mNOT SUPPORTED\033[0m\n' "$op" "$vars"
+    else printf '  %s(%s): \033[1;32mOK\033[0m\n' "$op" "$vars"; fi
+  done
+done
+'''
+
+_FAKE_SANITIZER = r'''#!/usr/bin/env bash
+# compute-sanitizer --tool memcheck --error-exitcode N --print-limit N --leak-check no PROGRAM ARGS
+shift 8
+echo "========= COMPUTE-SANITIZER"
+"$@"
+echo "========= ERROR SUMMARY: 0 errors"
+'''
+
+_FAKE_SMI = r'''#!/usr/bin/env bash
+case "$*" in
+  *-lms*) while true; do echo "2026/12/04 15:00:00.000, 400.00, 95"; sleep 0.05; done ;;
+  *) echo "400.00" ;;
+esac
+'''
+
+_FAKE_BENCH = r'''#!/usr/bin/env bash
+# llama-bench -m MODEL ... -o jsonl: one tg line
+sleep 0.3
+echo "{\"model_filename\": \"$2\", \"n_prompt\": 0, \"n_gen\": 128, \"avg_ts\": 250.0, \"stddev_ts\": 1.0, \"model_size\": 1, \"model_n_params\": 1}"
+'''
+
+
+def test_gpu_steps_run_on_stand_in_programs(tmp_path):
+    """tbo, memcheck and energy never run in the rehearsal: here they run against stand-ins that print
+    what test-backend-ops, compute-sanitizer, nvidia-smi and llama-bench print, end to end through the
+    step functions and the report."""
+    ck = _check_module()
+    r = ck.Run(tmp_path / "out", tmp_path / "work", 120, rehearse=False)
+    r.bin.mkdir(parents=True)
+    r.logs.mkdir()
+    tools = tmp_path / "tools"
+    tools.mkdir()
+    for path, text in ((r.bin / "test-backend-ops", _FAKE_TBO), (r.bin / "llama-bench", _FAKE_BENCH),
+                       (tools / "compute-sanitizer", _FAKE_SANITIZER), (tools / "nvidia-smi", _FAKE_SMI)):
+        path.write_text(text)
+        path.chmod(0o755)
+    ck.step_tbo(r)
+    tbo = r.results["steps"]["tbo"]
+    assert tbo["status"] == "ok", tbo
+    for op in ck.OPS:
+        assert {t: c["ok"] for t, c in tbo["ops"][op]["types"].items()} == {"tp1": 1, "tp4": 1, "q4_0": 1}
+    assert r.results["tq2_0_cuda"] == "no"
+    ck.step_memcheck(r, str(tools / "compute-sanitizer"))
+    mc = r.results["steps"]["memcheck"]
+    assert mc["status"] == "ok", mc
+    assert all(v["cases_done"] == 2 and v["error_summary"] == 0 for v in mc["ops"].values())
+
+    models = ck.Models(r, [], 1)
+    for t in ck.BENCH_TYPES:
+        models.path(t).parent.mkdir(parents=True, exist_ok=True)
+        models.path(t).write_bytes(b"")
+        models.ready[t].set()
+    ck.step_energy(r, models, str(tools / "nvidia-smi"))
+    en = r.results["steps"]["energy"]
+    assert en["status"] == "ok", en
+    assert {x["type"] for x in en["rows"]} == set(ck.BENCH_TYPES) - {"TQ2_0"}  # no CUDA TQ2_0: not measured
+    assert all(x["samples"] > 0 and abs(x["j_per_token"] - 400.0 / 250.0) < 1e-9 for x in en["rows"])
+    r.kill_all()
+    ck.write_out(r, {"kind": "cuda", "archs": "90", "commit": "abc", "key": "0" * 64}, type("A", (), {"budget": 120.0})())
+    text = (r.out / "report.md").read_text()
+    assert "| MUL_MAT | 0 | 1/0/0 | 1/0/0 | 1/0/0 |" in text and "## Energy per token" in text

@@ -11,6 +11,9 @@ Steps, each bounded in time (the whole run ends within --budget seconds, report 
   matvec    mat-vec y = W x on 4096 x 11008 (and 11008 x 4096) per type vs the device-to-device copy
   greedy    16 greedy tokens, all layers on the GPU vs the CPU (GPU hidden), TP1 and TP4, with the
             largest logit difference over the steps whose context agrees
+  ternary   a ternary model (tiny_model.make_llama, embeddings and output kept F16) in F16 and in TP1:
+            the largest logit difference TP1 vs F16 on the GPU and on the CPU (TP1 is exact on ternary
+            weights, so what is left is the activations' rounding: 8-bit on the GPU, 16-bit on the CPU)
   bench     one llama-bench -ngl 99 -p 512 -n 128 over F16 Q8_0 Q4_0 Q4_K_M IQ4_XS TP4 TP1 (+ TQ2_0,
             run apart when ggml-cuda cannot multiply it)
   energy    tg128 per model with nvidia-smi board power sampled every 100 ms: J/token
@@ -39,17 +42,17 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-STEPS = ("tbo", "memcheck", "matvec", "greedy", "bench", "energy")
+STEPS = ("tbo", "memcheck", "matvec", "greedy", "ternary", "bench", "energy")
 GPU_ONLY = ("tbo", "memcheck", "energy")
 BENCH_TYPES = ("F16", "Q8_0", "Q4_0", "Q4_K_M", "IQ4_XS", "TQ2_0", "TP4", "TP1")
 QUANT_ORDER = ("TP1", "TP4", "Q4_0", "Q8_0", "Q4_K_M", "IQ4_XS", "TQ2_0")  # greedy needs TP1/TP4 first
 MATVEC_TYPES = ("f16", "q8_0", "q4_0", "q4_K", "iq4_xs", "tp4", "tp1")
 OPS = ("MUL_MAT", "MUL_MAT_ID", "GET_ROWS")
 OUR_TYPES = "(^|,)type(_a)?=tp[14],"
-WITH_CONTROL = "(^|,)type(_a)?=(tp1|tp4|q4_0),"
+CONTROL = "(^|,)type(_a)?=q4_0,"
 PROMPT = "The quick brown fox jumps over the lazy dog. Once upon a time"
 # caps in seconds (a step also stops when the run's deadline is near)
-CAPS = {"tbo": 110, "memcheck": 110, "matvec": 60, "greedy": 60, "bench": 120, "energy": 60}
+CAPS = {"tbo": 110, "memcheck": 110, "matvec": 60, "greedy": 60, "ternary": 40, "bench": 120, "energy": 60}
 RESERVE = 12  # kept for the report at the end
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
@@ -208,9 +211,10 @@ class Models(threading.Thread):
     """The F16 random model, then each quantized type, one after another; `ready[t]` is set when the
     file of type t exists (or failed: `errors[t]`)."""
 
-    def __init__(self, r: Run, shape: list[str], threads: int):
+    def __init__(self, r: Run, shape: list[str], threads: int, types: tuple[str, ...] = QUANT_ORDER):
         super().__init__(daemon=True)
         self.r, self.shape, self.threads = r, shape, threads
+        self.types = [t for t in QUANT_ORDER if t in types]
         self.ready = {t: threading.Event() for t in BENCH_TYPES}
         self.errors: dict[str, str] = {}
         self.seconds: dict[str, float] = {}
@@ -233,7 +237,7 @@ class Models(threading.Thread):
                     self.ready[t].set()
                 return
         self.ready["F16"].set()
-        for t in QUANT_ORDER:
+        for t in self.types:
             out = self.path(t)
             if not out.is_file():
                 part = out.with_name(out.name + ".part")
@@ -252,13 +256,14 @@ class Models(threading.Thread):
 
 # ----------------------------------------------------------------------------------------- steps
 
-def parse_tbo(text: str) -> dict:
-    """Per type: OK / FAIL / not supported counts, failing cases, and the last case line."""
+def parse_tbo(text: str, op: str | None = None) -> dict:
+    """Per type: OK / FAIL / not supported counts, failing cases, and the last case line (of `op` only,
+    when given)."""
     types: dict[str, dict] = {}
     fails, last = [], ""
     for ln in ANSI.sub("", text).splitlines():
         m = re.match(r"\s+(\w+)\((.*)\): (.*)$", ln)
-        if not m or m.group(1) not in OPS:
+        if not m or m.group(1) not in OPS or (op and m.group(1) != op):
             continue
         last = ln.strip()
         tm = re.search(r"(?:^|,)type(?:_a)?=(\w+)", m.group(2))
@@ -275,35 +280,47 @@ def parse_tbo(text: str) -> dict:
 
 
 def step_tbo(r: Run) -> None:
-    procs, t0 = {}, time.monotonic()
+    """One process per op for our types, one for the Q4_0 control (all three ops), one support probe of
+    TQ2_0, side by side: a slow control cannot take our cases' time."""
+    t0 = time.monotonic()
     cap = min(CAPS["tbo"], r.left())
-    threads = []
-    for op in OPS:
-        def go(op=op):
-            procs[op] = r.run([r.bin / "test-backend-ops", "-b", "CUDA0", "-o", op, "-p", WITH_CONTROL],
-                              f"tbo-{op}.log", cap)
-        th = threading.Thread(target=go)
+    tbo = r.bin / "test-backend-ops"
+    jobs = {op: ([tbo, "-b", "CUDA0", "-o", op, "-p", OUR_TYPES], f"tbo-{op}.log", cap) for op in OPS}
+    jobs["control"] = ([tbo, "-b", "CUDA0", "-o", ",".join(OPS), "-p", CONTROL], "tbo-control-q4_0.log", cap)
+    jobs["tq2_0"] = ([tbo, "support", "-b", "CUDA0", "-o", "MUL_MAT", "-p", "type_a=tq2_0,type_b=f32"], "tbo-support-tq2_0.log", 30)
+    rcs: dict[str, int] = {}
+
+    def go(name: str) -> None:
+        rcs[name] = r.run(*jobs[name])[0]
+
+    threads = [threading.Thread(target=go, args=(name,)) for name in jobs]
+    for th in threads:
         th.start()
-        threads.append(th)
     for th in threads:
         th.join()
-    per_op, bad = {}, []
+    per_op, bad, capped = {}, [], []
+    control = (r.logs / "tbo-control-q4_0.log").read_text(errors="replace")
     for op in OPS:
-        rc, _ = procs[op]
+        rc = rcs[op]
         p = parse_tbo((r.logs / f"tbo-{op}.log").read_text(errors="replace"))
-        per_op[op] = {"exit": rc, **p}
+        ctl = parse_tbo(control, op)
+        p["types"]["q4_0"] = ctl["types"].get("q4_0", {"ok": 0, "fail": 0, "unsupported": 0})
+        p["fails"] += ctl["fails"]
+        per_op[op] = {"exit": rc, "control_exit": rcs["control"], **p}
         for t in ("tp1", "tp4", "q4_0"):
             c = p["types"].get(t, {"ok": 0, "fail": 0})
-            if c["fail"] or (t != "q4_0" and c["ok"] == 0):
+            if c["fail"] or (c["ok"] == 0 and rc != 124 and (t != "q4_0" or rcs["control"] != 124)):
                 bad.append(f"{op} {t}: {c['ok']} OK, {c['fail']} FAIL")
-        if rc != 0 and not any(v["fail"] for v in p["types"].values()):
-            bad.append(f"{op}: exit {rc}{' (time cap)' if rc == 124 else ''}; last case: {p['last'] or 'none'}")
-    # TQ2_0 on CUDA: decides how the bench runs it
-    rc, _ = r.run([r.bin / "test-backend-ops", "support", "-b", "CUDA0", "-o", "MUL_MAT", "-p", "type_a=tq2_0,type_b=f32"],
-                  "tbo-support-tq2_0.log", 30)
+        if rc == 124:
+            capped.append(f"{op} (last case: {p['last'] or 'none'})")
+        elif rc != 0 and not any(v["fail"] for v in p["types"].values()):
+            bad.append(f"{op}: exit {rc}; last case: {p['last'] or 'none'}")
+    if rcs["control"] == 124:
+        capped.append("the Q4_0 control")
     sup = ANSI.sub("", (r.logs / "tbo-support-tq2_0.log").read_text(errors="replace"))
     r.results["tq2_0_cuda"] = "no" if "NOT SUPPORTED" in sup else "yes" if "SUPPORTED" in sup else "unknown"
-    r.step("tbo", "failed" if bad else "ok", "; ".join(bad), ops=per_op, seconds=round(time.monotonic() - t0, 1))
+    note = "; ".join(bad + ([f"time cap ({cap:.0f} s) reached in {', '.join(capped)}"] if capped else []))
+    r.step("tbo", "failed" if bad else "partial" if capped else "ok", note, ops=per_op, seconds=round(time.monotonic() - t0, 1))
 
 
 def step_memcheck(r: Run, san: str | None) -> None:
@@ -352,9 +369,69 @@ def step_matvec(r: Run) -> None:
     r.step("matvec", "failed" if bad or not mv else "ok", "; ".join(bad), **data, seconds=round(time.monotonic() - t0, 1))
 
 
-def step_greedy(r: Run, models: Models) -> None:
+def greedy_run(r: Run, path: Path, side: str, tag: str, n: int, cap: float):
+    """greedy-logits of one model on one side ("gpu": -ngl 99, "cpu": -ngl 0 with the GPU hidden):
+    (tokens, logits n x n_vocab) or None."""
     import numpy as np
 
+    ngl, env = ("99", r.env) if side == "gpu" else ("0", {**r.env, "CUDA_VISIBLE_DEVICES": ""})
+    rc, _ = r.run([r.bin / "greedy-logits", path, ngl, str(n), r.logs / f"greedy-{tag}-{side}.f32", PROMPT,
+                   str(os.cpu_count() or 4)], f"greedy-{tag}-{side}.log", cap, env=env, stdout=f"greedy-{tag}-{side}.txt")
+    line = (r.logs / f"greedy-{tag}-{side}.txt").read_text().strip()
+    if rc != 0 or not line.startswith("tokens:"):
+        return None
+    return [int(x) for x in line.split(":", 1)[1].split()], np.fromfile(r.logs / f"greedy-{tag}-{side}.f32", dtype=np.float32).reshape(n, -1)
+
+
+def compare(a, b, n: int) -> dict:
+    """Identical leading tokens and the largest logit difference over the steps with the same context."""
+    import numpy as np
+
+    same = 0
+    while same < n and a[0][same] == b[0][same]:
+        same += 1
+    k = min(n, same + 1)
+    return {"same_tokens": same, "of": n, "max_abs_logit_diff": float(np.max(np.abs(a[1][:k] - b[1][:k]))),
+            "max_abs_logit": float(np.max(np.abs(b[1][:k]))), "finite": bool(np.isfinite(a[1]).all())}
+
+
+def step_ternary(r: Run) -> None:
+    t0 = time.monotonic()
+    d = r.models / "ternary"
+    d.mkdir(parents=True, exist_ok=True)
+    f16, tp1 = d / "tern-F16.gguf", d / "tern-TP1.gguf"
+    dims = (256, 512, 2, 4) if r.rehearse else (1024, 2816, 4, 16)
+    if not f16.is_file():
+        code = ("import sys; from gguf import GGMLQuantizationType as Q; "
+                "from tritpack_gguf.converters.tiny_model import Shape, make_llama; "
+                f"make_llama(sys.argv[1] + '.part', sys.argv[2], Shape(n_embd={dims[0]}, n_ff={dims[1]}, n_layer={dims[2]}, "
+                f"n_head={dims[3]}, n_head_kv={dims[3]}, n_ctx=512), seed=4, ternary=True, dtype=Q.F16)")
+        rc, _ = r.run([sys.executable, "-c", code, f16, r.work / "vocab" / "ggml-vocab-llama-spm.gguf"], "ternary.log", 20,
+                      env={**r.env, "PYTHONPATH": str(r.work / "py")})
+        if rc != 0:
+            return r.step("ternary", "failed", f"making the ternary model failed (exit {rc}, ternary.log)")
+        Path(str(f16) + ".part").replace(f16)
+    if not tp1.is_file():
+        rc, _ = r.run([r.bin / "llama-quantize", "--token-embedding-type", "f16", "--output-tensor-type", "f16",
+                       f16, str(tp1) + ".part", "TP1", str(os.cpu_count() or 4)], "ternary.log", 20)
+        if rc != 0:
+            return r.step("ternary", "failed", f"llama-quantize TP1 failed (exit {rc}, ternary.log)")
+        Path(str(tp1) + ".part").replace(tp1)
+    n, out, bad = 16, {}, []
+    for side in ("gpu", "cpu"):
+        a = greedy_run(r, tp1, side, "tern-TP1", n, CAPS["ternary"] / 5)
+        b = greedy_run(r, f16, side, "tern-F16", n, CAPS["ternary"] / 5)
+        if a is None or b is None:
+            bad.append(f"{side}: greedy-logits failed (greedy-tern-*-{side}.log)")
+            continue
+        out[side] = compare(a, b, n)
+        if out[side]["same_tokens"] < n or not out[side]["finite"]:
+            bad.append(f"{side}: TP1 and F16 agree on {out[side]['same_tokens']}/{n} tokens")
+    shape = f"n_embd {dims[0]}, n_ff {dims[1]}, {dims[2]} layers, {dims[3]} heads, ternary layer matrices, F16 embeddings and output"
+    r.step("ternary", "failed" if bad else "ok", "; ".join(bad), sides=out, shape=shape, seconds=round(time.monotonic() - t0, 1))
+
+
+def step_greedy(r: Run, models: Models) -> None:
     t0 = time.monotonic()
     out, bad = {}, []
     n = 16
@@ -364,30 +441,15 @@ def step_greedy(r: Run, models: Models) -> None:
             out[t] = {"result": "no model"}
             bad.append(f"{t}: no model ({models.errors.get(t, 'not ready in time')})")
             continue
-        toks = {}
-        for side, ngl, env in (("gpu", "99", r.env), ("cpu", "0", {**r.env, "CUDA_VISIBLE_DEVICES": ""})):
-            rc, _ = r.run([r.bin / "greedy-logits", path, ngl, str(n), r.logs / f"greedy-{t}-{side}.f32", PROMPT,
-                           str(os.cpu_count() or 4)], f"greedy-{t}-{side}.log", CAPS["greedy"] / 4, env=env,
-                          stdout=f"greedy-{t}-{side}.txt")
-            line = (r.logs / f"greedy-{t}-{side}.txt").read_text().strip()
-            toks[side] = [int(x) for x in line.split(":", 1)[1].split()] if rc == 0 and line.startswith("tokens:") else None
-        if toks["gpu"] is None or toks["cpu"] is None:
+        g = greedy_run(r, path, "gpu", t, n, CAPS["greedy"] / 4)
+        c = greedy_run(r, path, "cpu", t, n, CAPS["greedy"] / 4)
+        if g is None or c is None:
             out[t] = {"result": "error"}
             bad.append(f"{t}: greedy-logits failed (greedy-{t}-*.log)")
             continue
-        same = 0
-        while same < n and toks["gpu"][same] == toks["cpu"][same]:
-            same += 1
-        g = np.fromfile(r.logs / f"greedy-{t}-gpu.f32", dtype=np.float32).reshape(n, -1)
-        c = np.fromfile(r.logs / f"greedy-{t}-cpu.f32", dtype=np.float32).reshape(n, -1)
-        k = min(n, same + 1)  # steps whose context is the same on both sides
-        diff = float(np.max(np.abs(g[:k] - c[:k])))
-        scale = float(np.max(np.abs(c[:k])))
-        out[t] = {"same_tokens": same, "of": n, "max_abs_logit_diff": diff, "max_abs_logit": scale,
-                  "gpu_tokens": toks["gpu"], "cpu_tokens": toks["cpu"],
-                  "finite": bool(np.isfinite(g).all())}
-        if same < n or not out[t]["finite"]:
-            bad.append(f"{t}: {same}/{n} tokens identical")
+        out[t] = {**compare(g, c, n), "gpu_tokens": g[0], "cpu_tokens": c[0]}
+        if out[t]["same_tokens"] < n or not out[t]["finite"]:
+            bad.append(f"{t}: {out[t]['same_tokens']}/{n} tokens identical")
     r.step("greedy", "failed" if bad else "ok", "; ".join(bad), models=out, seconds=round(time.monotonic() - t0, 1))
 
 
@@ -504,7 +566,7 @@ def report(r: Run, manifest: dict, args) -> str:
             w(f"| {k} | {v['status']} | {v.get('seconds', '')} | {v['note'].replace('|', '/')[:300]} |")
     if "tbo" in st and "ops" in st["tbo"]:
         w("")
-        w(f"## test-backend-ops -b CUDA0 (`-p '{WITH_CONTROL}'`, Q4_0 the control)")
+        w(f"## test-backend-ops -b CUDA0 (`-p '{OUR_TYPES}'`; the Q4_0 control `-p '{CONTROL}'`)")
         w("")
         w("| op | exit | tp1 OK/FAIL/unsup | tp4 OK/FAIL/unsup | q4_0 OK/FAIL/unsup |")
         w("| --- | ---: | --- | --- | --- |")
@@ -542,6 +604,16 @@ def report(r: Run, manifest: dict, args) -> str:
                 w(f"| {t} | {v['result']} | | | |")
         w("")
         w("The logit difference is over the steps whose context is identical on both sides.")
+    if "ternary" in st and st["ternary"].get("sides"):
+        w("")
+        w(f"## Ternary model, TP1 vs its F16 original ({st['ternary']['shape']})")
+        w("")
+        w("| side | identical tokens | max abs logit diff TP1 vs F16 | max abs logit |")
+        w("| --- | ---: | ---: | ---: |")
+        for side, v in st["ternary"]["sides"].items():
+            w(f"| {side.upper()} | {v['same_tokens']}/{v['of']} | {v['max_abs_logit_diff']:.4g} | {v['max_abs_logit']:.4g} |")
+        w("")
+        w("TP1 holds ternary weights exactly; the difference left is the activations' rounding (CUDA: 8-bit q8_1, CPU: 16-bit TPQ16).")
     if "bench" in st and st["bench"].get("rows") is not None:
         w("")
         w(f"## llama-bench -ngl 99 {' '.join(st['bench']['prompt_gen'])}")
@@ -696,7 +768,8 @@ def main() -> int:
         shape = ["--n-layer", str(args.layers)]
         r.results["model_shape"] = (f"Llama-2-7B layer shape (n_embd 4096, n_ff 11008, 32 heads, vocab 32000), "
                                     f"{args.layers} layers instead of 32, random weights")
-    models = Models(r, shape, max(1, threads - 2))
+    wanted = QUANT_ORDER if ("bench" in steps or "energy" in steps) else ("TP1", "TP4")
+    models = Models(r, shape, max(1, threads - 2), wanted)
     if any(s in steps for s in ("greedy", "bench", "energy")):
         models.start()
 
@@ -716,6 +789,8 @@ def main() -> int:
                 step_matvec(r)
             elif s == "greedy":
                 step_greedy(r, models)
+            elif s == "ternary":
+                step_ternary(r)
             elif s == "bench":
                 step_bench(r, models)
             elif s == "energy":
@@ -724,7 +799,7 @@ def main() -> int:
             r.step(s, "failed", f"check.py error: {type(e).__name__}: {e}")
     if models.is_alive() or models.seconds:
         done = [t for t in BENCH_TYPES if models.ready[t].is_set() and t not in models.errors]
-        r.step("models", "failed" if models.errors else "ok" if len(done) == len(BENCH_TYPES) else "partial",
+        r.step("models", "failed" if models.errors else "ok" if len(done) == len(models.types) + 1 else "partial",
                "; ".join(sorted(set(models.errors.values()))), made=done,
                seconds_each={k: round(v, 1) for k, v in models.seconds.items()}, seconds=round(sum(models.seconds.values()), 1))
     r.kill_all()
