@@ -330,9 +330,12 @@ def step_memcheck(r: Run, san: str | None) -> None:
     caps = {"GET_ROWS": 0.2, "MUL_MAT_ID": 0.35, "MUL_MAT": 0.45}
     total = min(CAPS["memcheck"], r.left())
     per_op, bad = {}, []
-    for op in ("GET_ROWS", "MUL_MAT_ID", "MUL_MAT"):
+    order = ["GET_ROWS", "MUL_MAT_ID", "MUL_MAT"]
+    for i, op in enumerate(order):  # each op gets its share of what is left (an early finish passes time on)
+        share = caps[op] / sum(caps[o] for o in order[i:])
+        cap = max(5.0, (total - (time.monotonic() - t0)) * share)
         rc, s = r.run([san, "--tool", "memcheck", "--error-exitcode", "86", "--print-limit", "50", "--leak-check", "no",
-                       r.bin / "test-backend-ops", "-b", "CUDA0", "-o", op, "-p", OUR_TYPES], f"memcheck-{op}.log", total * caps[op])
+                       r.bin / "test-backend-ops", "-b", "CUDA0", "-o", op, "-p", OUR_TYPES], f"memcheck-{op}.log", cap)
         text = ANSI.sub("", (r.logs / f"memcheck-{op}.log").read_text(errors="replace"))
         errors = [ln.strip("= ").strip() for ln in text.splitlines() if re.match(r"=+ (Invalid|Program hit|Out-of-range|Misaligned|Malloc|Cuda API error|Uninit)", ln)]
         summ = re.findall(r"ERROR SUMMARY: (\d+) error", text)
