@@ -410,16 +410,22 @@ def _run_logged(cmd: list[str], log: Path, progress: Progress, stage: str, env: 
 
 
 def build(cuda: bool = False, archs: str | None = None, jobs: int | None = None,
-          progress: Progress = _quiet, native: bool = True) -> BuildResult:
+          progress: Progress = _quiet, native: bool = True, cmake_args: tuple[str, ...] = ()) -> BuildResult:
     """Build (or find cached) the patched llama.cpp; returns where its libraries and programs are.
 
     native=False builds the CPU code for any x86-64 with AVX2 (GGML_NATIVE off) instead of for this
-    machine's CPU: for binaries that run elsewhere (bench/gpu-bundle.sh)."""
+    machine's CPU: for binaries that run elsewhere (bench/gpu-bundle.sh). cmake_args (-DNAME=VALUE) go
+    to CMake as they are and into the build key (e.g. -DGGML_CUDA_FA=OFF for a smaller libggml-cuda)."""
+    bad = [a for a in cmake_args if not re.fullmatch(r"-D[A-Za-z0-9_]+(:[A-Z]+)?=.*", a)]
+    if bad:
+        raise TritpackError(f"not a CMake -DNAME=VALUE argument: {' '.join(bad)}")
     t0 = time.monotonic()
     root = source_root()
     home = tritpack_home()
     pin = Pin.load(root / "patches" / "llama-cpp.pin")
     flags = _flags(cuda, archs, native)
+    if cmake_args:
+        flags["cmake_args"] = list(cmake_args)
     for tool in ("cmake", "ninja", "git"):
         if shutil.which(tool) is None:
             raise TritpackError(f"`{tool}` is not on PATH", hint=f"install {tool} (Debian: apt-get install {tool})")
@@ -448,6 +454,7 @@ def build(cuda: bool = False, archs: str | None = None, jobs: int | None = None,
                f"-DTRITPACK_CUDA={'ON' if cuda else 'OFF'}"]
         if not native:
             cfg.append("-DGGML_NATIVE=OFF")
+        cfg += list(cmake_args)
         if cuda:
             cfg += _cuda_cmake_args(flags)
         if shutil.which("ccache"):
