@@ -205,7 +205,7 @@ def make(lib_dir: Path, cache: Path) -> dict:
             commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
             manifest = {
                 "key": key, "kind": "cuda" if cuda else "cpu", "archs": stamp.get("cuda_archs"),
-                "native_cpu": _native(lib_dir.parent), "build_dir": str(lib_dir.parent), "build_key": stamp["key"],
+                "cmake": _cmake_settings(lib_dir.parent), "build_dir": str(lib_dir.parent), "build_key": stamp["key"],
                 "commit": commit or "unknown", "made": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
                 "payload": "payload.tar.xz", "programs": programs, "libraries": sorted(libs),
                 "not_carried": sorted(n for n in _all_needed(stage / "bin") if n.startswith(NOT_CARRIED)),
@@ -218,12 +218,20 @@ def make(lib_dir: Path, cache: Path) -> dict:
     return json.loads((dest / "manifest.json").read_text())
 
 
-def _native(build_dir: Path) -> bool:
-    """Whether the CPU code was built for the build machine's CPU (GGML_NATIVE) or any AVX2 x86-64."""
+REPORTED_CMAKE = ("CMAKE_CUDA_ARCHITECTURES", "GGML_NATIVE", "GGML_CUDA_FA", "GGML_CUDA_NO_VMM", "GGML_CUDA_COMPRESSION_MODE")
+
+
+def _cmake_settings(build_dir: Path) -> dict[str, str]:
+    """The build's settings that change what the check measures, from its CMakeCache.txt."""
+    out = {}
     try:
-        return "GGML_NATIVE:BOOL=OFF" not in (build_dir / "CMakeCache.txt").read_text()
+        for ln in (build_dir / "CMakeCache.txt").read_text().splitlines():
+            name, _, value = ln.partition("=")
+            if name.split(":")[0] in REPORTED_CMAKE:
+                out[name.split(":")[0]] = value
     except OSError:
-        return True
+        pass
+    return out
 
 
 def _all_needed(folder: Path) -> set[str]:

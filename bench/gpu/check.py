@@ -557,6 +557,8 @@ def report(r: Run, manifest: dict, args) -> str:
     w(f"- CPU: {m.get('cpu')}, {m.get('cpu_threads')} threads; Python {m.get('python')}")
     w(f"- bundle: {manifest['kind']} build{' sm_' + str(manifest.get('archs')) if manifest.get('archs') else ''}, "
       f"commit {manifest.get('commit')}, key {manifest['key'][:12]}; cuBLAS from: {m.get('cublas')}")
+    if manifest.get("cmake"):
+        w(f"- build settings: {', '.join(f'{k}={v}' for k, v in sorted(manifest['cmake'].items()))}")
     w(f"- models: {res.get('model_shape')}")
     if res.get("preflight"):
         w(f"- preflight problems: {'; '.join(res['preflight'])}")
