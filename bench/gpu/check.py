@@ -5,8 +5,8 @@ with no network (Python 3 with numpy; nothing else of ours installed):
     python3 .gpu-bundle/check.py OUTDIR [--budget 450] [--layers 8] [--steps tbo,memcheck,...]
 
 Steps, each bounded in time (the whole run ends within --budget seconds, report included):
-  tbo       test-backend-ops -b CUDA0 for MUL_MAT, MUL_MAT_ID, GET_ROWS: TP1, TP4 and Q4_0 (the control),
-            one process per op, side by side
+  tbo       test-backend-ops -b CUDA0 for MUL_MAT, MUL_MAT_ID, GET_ROWS: TP1 and TP4 (one process per op)
+            side by side with Q4_0 (the control, one process) and a support probe of TQ2_0
   memcheck  the same cases of TP1/TP4 under compute-sanitizer --tool memcheck (each op capped)
   matvec    mat-vec y = W x on 4096 x 11008 (and 11008 x 4096) per type vs the device-to-device copy
   greedy    16 greedy tokens, all layers on the GPU vs the CPU (GPU hidden), TP1 and TP4, with the
@@ -779,7 +779,7 @@ def main() -> int:
         r.results["model_shape"] = (f"Llama-2-7B layer shape (n_embd 4096, n_ff 11008, 32 heads, vocab 32000), "
                                     f"{args.layers} layers instead of 32, random weights")
     wanted = QUANT_ORDER if ("bench" in steps or "energy" in steps) else ("TP1", "TP4")
-    models = Models(r, shape, max(1, threads - 2), wanted)
+    models = Models(r, shape, max(1, threads // 2), wanted)  # the other half: the GPU steps' CPU side
     if any(s in steps for s in ("greedy", "bench", "energy")):
         models.start()
 
