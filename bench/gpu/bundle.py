@@ -215,7 +215,17 @@ def make(lib_dir: Path, cache: Path) -> dict:
             (out / "manifest.json").write_text(json.dumps(manifest, indent=1))
             dest.parent.mkdir(parents=True, exist_ok=True)
             os.replace(out, dest)
+    _prune(cache, keep=dest)
     return json.loads((dest / "manifest.json").read_text())
+
+
+def _prune(cache: Path, keep: Path, n: int = 4) -> None:
+    """Keep the n most recent bundles in the cache (a CUDA bundle is tens of MB)."""
+    olds = sorted((d for d in cache.iterdir() if d.is_dir() and (d / "manifest.json").is_file() and d != keep),
+                  key=lambda d: d.stat().st_mtime, reverse=True)[n - 1:]
+    for d in olds:
+        shutil.rmtree(d, ignore_errors=True)
+        (cache / f"{d.name}.lock").unlink(missing_ok=True)
 
 
 REPORTED_CMAKE = ("CMAKE_CUDA_ARCHITECTURES", "GGML_NATIVE", "GGML_CUDA_FA", "GGML_CUDA_NO_VMM", "GGML_CUDA_COMPRESSION_MODE")
