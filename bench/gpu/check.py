@@ -778,6 +778,7 @@ def main() -> int:
         shape = ["--n-layer", str(args.layers)]
         r.results["model_shape"] = (f"Llama-2-7B layer shape (n_embd 4096, n_ff 11008, 32 heads, vocab 32000), "
                                     f"{args.layers} layers instead of 32, random weights")
+    r.models = r.work / ("models-rehearsal" if args.rehearse else f"models-{args.layers}-layers")  # reused by a rerun
     wanted = QUANT_ORDER if ("bench" in steps or "energy" in steps) else ("TP1", "TP4")
     models = Models(r, shape, max(1, threads // 2), wanted)  # the other half: the GPU steps' CPU side
     if any(s in steps for s in ("greedy", "bench", "energy")):
