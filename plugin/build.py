@@ -297,10 +297,15 @@ def _flags(cuda: bool, archs: str | None, native: bool = True) -> dict:
     return flags
 
 
-def _nvcc() -> Path | None:
-    for cand in (shutil.which("nvcc"), "/usr/local/cuda/bin/nvcc"):
+def _cuda_toolkit() -> Path | None:
+    """The CUDA toolkit's root (bin/nvcc, include/cuda_runtime.h): that of nvcc on PATH, else
+    /usr/local/cuda (an nvcc on PATH may be a wrapper script, as /usr/local/bin/nvcc is here)."""
+    cands = [shutil.which("nvcc"), "/usr/local/cuda/bin/nvcc", *sorted(map(str, Path("/usr/local").glob("cuda-*/bin/nvcc")))]
+    for cand in cands:
         if cand and Path(cand).is_file():
-            return Path(cand).resolve()
+            root = Path(cand).resolve().parent.parent
+            if (root / "include" / "cuda_runtime.h").is_file():
+                return root
     return None
 
 
@@ -334,11 +339,10 @@ def cuda_libraries() -> dict:
     """
     from importlib.metadata import PackageNotFoundError, version
 
-    nvcc = _nvcc()
-    if nvcc is None:
-        raise TritpackError("nvcc not found (not on PATH, not in /usr/local/cuda/bin)",
+    toolkit = _cuda_toolkit()
+    if toolkit is None:
+        raise TritpackError("the CUDA toolkit was not found (no nvcc on PATH nor in /usr/local/cuda/bin)",
                             hint="install the CUDA toolkit (12.x or 13.x) or put its bin/ on PATH")
-    toolkit = nvcc.parent.parent
     if (toolkit / "include" / "cublas_v2.h").is_file():
         cublas = "toolkit"
     elif cublas_dir() is not None:
