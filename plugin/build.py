@@ -289,9 +289,88 @@ def _sync_tree(src: Path, dst: Path, keep: set[str]) -> None:
 
 # ----------------------------------------------------------------------------- build
 
-def _flags(cuda: bool, archs: str | None) -> dict:
-    return {"cuda": cuda, "cuda_archs": (archs or DEFAULT_CUDA_ARCHS) if cuda else None,
-            "build_type": "Release", "native": True}
+def _flags(cuda: bool, archs: str | None, native: bool = True) -> dict:
+    flags = {"cuda": cuda, "cuda_archs": (archs or DEFAULT_CUDA_ARCHS) if cuda else None,
+             "build_type": "Release", "native": native}
+    if cuda:
+        flags.update(cuda_libraries())
+    return flags
+
+
+def _cuda_toolkit() -> Path | None:
+    """The CUDA toolkit's root (bin/nvcc, include/cuda_runtime.h): that of nvcc on PATH, else
+    /usr/local/cuda (an nvcc on PATH may be a wrapper script, as /usr/local/bin/nvcc is here)."""
+    cands = [shutil.which("nvcc"), "/usr/local/cuda/bin/nvcc", *sorted(map(str, Path("/usr/local").glob("cuda-*/bin/nvcc")))]
+    for cand in cands:
+        if cand and Path(cand).is_file():
+            root = Path(cand).resolve().parent.parent
+            if (root / "include" / "cuda_runtime.h").is_file():
+                return root
+    return None
+
+
+def cublas_dir() -> Path | None:
+    """The PyPI wheel nvidia-cublas installed in this Python (the `cuda-compile` extra): its folder with
+    include/cublas_v2.h and lib/libcublas.so.* (nvidia/cu13, or nvidia/cublas for CUDA 12); None if absent."""
+    import importlib.util
+
+    for name in ("nvidia.cu13", "nvidia.cublas"):
+        try:
+            spec = importlib.util.find_spec(name)
+        except ModuleNotFoundError:
+            spec = None
+        for loc in (spec.submodule_search_locations or []) if spec else []:
+            d = Path(loc)
+            if (d / "include" / "cublas_v2.h").is_file() and list((d / "lib").glob("libcublas.so.*")):
+                return d
+    return None
+
+
+def cuda_libraries() -> dict:
+    """How the CUDA build finds cuBLAS and the driver library, as build flags (part of the build key,
+    so they name versions, not paths: every checkout's venv shares one build).
+
+    - cublas: "toolkit" when the CUDA toolkit has cuBLAS (CMake's FindCUDAToolkit finds it); else
+      "nvidia-cublas==<version>", the wheel of this Python, whose libraries and headers are passed to
+      CMake (_cuda_cmake_args). Neither: a clear error before anything is configured.
+    - vmm: ggml-cuda links the driver library (libcuda.so) only for its virtual-memory pool; with no
+      libcuda.so, not even the toolkit's stub (a compiler-only toolkit, as on the CI machine), it is
+      built with GGML_CUDA_NO_VMM (the cudaMalloc pool; cudart still loads the driver at run time).
+    """
+    from importlib.metadata import PackageNotFoundError, version
+
+    toolkit = _cuda_toolkit()
+    if toolkit is None:
+        raise TritpackError("the CUDA toolkit was not found (no nvcc on PATH nor in /usr/local/cuda/bin)",
+                            hint="install the CUDA toolkit (12.x or 13.x) or put its bin/ on PATH")
+    if (toolkit / "include" / "cublas_v2.h").is_file():
+        cublas = "toolkit"
+    elif cublas_dir() is not None:
+        try:
+            cublas = f"nvidia-cublas=={version('nvidia-cublas')}"
+        except PackageNotFoundError:
+            cublas = "nvidia-cublas"
+    else:
+        raise TritpackError(f"cuBLAS not found: the CUDA toolkit at {toolkit} has no cublas_v2.h and the "
+                            "nvidia-cublas wheel is not installed in this Python",
+                            hint=f"{sys.executable} -m pip install -e '.[cuda-compile]' (or install the toolkit's cuBLAS)")
+    dirs = [toolkit / d for d in ("lib64", "lib", "targets/x86_64-linux/lib", "lib64/stubs",
+                                  "targets/x86_64-linux/lib/stubs")]
+    dirs += [Path(d) for d in ("/usr/lib/x86_64-linux-gnu", "/usr/lib64", "/usr/local/nvidia/lib64")]
+    driver = any(list(d.glob("libcuda.so*")) for d in dirs if d.is_dir())
+    return {"cublas": cublas, "vmm": driver}
+
+
+def _cuda_cmake_args(flags: dict) -> list[str]:
+    args = [f"-DCMAKE_CUDA_ARCHITECTURES={flags['cuda_archs']}"]
+    d = cublas_dir() if flags.get("cublas", "toolkit") != "toolkit" else None
+    if d is not None:
+        args += [f"-DCUDA_cublas_LIBRARY={sorted((d / 'lib').glob('libcublas.so.*'))[0]}",
+                 f"-DCUDA_cublasLt_LIBRARY={sorted((d / 'lib').glob('libcublasLt.so.*'))[0]}",
+                 f"-DCMAKE_CUDA_FLAGS=-isystem {d / 'include'}"]
+    if not flags.get("vmm", True):
+        args.append("-DGGML_CUDA_NO_VMM=ON")
+    return args
 
 
 def input_key(pin: Pin, root: Path, source: Path, flags: dict) -> str:
@@ -335,13 +414,22 @@ def _run_logged(cmd: list[str], log: Path, progress: Progress, stage: str, env: 
 
 
 def build(cuda: bool = False, archs: str | None = None, jobs: int | None = None,
-          progress: Progress = _quiet) -> BuildResult:
-    """Build (or find cached) the patched llama.cpp; returns where its libraries and programs are."""
+          progress: Progress = _quiet, native: bool = True, cmake_args: tuple[str, ...] = ()) -> BuildResult:
+    """Build (or find cached) the patched llama.cpp; returns where its libraries and programs are.
+
+    native=False builds the CPU code for any x86-64 with AVX2 (GGML_NATIVE off) instead of for this
+    machine's CPU: for binaries that run elsewhere (bench/gpu-bundle.sh). cmake_args (-DNAME=VALUE) go
+    to CMake as they are and into the build key (e.g. -DGGML_CUDA_FA=OFF for a smaller libggml-cuda)."""
+    bad = [a for a in cmake_args if not re.fullmatch(r"-D[A-Za-z0-9_]+(:[A-Z]+)?=.*", a)]
+    if bad:
+        raise TritpackError(f"not a CMake -DNAME=VALUE argument: {' '.join(bad)}")
     t0 = time.monotonic()
     root = source_root()
     home = tritpack_home()
     pin = Pin.load(root / "patches" / "llama-cpp.pin")
-    flags = _flags(cuda, archs)
+    flags = _flags(cuda, archs, native)
+    if cmake_args:
+        flags["cmake_args"] = list(cmake_args)
     for tool in ("cmake", "ninja", "git"):
         if shutil.which(tool) is None:
             raise TritpackError(f"`{tool}` is not on PATH", hint=f"install {tool} (Debian: apt-get install {tool})")
@@ -368,8 +456,11 @@ def build(cuda: bool = False, archs: str | None = None, jobs: int | None = None,
         cfg = ["cmake", "-S", str(project), "-B", str(build_dir), "-G", "Ninja",
                "-DCMAKE_BUILD_TYPE=Release", f"-DTRITPACK_LLAMA_SOURCE={source}",
                f"-DTRITPACK_CUDA={'ON' if cuda else 'OFF'}"]
+        if not native:
+            cfg.append("-DGGML_NATIVE=OFF")
+        cfg += list(cmake_args)
         if cuda:
-            cfg.append(f"-DCMAKE_CUDA_ARCHITECTURES={flags['cuda_archs']}")
+            cfg += _cuda_cmake_args(flags)
         if shutil.which("ccache"):
             cfg += ["-DCMAKE_C_COMPILER_LAUNCHER=ccache", "-DCMAKE_CXX_COMPILER_LAUNCHER=ccache"]
             if cuda:
