@@ -194,6 +194,21 @@ def test_python_client_sync(server, models):
     raw = c.generate(model=NAME, prompt="abc", raw=True, options={"num_predict": 2, "stop": ["\n"]})
     assert raw.done
 
+    # format: a JSON schema constrains the output (for chat and generate); tools reach the template
+    schema = {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}
+    for out in (c.chat(model=NAME, messages=[{"role": "user", "content": "a number"}], format=schema,
+                       options={"num_predict": 200}).message.content,
+                c.generate(model=NAME, prompt="a number", format=schema, options={"num_predict": 200}).response):
+        assert isinstance(json.loads(out)["n"], int), out
+    tools = [{"type": "function", "function": {"name": "get_weather", "description": "The weather of a city",
+                                               "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
+                                                              "required": ["city"]}}}]
+    assert c.chat(model=NAME, messages=[{"role": "user", "content": "Paris?"}], tools=tools,
+                  options={"num_predict": 4}).done
+    with pytest.raises(ollama.ResponseError) as e:
+        c.chat(model=NAME, messages=[{"role": "user", "content": "x"}], think=True)
+    assert e.value.status_code == 400 and "does not support thinking" in e.value.error
+
     ps = c.ps().models
     assert [m.model for m in ps] == [f"{NAME}:latest"] and ps[0].expires_at and ps[0].context_length == 512
 
@@ -509,6 +524,15 @@ def test_upstream_passes_unknown_names_through(server, tmp_path):
         assert e.value.status_code == 404  # the upstream's own answer
     finally:
         front.stop()
+    gone = Server(tmp_path, "--upstream", f"http://127.0.0.1:{free_port()}")  # an upstream that is not running
+    try:
+        c = ollama.Client(host=gone.url, timeout=60)
+        assert c.list().models == []  # its own models still list
+        with pytest.raises(ollama.ResponseError) as e:
+            c.chat(model=NAME, messages=[{"role": "user", "content": "x"}])
+        assert e.value.status_code == 502 and "upstream" in e.value.error
+    finally:
+        gone.stop()
 
 
 def test_binds_loopback_unless_told_otherwise():

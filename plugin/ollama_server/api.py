@@ -102,7 +102,10 @@ async def errors(request: web.Request, handler: Callable) -> web.StreamResponse:
     except ApiError as e:
         return _json({"error": e.message}, e.status)
     except _ToUpstream:
-        return await _proxy(request)
+        try:
+            return await _proxy(request)
+        except ApiError as e:
+            return _json({"error": e.message}, e.status)
     except web.HTTPException as e:
         if e.status >= 400:
             return _json({"error": f"{e.status} {e.reason}: {request.method} {request.path}"}, e.status)
@@ -365,17 +368,31 @@ async def chat(request: web.Request) -> web.StreamResponse:
     stream = _stream_flag(body)
     payload: dict[str, Any] = {"messages": msgs, "stream": True, "stream_options": {"include_usage": True},
                                "cache_prompt": True, **opts.sampling}
-    if schema is not None:
-        payload["response_format"] = ({"type": "json_object"} if schema == {"type": "object"} else
-                                      {"type": "json_schema", "json_schema": {"name": "format", "schema": schema}})
     if tools:
         payload["tools"] = tools
     if think is False and "thinking" in facts.capabilities:
         payload["chat_template_kwargs"] = {"enable_thinking": False}
+    # `format` without tools: the rendered chat as a prompt, constrained by the schema alone (llama-server's
+    # chat endpoint wraps the grammar around the template's generation prompt, which fails to build for
+    # templates whose markers are not tokens of the vocabulary)
+    via_completion = schema is not None and not tools
+    if schema is not None and tools:
+        payload["response_format"] = {"type": "json_schema", "json_schema": {"name": "format", "schema": schema}}
+
+    async def open_chat(r) -> aiohttp.ClientResponse:
+        if not via_completion:
+            return await open_stream(session, r.url + "/v1/chat/completions", payload)
+        tr = await open_stream(session, r.url + "/apply-template",
+                               {k: v for k, v in payload.items() if k in ("messages", "chat_template_kwargs")})
+        text = (await tr.json()).get("prompt", "")
+        tr.release()
+        return await open_stream(session, r.url + "/completion", {"prompt": text, "stream": True, "cache_prompt": True,
+                                                                  "json_schema": schema, **opts.sampling})
+
     async with runners.use(m, facts, opts.load, "generate", keep_alive) as (r, load_ns):
         while True:
             try:
-                resp = await open_stream(session, r.url + "/v1/chat/completions", payload)
+                resp = await open_chat(r)
                 break
             except ApiError as e:
                 # as Ollama: a history longer than the context loses its oldest turns (system kept)
@@ -390,6 +407,13 @@ async def chat(request: web.Request) -> web.StreamResponse:
         try:
             finish, timings, usage = None, {}, {}
             async for ev in sse(resp):
+                if via_completion:  # /completion's events in the chat endpoint's shape
+                    ev = {"choices": [{"delta": {"content": ev.get("content") or ""},
+                                       "finish_reason": ("length" if ev.get("stop_type") == "limit" else "stop")
+                                       if ev.get("stop") else None}],
+                          "timings": ev.get("timings"),
+                          "usage": {"prompt_tokens": ev.get("tokens_evaluated"),
+                                    "completion_tokens": ev.get("tokens_predicted")} if ev.get("stop") else None}
                 timings = ev.get("timings") or timings
                 usage = ev.get("usage") or usage
                 for ch in ev.get("choices") or []:
