@@ -36,7 +36,8 @@ NAME = "tiny-tp4"
 # KV cache of 2^30 positions (512 GiB) is refused before anything loads
 BIG_CTX = 1 << 30
 RFC3339 = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,9})?(Z|[+-]\d\d:\d\d)$")
-GO_MAX_LINE = 512 * 1024  # the Go client's bufio.Scanner buffer: a longer line is an error there
+GO_MAX_LINE = 512 * 1024
+OLLAMA_JS = "0.6.4"  # the official npm package, installed by the test into the cache  # the Go client's bufio.Scanner buffer: a longer line is an error there
 
 
 # ----------------------------------------------------------------------------- models and servers
@@ -275,10 +276,11 @@ def _ollama_js() -> Path:
     if not npm or not shutil.which("node"):
         pytest.skip("npm/node are not installed: the ollama-js check needs them (apt-get install nodejs npm)")
     prefix = tritpack_home() / "npm" / "ollama-js"
+    pkg = prefix / "node_modules" / "ollama" / "package.json"
     with locked(prefix.parent / "ollama-js.lock"):
-        if not (prefix / "node_modules" / "ollama" / "package.json").is_file():
+        if not pkg.is_file() or json.loads(pkg.read_text()).get("version") != OLLAMA_JS:
             prefix.mkdir(parents=True, exist_ok=True)
-            r = subprocess.run([npm, "install", "--prefix", str(prefix), "--no-audit", "--no-fund", "ollama@0.6"],
+            r = subprocess.run([npm, "install", "--prefix", str(prefix), "--no-audit", "--no-fund", f"ollama@{OLLAMA_JS}"],
                                capture_output=True, text=True, timeout=300)
             assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     return prefix
@@ -400,6 +402,20 @@ def test_eight_concurrent_clients_and_a_disconnect(server):
     while any(_slots_busy(port)) and time.monotonic() < t_end:
         time.sleep(0.1)
     assert not any(_slots_busy(port)), "a slot is still generating for a client that left"
+    _alive(server)
+
+    # a llama-server child that dies mid-stream: the stream ends with an error line, the next request reloads
+    with httpx.Client(timeout=60) as c:
+        with c.stream("POST", server.url + "/api/chat", json={
+                "model": NAME, "messages": [{"role": "user", "content": "go on"}],
+                "options": {"num_predict": 100000, "temperature": 1.5}}) as r:
+            lines = r.iter_lines()
+            assert json.loads(next(lines))["done"] is False
+            for pid in server.llama_children():
+                if "--embeddings" not in _cmdline(pid):
+                    os.kill(pid, signal.SIGKILL)
+            rest = [json.loads(line) for line in lines]
+    assert rest and "error" in rest[-1] and "runner" in rest[-1]["error"]
     _alive(server)
 
 

@@ -173,21 +173,24 @@ class Runners:
             raise ApiError(500, f"cannot load {m.short!r}: {e}") from None
         r = Runner((m.short.lower(), spec.mode), m, facts, spec, server)
         t_end = time.monotonic() + LOAD_TIMEOUT_S
-        while True:
-            if server.proc.poll() is not None:
-                tail = server.log_tail(8)
-                raise ApiError(500, f"llama-server could not load {m.short!r} (exit code {server.proc.returncode})"
-                                    + (f": {tail}" if tail else ""))
-            try:
-                async with self.session.get(server.url + "/health", timeout=aiohttp.ClientTimeout(total=2)) as resp:
-                    if resp.status == 200:
-                        break
-            except (aiohttp.ClientError, asyncio.TimeoutError):
-                pass
-            if time.monotonic() > t_end:
-                await asyncio.get_running_loop().run_in_executor(None, server.stop)
-                raise ApiError(500, f"llama-server did not load {m.short!r} within {LOAD_TIMEOUT_S:.0f} s")
-            await asyncio.sleep(0.05)
+        try:
+            while True:
+                if server.proc.poll() is not None:
+                    tail = server.log_tail(8)
+                    raise ApiError(500, f"llama-server could not load {m.short!r} (exit code {server.proc.returncode})"
+                                        + (f": {tail}" if tail else ""))
+                try:
+                    async with self.session.get(server.url + "/health", timeout=aiohttp.ClientTimeout(total=2)) as resp:
+                        if resp.status == 200:
+                            break
+                except (aiohttp.ClientError, asyncio.TimeoutError):
+                    pass
+                if time.monotonic() > t_end:
+                    raise ApiError(500, f"llama-server did not load {m.short!r} within {LOAD_TIMEOUT_S:.0f} s")
+                await asyncio.sleep(0.05)
+        except BaseException:  # a failed load, or the client left while it loaded: no child is left behind
+            server.stop(grace=5)
+            raise
         r.loaded_at = r.last_used = time.monotonic()
         self._runners[r.key] = r
         return r

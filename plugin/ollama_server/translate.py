@@ -8,6 +8,7 @@ Ollama ignores them.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import re
@@ -199,21 +200,36 @@ async def open_stream(session: aiohttp.ClientSession, url: str, payload: dict) -
 
 async def sse(resp: aiohttp.ClientResponse) -> AsyncIterator[dict]:
     """The JSON events of a server-sent-events response, until [DONE]; an `error` event raises."""
-    async for raw in resp.content:
-        line = raw.strip()
-        if not line or line.startswith(b":"):
-            continue
-        if line.startswith(b"error:"):
-            raise ApiError(500, f"llama-server: {_llama_error(line[6:].decode(errors='replace'))}")
-        if not line.startswith(b"data:"):
-            continue
-        data = line[5:].strip()
-        if data == b"[DONE]":
-            return
-        obj = json.loads(data)
-        if isinstance(obj, dict) and obj.get("error"):
-            raise ApiError(500, f"llama-server: {_llama_error(json.dumps(obj))}")
-        yield obj
+    try:
+        async for raw in resp.content:
+            obj = _sse_event(raw)
+            if obj is _DONE:
+                return
+            if obj is not None:
+                yield obj
+    except (aiohttp.ClientError, asyncio.TimeoutError) as e:
+        raise ApiError(500, f"the model runner stopped in the middle of the reply ({type(e).__name__}: {e})") from None
+
+
+_DONE = object()
+
+
+def _sse_event(raw: bytes) -> Any:
+    """One line of a server-sent-events stream: its JSON, None to skip it, _DONE at the end."""
+    line = raw.strip()
+    if not line or line.startswith(b":"):
+        return None
+    if line.startswith(b"error:"):
+        raise ApiError(500, f"llama-server: {_llama_error(line[6:].decode(errors='replace'))}")
+    if not line.startswith(b"data:"):
+        return None
+    data = line[5:].strip()
+    if data == b"[DONE]":
+        return _DONE
+    obj = json.loads(data)
+    if isinstance(obj, dict) and obj.get("error"):
+        raise ApiError(500, f"llama-server: {_llama_error(json.dumps(obj))}")
+    return obj
 
 
 def done_reason(finish: str | None) -> str:
