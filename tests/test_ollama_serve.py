@@ -298,6 +298,24 @@ def test_javascript_client_chat_stream_and_list(server):
     assert "not found" in out["err"] and out["status"] == 404
 
 
+# ----------------------------------------------------------------------------- the OpenAI client on /v1, as on Ollama
+
+def test_openai_client_on_v1(server):
+    import openai
+
+    c = openai.OpenAI(base_url=server.url + "/v1", api_key="ollama")
+    assert f"{NAME}:latest" in [m.id for m in c.models.list().data]
+    r = c.chat.completions.create(model=NAME, messages=[{"role": "user", "content": "hi"}], max_tokens=4)
+    assert r.choices[0].message.content and r.usage.completion_tokens >= 1
+    chunks = list(c.chat.completions.create(model=NAME, messages=[{"role": "user", "content": "hi"}], max_tokens=4,
+                                            stream=True))
+    assert "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices)
+    e = c.embeddings.create(model=NAME, input=["hello", "world"])
+    assert len(e.data) == 2 and len(e.data[0].embedding) == 128
+    with pytest.raises(openai.NotFoundError):
+        c.chat.completions.create(model="no-such-model", messages=[{"role": "user", "content": "x"}])
+
+
 # ----------------------------------------------------------------------------- `ollama run`, as the Go client sends it
 
 GO_HEADERS = {"Content-Type": "application/json", "Accept": "application/x-ndjson",
@@ -308,11 +326,14 @@ def _go_stream(client: httpx.Client, path: str, body: dict) -> list[dict]:
     """POST as api.Client.stream does and parse as it does: a status >= 400 is an error; then each
     line (bufio.Scanner, at most 512 KiB) is one JSON object; a line with `error` is an error."""
     with client.stream("POST", path, content=json.dumps(body), headers=GO_HEADERS) as r:
-        lines = list(r.iter_lines())
-        assert r.status_code < 400, lines
+        raw = b"".join(r.iter_bytes())
+        assert r.status_code < 400, raw
+    # bufio.ScanLines: \n ends a line (a \r before it is dropped), nothing else; a last line may lack it
+    lines = raw.split(b"\n")
+    lines = lines[:-1] if lines[-1] == b"" else lines
     objs = []
-    for line in lines:
-        assert line and len(line.encode()) < GO_MAX_LINE  # an empty line fails Go's json.Unmarshal
+    for line in (ln.removesuffix(b"\r") for ln in lines):
+        assert line and len(line) < GO_MAX_LINE  # an empty line fails Go's json.Unmarshal
         obj = json.loads(line)
         assert isinstance(obj, dict) and not obj.get("error"), obj
         assert RFC3339.match(obj["created_at"]), obj["created_at"]  # time.Time's UnmarshalJSON
@@ -322,6 +343,15 @@ def _go_stream(client: httpx.Client, path: str, body: dict) -> list[dict]:
         objs.append(obj)
     assert objs and objs[-1]["done"] is True and all(o["done"] is False for o in objs[:-1])
     return objs
+
+
+def test_ndjson_lines_survive_unicode_line_breaks():
+    from tritpack_gguf.ollama_server.api import _line
+
+    text = "a\u2028b\u2029c\x85d\re\nf"
+    line = _line({"response": text})
+    assert line.endswith(b"\n") and line.count(b"\n") == 1 and len(line.decode().splitlines()) == 1
+    assert json.loads(line)["response"] == text
 
 
 def test_ollama_run_request_sequence(server):

@@ -59,7 +59,9 @@ def _json(obj: Any, status: int = 200) -> web.Response:
 
 
 def _line(obj: Any) -> bytes:
-    return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode() + b"\n"
+    """One NDJSON line, ASCII only: a model's U+2028, U+2029 or U+0085 would split the line for clients
+    that split on every Unicode line break (Python's str.splitlines, httpx's iter_lines)."""
+    return json.dumps(obj, ensure_ascii=True, separators=(",", ":")).encode() + b"\n"
 
 
 async def _body(request: web.Request) -> dict:
@@ -533,6 +535,42 @@ async def embeddings(request: web.Request) -> web.Response:
     return _json({"embedding": vecs[0] if vecs else []})
 
 
+# ------------------------------------------------------------------------------- OpenAI-compatible /v1
+
+async def v1_models(request: web.Request) -> web.Response:
+    data = [{"id": m.short, "object": "model", "created": int(m.modified_at), "owned_by": "library"}
+            for m in request.app[REGISTRY].list()]
+    return _json({"object": "list", "data": data})
+
+
+async def v1_forward(request: web.Request) -> web.StreamResponse:
+    """Ollama's /v1 endpoints: the request goes as it is to the model's llama-server (which speaks the
+    OpenAI API itself), the answer comes back as it is, streamed."""
+    body = await _body(request)
+    name = _name(body, "model")
+    m = _lookup(request, name)
+    reg, runners, session = request.app[REGISTRY], request.app[RUNNERS], request.app[SESSION]
+    facts = reg.facts(m)
+    mode = "embed" if request.path.endswith("/embeddings") else "generate"
+    if mode == "generate" and "completion" not in facts.capabilities:
+        raise ApiError(400, f"\"{name}\" does not support generate")
+    async with runners.use(m, facts, {}, mode, None) as (r, _):
+        try:
+            up = await session.post(r.url + request.path, json=body)
+        except aiohttp.ClientError as e:
+            raise ApiError(500, f"the model runner did not answer: {e}") from None
+        try:
+            resp = web.StreamResponse(status=up.status)
+            resp.content_type = up.content_type
+            await resp.prepare(request)
+            async for chunk in up.content.iter_any():
+                await resp.write(chunk)
+            await resp.write_eof()
+            return resp
+        finally:
+            up.close()
+
+
 # ------------------------------------------------------------------------------- registry endpoints
 
 async def blob_head(request: web.Request) -> web.Response:
@@ -707,6 +745,9 @@ def make_app(cfg: ServerConfig, registry: Registry, log_dir: Path) -> web.Applic
     r.add_post("/api/create", create)
     r.add_post("/api/pull", pull)
     r.add_post("/api/push", push)
+    r.add_get("/v1/models", v1_models)
+    for path in ("/v1/chat/completions", "/v1/completions", "/v1/embeddings"):
+        r.add_post(path, v1_forward)
     r.add_route("*", "/{tail:.*}", not_found)
     return app
 
