@@ -592,3 +592,23 @@ def test_binds_loopback_unless_told_otherwise():
     assert warnings and "no authentication" in warnings[0]
     res = CliRunner().invoke(ol_cli.app, ["serve", "--host", "0.0.0.0", "--port", "0"])
     assert res.exit_code != 0 and "--allow-network" in str(res.exception or res.output)
+
+
+# ----------------------------------------------------------------------------- request fields (no server)
+
+def test_keep_alive_and_options_as_clients_send_them():
+    from tritpack_gguf.ollama_server.registry import ApiError
+    from tritpack_gguf.ollama_server.translate import FOREVER, parse_keep_alive, parse_options
+
+    # Go's api.Duration marshals as time.Duration.String() ("5m0s"), -1 for "forever"; Python sends numbers too
+    for v, secs in (("5m0s", 300), ("1h30m0s", 5400), ("300ms", 0.3), ("1.5h", 5400), ("0s", 0), (0, 0), (10, 10),
+                    ("10", 10), (-1, FOREVER), ("-1", FOREVER), ("-1m", FOREVER), (None, None)):
+        assert parse_keep_alive(v) == secs, v
+    for bad in ("forever", "5 minutes", "m", True, [1], ""):
+        with pytest.raises(ApiError):
+            parse_keep_alive(bad)
+    o = parse_options({"stop": ["<|im_end|>"], "temperature": 0.7, "num_ctx": 2048},
+                      {"temperature": 0, "seed": -1, "num_predict": -2, "stop": "END", "top_k": 5.0, "tfs_z": 1.0})
+    assert o.sampling == {"stop": ["END"], "temperature": 0.0, "n_predict": -1, "top_k": 5}  # seed -1: random
+    assert o.load == {"num_ctx": 2048}
+    assert parse_options(None, {"seed": 2**40 + 7}).sampling["seed"] == 7  # llama-server's seeds are 32-bit
