@@ -464,6 +464,11 @@ def test_keep_alive_unloads(server):
     time.sleep(0.5)
     assert not (new & set(server.llama_children()))
 
+    # num_ctx is a load setting: another value reloads the model with it, as in Ollama
+    for ctx in (256, 512):
+        assert c.chat(model=NAME, messages=[{"role": "user", "content": "hi"}], options={"num_ctx": ctx, "num_predict": 2}).done
+        assert [m.context_length for m in c.ps().models] == [ctx]
+
 
 # ----------------------------------------------------------------------------- bad input
 
@@ -579,6 +584,27 @@ def test_upstream_passes_unknown_names_through(server, tmp_path):
         assert e.value.status_code == 502 and "upstream" in e.value.error
     finally:
         gone.stop()
+
+
+def test_stops_promptly_with_a_reply_in_flight(models, tmp_path):
+    s = Server(tmp_path)
+    try:
+        res = CliRunner().invoke(ol_cli.app, ["create", "m", str(models["tp1"]), "--compat", "native", "--host", s.url])
+        assert res.exit_code == 0, res.output
+        with httpx.Client(timeout=60) as c:
+            with c.stream("POST", s.url + "/api/generate", json={"model": "m", "prompt": "go",
+                                                                 "options": {"num_predict": 100000}}) as r:
+                assert json.loads(next(r.iter_lines()))["done"] is False
+                kids = s.llama_children()
+                assert kids
+                t0 = time.monotonic()
+                s.proc.send_signal(signal.SIGTERM)
+                s.proc.wait(timeout=30)
+        assert time.monotonic() - t0 < 15 and s.proc.returncode == 0
+        time.sleep(0.5)
+        assert not [k for k in kids if Path(f"/proc/{k}").exists()], "a llama-server child outlived the server"
+    finally:
+        s.stop()
 
 
 def test_binds_loopback_unless_told_otherwise():

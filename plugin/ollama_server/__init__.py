@@ -23,6 +23,7 @@ from .api import OLLAMA_API_VERSION, ServerConfig, keep_alive_seconds, make_app
 from .registry import Registry, default_models_dir
 
 DEFAULT_PORT = 11435
+SHUTDOWN_GRACE_S = 5.0  # replies in flight get this long to finish when the server is told to stop
 
 __all__ = ["ServerConfig", "serve", "DEFAULT_PORT", "OLLAMA_API_VERSION", "keep_alive_seconds", "check_config",
            "default_models_dir"]
@@ -62,7 +63,7 @@ async def _serve(cfg: ServerConfig, registry: Registry, on_ready: Callable[[str,
 
     with tempfile.TemporaryDirectory(prefix="tritpack-ollama-logs-") as logs:
         app = make_app(cfg, registry, Path(logs))
-        runner = web.AppRunner(app, handler_cancellation=True,
+        runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=SHUTDOWN_GRACE_S,
                                access_log_format='%a "%r" %s %b %Tfs')
         await runner.setup()
         try:
