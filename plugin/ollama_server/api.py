@@ -132,15 +132,25 @@ async def _proxy(request: web.Request) -> web.StreamResponse:
     except aiohttp.ClientError as e:
         raise ApiError(502, f"not found here, and the upstream Ollama at {cfg.upstream} did not answer: {e}") from None
     try:
-        resp = web.StreamResponse(status=up.status)
-        resp.content_type = up.content_type
-        await resp.prepare(request)
-        async for chunk in up.content.iter_any():
-            await resp.write(chunk)
-        await resp.write_eof()
-        return resp
+        return await _relay(request, up)
     finally:
         up.close()
+
+
+async def _relay(request: web.Request, up: aiohttp.ClientResponse) -> web.StreamResponse:
+    """`up`'s status, type and body, streamed on; if `up` breaks off, so does this reply (the client
+    sees a truncated stream, as it would from the server itself)."""
+    resp = web.StreamResponse(status=up.status)
+    resp.content_type = up.content_type
+    await resp.prepare(request)
+    try:
+        async for chunk in up.content.iter_any():
+            await resp.write(chunk)
+    except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError, asyncio.TimeoutError) as e:
+        log.warning("%s %s: the reply broke off: %s", request.method, request.path, e)
+        return resp
+    await resp.write_eof()
+    return resp
 
 
 async def _upstream_json(request: web.Request, path: str) -> dict | None:
@@ -178,7 +188,7 @@ def _tag_entry(reg: Registry, m: LocalModel) -> dict:
 
 async def tags(request: web.Request) -> web.Response:
     reg = request.app[REGISTRY]
-    models = [_tag_entry(reg, m) for m in reg.list()]
+    models = [_tag_entry(reg, m) for m in sorted(reg.list(), key=lambda m: -m.modified_at)]  # newest first
     up = await _upstream_json(request, "/api/tags")
     names = {m["name"].lower() for m in models}
     for m in (up or {}).get("models") or []:
@@ -560,13 +570,7 @@ async def v1_forward(request: web.Request) -> web.StreamResponse:
         except aiohttp.ClientError as e:
             raise ApiError(500, f"the model runner did not answer: {e}") from None
         try:
-            resp = web.StreamResponse(status=up.status)
-            resp.content_type = up.content_type
-            await resp.prepare(request)
-            async for chunk in up.content.iter_any():
-                await resp.write(chunk)
-            await resp.write_eof()
-            return resp
+            return await _relay(request, up)
         finally:
             up.close()
 
