@@ -50,8 +50,34 @@ def models(tmp_path_factory, patched_build):
     for kind, ternary, seed in (("tp4", False, 3), ("tp1", True, 4)):
         raw = make_llama(d / f"raw-{kind}.gguf", vocab, Shape(n_ctx=BIG_CTX), seed=seed, ternary=ternary, dtype=Q.F16)
         out[kind] = Path(convert(raw, ConvertOptions(type=kind, output=d / f"tiny-{kind.upper()}.gguf", threads=1)).output)
+        if kind == "tp4":  # the same weights as an embedding model: a pooling type in the header
+            pooled = _with_pooling(raw, d / "raw-embed.gguf")
+            out["embed"] = Path(convert(pooled, ConvertOptions(type="tp4", output=d / "tiny-embed-TP4.gguf",
+                                                               threads=1)).output)
+            pooled.unlink()
         raw.unlink()
     return out
+
+
+def _with_pooling(src: Path, dst: Path) -> Path:
+    """A copy of `src` with llama.pooling_type = mean (what embedding GGUFs carry)."""
+    import numpy as np
+    from gguf import GGUFWriter
+
+    from tritpack_gguf.converters.reader import GGUFFile, copy_fields
+
+    f = GGUFFile(src)
+    w = GGUFWriter(str(dst), f.architecture)
+    copy_fields(f, w, skip=set())
+    w.add_uint32("llama.pooling_type", 1)
+    for t in f.tensors:
+        dt = {Q.F16: np.float16, Q.F32: np.float32}[t.type]
+        w.add_tensor(t.name, np.frombuffer(f.raw(t).tobytes(), dtype=dt).reshape(t.shape))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return dst
 
 
 def _children(pid: int) -> list[int]:
@@ -247,6 +273,30 @@ def test_python_client_async(server):
         assert all(b.done for b in both)
 
     asyncio.run(go())
+
+
+def test_an_embedding_model(server, models):
+    res = CliRunner().invoke(ol_cli.app, ["create", "tiny-embed", str(models["embed"]), "--compat", "native",
+                                          "--host", server.url])
+    assert res.exit_code == 0, res.output
+    c = _client(server)
+    try:
+        assert c.show("tiny-embed").capabilities == ["embedding"]
+        e = c.embed(model="tiny-embed", input=["first text", "second text", "third"])
+        assert len(e.embeddings) == 3 and all(abs(math.sqrt(sum(x * x for x in v)) - 1) < 1e-3 for v in e.embeddings)
+        with pytest.raises(ollama.ResponseError) as err:
+            c.chat(model="tiny-embed", messages=[{"role": "user", "content": "hi"}])
+        assert err.value.status_code == 400 and "does not support chat" in err.value.error
+        with pytest.raises(ollama.ResponseError) as err:
+            c.generate(model="tiny-embed", prompt="hi")
+        assert err.value.status_code == 400 and "does not support generate" in err.value.error
+        # truncate: false refuses an input longer than the context instead of cutting it
+        with pytest.raises(ollama.ResponseError) as err:
+            c.embed(model="tiny-embed", input="word " * 600, truncate=False)
+        assert err.value.status_code == 400 and "context length" in err.value.error
+        assert len(c.embed(model="tiny-embed", input="word " * 600).embeddings[0]) == 128
+    finally:
+        c.delete("tiny-embed")
 
 
 # ----------------------------------------------------------------------------- the JavaScript client

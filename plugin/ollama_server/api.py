@@ -54,7 +54,7 @@ SESSION = web.AppKey("session", aiohttp.ClientSession)
 
 
 def _json(obj: Any, status: int = 200) -> web.Response:
-    return web.Response(status=status, body=json.dumps(obj, ensure_ascii=False).encode(),
+    return web.Response(status=status, body=json.dumps(obj, ensure_ascii=True).encode(),
                         content_type="application/json")
 
 
