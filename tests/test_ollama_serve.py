@@ -437,7 +437,7 @@ def _slots_busy(port: int) -> list[bool]:
     return [bool(s.get("is_processing")) for s in httpx.get(f"http://127.0.0.1:{port}/slots", timeout=5).json()]
 
 
-def test_eight_concurrent_clients_and_a_disconnect(server):
+def test_eight_concurrent_clients_and_a_disconnect(server, count_line):
     def one_round() -> tuple[list, float]:
         results: list = [None] * 8
 
@@ -458,9 +458,10 @@ def test_eight_concurrent_clients_and_a_disconnect(server):
             t.join(timeout=120)
         return results, time.monotonic() - t0
 
-    rss = []
+    rss, times = [], []
     for _ in range(2):
         results, took = one_round()
+        times.append(took)
         for r in results:
             assert isinstance(r, ollama.ChatResponse), r
             assert r.done and r.eval_count >= 1 and r.done_reason in ("stop", "length")
@@ -478,10 +479,14 @@ def test_eight_concurrent_clients_and_a_disconnect(server):
             lines = r.iter_lines()
             for _ in range(3):
                 assert json.loads(next(lines))["done"] is False
-    t_end = time.monotonic() + 10
-    while any(_slots_busy(port)) and time.monotonic() < t_end:
-        time.sleep(0.1)
+    t_left = time.monotonic()
+    while any(_slots_busy(port)) and time.monotonic() < t_left + 10:
+        time.sleep(0.05)
     assert not any(_slots_busy(port)), "a slot is still generating for a client that left"
+    count_line(f"ollama serve: 2 rounds of 8 concurrent streamed chats (24 tokens each, --parallel 2) in "
+               f"{times[0]:.1f} s and {times[1]:.1f} s; server+children RSS {rss[0] / 2**20:.0f} -> "
+               f"{rss[1] / 2**20:.0f} MiB; a client gone mid-stream freed its slot within "
+               f"{time.monotonic() - t_left:.2f} s")
     _alive(server)
 
     # a llama-server child that dies mid-stream: the stream ends with an error line, the next request reloads
@@ -636,7 +641,7 @@ def test_upstream_passes_unknown_names_through(server, tmp_path):
         gone.stop()
 
 
-def test_stops_promptly_with_a_reply_in_flight(models, tmp_path):
+def test_stops_promptly_with_a_reply_in_flight(models, tmp_path, count_line):
     s = Server(tmp_path)
     try:
         res = CliRunner().invoke(ol_cli.app, ["create", "m", str(models["tp1"]), "--compat", "native", "--host", s.url])
@@ -650,7 +655,9 @@ def test_stops_promptly_with_a_reply_in_flight(models, tmp_path):
                 t0 = time.monotonic()
                 s.proc.send_signal(signal.SIGTERM)
                 s.proc.wait(timeout=30)
-        assert time.monotonic() - t0 < 15 and s.proc.returncode == 0
+        took = time.monotonic() - t0
+        assert took < 20 and s.proc.returncode == 0, (took, s.proc.returncode, s.log.read_text()[-2000:])
+        count_line(f"ollama serve: stopped by SIGTERM with a reply in flight in {took:.2f} s")
         time.sleep(0.5)
         assert not [k for k in kids if Path(f"/proc/{k}").exists()], "a llama-server child outlived the server"
     finally:

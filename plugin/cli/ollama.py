@@ -109,7 +109,7 @@ def serve_command(
 
     try:
         ka = _srv.keep_alive_seconds(keep_alive)
-    except Exception as e:
+    except _srv.ApiError:
         raise TritpackError(f"invalid --keep-alive {keep_alive!r}", hint="e.g. 5m, 30s, 1h or -1") from None
     cfg = _srv.ServerConfig(host=host, port=port, upstream=upstream, models_dir=models_dir, ctx=ctx, parallel=parallel,
                             threads=threads, ngl=ngl, keep_alive=ka, max_loaded=max_loaded)

@@ -20,12 +20,12 @@ from typing import Callable
 from ..errors import TritpackError
 from ..serve import is_loopback
 from .api import OLLAMA_API_VERSION, ServerConfig, keep_alive_seconds, make_app
-from .registry import Registry, default_models_dir
+from .registry import ApiError, Registry, default_models_dir
 
 DEFAULT_PORT = 11435
 SHUTDOWN_GRACE_S = 5.0  # replies in flight get this long to finish when the server is told to stop
 
-__all__ = ["ServerConfig", "serve", "DEFAULT_PORT", "OLLAMA_API_VERSION", "keep_alive_seconds", "check_config",
+__all__ = ["ApiError", "ServerConfig", "serve", "DEFAULT_PORT", "OLLAMA_API_VERSION", "keep_alive_seconds", "check_config",
            "default_models_dir"]
 
 
@@ -81,6 +81,11 @@ async def _serve(cfg: ServerConfig, registry: Registry, on_ready: Callable[[str,
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(sig, stop.set)
             await stop.wait()
+            # the children first: replies in flight then end at once (with an error line) instead of
+            # running on through the shutdown grace
+            from .api import RUNNERS
+
+            await app[RUNNERS].stop_all()
         finally:
             await runner.cleanup()
     return 0
