@@ -164,9 +164,10 @@ class ServerProcess:
 def start_server(model: str | Path, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, ngl: int = 0,
                  ctx: int | None = None, threads: int | None = None, api_key: str | None = None,
                  alias: str | None = None, extra: list[str] | tuple[str, ...] = (),
-                 log_file: str | Path | None = None) -> ServerProcess:
+                 log_file: str | Path | None = None, parallel: int | None = None) -> ServerProcess:
     """Start llama-server on `model` (port 0: a free port). Its output goes to `log_file`, or to this
-    process's stdout/stderr when None. Returns at once; wait_ready() waits for the model to load."""
+    process's stdout/stderr when None. Returns at once; wait_ready() waits for the model to load.
+    `parallel`: that many slots (-np), each with the whole context (-c is the context times it)."""
     from .bench import tools_dir
     from .run import DEFAULT_CTX, context_size
     from .runtime import check_types_supported
@@ -189,9 +190,11 @@ def start_server(model: str | Path, *, host: str = DEFAULT_HOST, port: int = DEF
         with os.fdopen(fd, "w") as f:
             f.write(api_key + "\n")
         key_file = Path(name)
+    slot_ctx = context_size(path, ctx or DEFAULT_CTX)
     argv = server_argv(lib_dir, path, host=host, port=port, ngl=ngl,
-                       ctx=context_size(path, ctx or DEFAULT_CTX), threads=threads,
-                       api_key_file=key_file, alias=alias, extra=extra)
+                       ctx=slot_ctx * parallel if parallel else slot_ctx, threads=threads,
+                       api_key_file=key_file, alias=alias,
+                       extra=(["-np", str(parallel)] if parallel else []) + list(extra))
     env = dict(os.environ)
     env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in (str(lib_dir), env.get("LD_LIBRARY_PATH", "")) if p)
     log = Path(log_file) if log_file else None
