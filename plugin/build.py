@@ -12,7 +12,7 @@ Steps, each cached under $TRITPACK_HOME (never inside the repo):
            (sdist sha256, patches, ggml_kernels, CMakeLists.txt, flags), so a second build with
            nothing changed returns at once, and a change to the kernels rebuilds incrementally;
 5. ui      the chat page llama-server serves at / : tools/ui built with npm (`npm ci` against its
-           package-lock.json, then `npm run build`) into ui/<hash of tools/ui and the Node major>/,
+           package-lock.json, then `npm run build`) into ui/<hash of tools/ui>/,
            once per content, and embedded by llama.cpp's own asset step. Where Node or npm is
            missing (or npm fails) the build goes on without the page and says why (BuildResult.ui_note).
 """
@@ -93,7 +93,7 @@ class BuildResult:
     seconds: float
     outputs: list[str] = field(default_factory=list)
     ui: str | None = None        # the built page embedded in llama-server (a folder), None: no page
-    ui_key: str | None = None    # its content key (hash of tools/ui and the Node major)
+    ui_key: str | None = None    # its content key (hash of tools/ui)
     ui_note: str | None = None   # why there is no page, when there is none
 
 
@@ -333,9 +333,10 @@ def node_version() -> tuple[int, ...] | None:
     return tuple(int(x) for x in m.groups()) if r.returncode == 0 and m else None
 
 
-def ui_key(ui_dir: Path, node: tuple[int, ...] | None) -> str:
-    """Content key of the page: the tools/ui sources (package-lock.json among them) and Node's major."""
-    h = hashlib.sha256(f"node {node[0] if node else None}\n".encode())
+def ui_key(ui_dir: Path) -> str:
+    """Content key of the page: the tools/ui sources, package-lock.json among them (not the Node that
+    builds them: a page built once is found again where Node is missing)."""
+    h = hashlib.sha256(b"tools/ui\n")
     _hash_files(h, ui_dir, ui_sources(ui_dir))
     return h.hexdigest()
 
@@ -348,7 +349,7 @@ def build_ui(source: Path, home: Path, progress: Progress = _quiet) -> UiResult:
     node = node_version()
     if not (ui_dir / "package-lock.json").is_file():
         return UiResult(None, "", f"no tools/ui/package-lock.json in {source}")
-    key = ui_key(ui_dir, node)
+    key = ui_key(ui_dir)
     entry = home / "ui" / key[:16]
     dist = entry / "dist"
     if (dist / "index.html").is_file():

@@ -8,6 +8,7 @@ $TRITPACK_WEBUI_SHOTS (default: the test's tmp folder).
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -49,16 +50,19 @@ def test_ui_key_follows_the_page_sources_only(tmp_path, patched_build):
     ui = tmp_path / "ui"
     shutil.copytree(Path(patched_build.source_dir) / "tools" / "ui", ui,
                     ignore=shutil.ignore_patterns(*B.UI_SKIP_DIRS))
-    key = B.ui_key(ui, (20, 20, 2))
+    key = B.ui_key(ui)
+    assert key == patched_build.ui_key or not patched_build.ui
     (ui / "node_modules").mkdir()
     (ui / "node_modules" / "x.js").write_text("npm's output is not a source")
     (ui / "dist").mkdir()
     (ui / "dist" / "index.html").write_text("<html>")
-    assert B.ui_key(ui, (20, 21, 0)) == key          # same Node major, build leftovers ignored
-    assert B.ui_key(ui, (22, 12, 0)) != key          # another Node major builds anew
+    assert B.ui_key(ui) == key                       # what npm and a build leave there is not a source
     lock = ui / "package-lock.json"
     lock.write_text(lock.read_text().replace('"lockfileVersion"', '"lockfileVersion" ', 1))
-    assert B.ui_key(ui, (20, 20, 2)) != key
+    assert B.ui_key(ui) != key
+    lock.write_text(lock.read_text().replace('"lockfileVersion" ', '"lockfileVersion"', 1))
+    (ui / "src" / "app.html").write_text((ui / "src" / "app.html").read_text() + "\n")
+    assert B.ui_key(ui) != key
 
 
 def test_without_node_the_build_goes_on_without_the_page(tmp_path, monkeypatch, patched_build):
@@ -79,18 +83,37 @@ def test_the_page_is_built_once_and_then_found_without_npm(patched_build, monkey
     page = B.build_ui(Path(patched_build.source_dir), tritpack_home())
     assert page.dist == Path(patched_build.ui) and not page.built_now
     assert page.key.startswith(Path(patched_build.ui).parent.name)
+    monkeypatch.undo()
+    from tritpack_gguf.cli.doctor import diagnose
+
+    report = diagnose()["chat_page"]
+    assert report["embedded"] is True and report["key"] == page.key[:16] and report["npm"]
 
 
 # ----------------------------------------------------------------------------- models
 
-def _with_template(src: Path, dst: Path) -> Path:
+def _chat_model(src: Path, dst: Path, seed: int) -> Path:
+    """`src` with a chat template of its own and a readout that walks a permutation of the ordinary
+    tokens (the logit of perm[i] is <e_i, h>, the layers halved so that h stays near the current
+    token's embedding; see clear_margins in test_runtime.py): the reply is long and never reaches the
+    end-of-text token, which the permutation leaves in place, so it runs until the page stops it."""
     f = GGUFFile(src)
     w = GGUFWriter(str(dst), f.architecture)
     copy_fields(f, w, skip={"tokenizer.chat_template"})
     w.add_key_value("tokenizer.chat_template", TEMPLATE, GGUFValueType.STRING)
+    n_special = 3   # <unk> <s> </s> of the llama-spm vocabulary
     for t in f.tensors:
         dt = {Q.F16: np.float16, Q.F32: np.float32}[t.type]
-        w.add_tensor(t.name, np.frombuffer(f.raw(t).tobytes(), dtype=dt).reshape(t.shape))
+        a = np.frombuffer(f.raw(t).tobytes(), dtype=dt).reshape(t.shape)
+        if t.name == "output.weight":
+            e = np.frombuffer(f.raw(f.tensor("token_embd.weight")).tobytes(), dtype=dt).reshape(t.shape)
+            perm = np.arange(e.shape[0])
+            perm[n_special:] = n_special + np.random.default_rng(seed).permutation(e.shape[0] - n_special)
+            a = np.empty_like(e)
+            a[perm] = e
+        elif t.name.startswith("blk.") and len(t.shape) == 2:
+            a = (a.astype(np.float32) * 0.5).astype(dt)
+        w.add_tensor(t.name, a)
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
@@ -100,14 +123,14 @@ def _with_template(src: Path, dst: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory, patched_build):
-    """A TP1 and a TP4 model with a chat template of their own and room for a long reply (4096
-    tokens), so that the stop button has something to stop."""
+    """A TP1 and a TP4 model with a chat template of their own, room for a long reply (16384 tokens)
+    and no end-of-text in it: the stop button has something to stop."""
     d = tmp_path_factory.mktemp("webui")
     vocab = vocab_file(patched_build.source_dir)
     out = {}
     for kind, ternary, seed in (("tp1", True, 11), ("tp4", False, 12)):
-        raw = make_llama(d / f"raw-{kind}.gguf", vocab, Shape(n_ctx=4096), seed=seed, ternary=ternary, dtype=Q.F16)
-        src = _with_template(raw, d / f"chat-{kind}.gguf")
+        raw = make_llama(d / f"raw-{kind}.gguf", vocab, Shape(n_embd=256, n_ff=640, n_layer=4, n_ctx=16384), seed=seed, ternary=ternary, dtype=Q.F16)
+        src = _chat_model(raw, d / f"chat-{kind}.gguf", seed)
         raw.unlink()
         out[kind] = Path(convert(src, ConvertOptions(type=kind, output=d / f"chat-{kind.upper()}.gguf",
                                                      threads=1)).output)
@@ -168,7 +191,7 @@ def test_no_ui_turns_the_page_off(models, patched_build):
     assert "chat page" not in s.err, s.err
 
 
-def test_a_build_without_the_page_says_in_one_line_how_to_get_it(models, patched_build, tmp_path):
+def test_a_build_without_the_page_says_in_one_line_how_to_get_it(models, patched_build, tmp_path, monkeypatch):
     """A build made where npm was missing: its stamp has no page and its llama-server serves none
     (here the real programs, linked into a folder whose stamp says so, and told --no-ui behind serve's back)."""
     import json
@@ -180,6 +203,13 @@ def test_a_build_without_the_page_says_in_one_line_how_to_get_it(models, patched
     stamp = json.loads((Path(patched_build.build_dir) / B.STAMP).read_text())
     stamp.update(ui=None, ui_key=None, ui_note="npm is not on PATH")
     (fake / B.STAMP).write_text(json.dumps(stamp))
+    from tritpack_gguf.cli.doctor import diagnose
+
+    with monkeypatch.context() as m:
+        m.setenv("TRITPACK_LIB_DIR", str(fake / "bin"))
+        report = diagnose()
+    assert report["chat_page"]["embedded"] is False and report["chat_page"]["note"] == "npm is not on PATH"
+    assert f"llama-server has no chat page (npm is not on PATH): {B.UI_HOW}" in report["notes"]
     s = Serve(models["tp4"], "--", "--no-ui", env={"TRITPACK_LIB_DIR": str(fake / "bin")})
     try:
         s.wait_for("serving chat-TP4.gguf at")
@@ -227,6 +257,7 @@ def _shots(tmp_path: Path) -> Path:
 def test_the_page_chats_streams_and_stops_on_a_tritpack_model(kind, models, patched_build, browser_driver,
                                                               tmp_path, count_line):
     import httpx
+    from selenium.webdriver.common.actions.action_builder import ActionBuilder
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.support.ui import WebDriverWait
@@ -234,7 +265,7 @@ def test_the_page_chats_streams_and_stops_on_a_tritpack_model(kind, models, patc
     if not patched_build.ui:
         pytest.skip(f"this build has no chat page: {patched_build.ui_note}")
     name = f"chat-{kind.upper()}"
-    s = Serve(models[kind], env={"LLAMA_SERVER_SLOTS_DEBUG": "1"})   # /slots then shows the prompt built
+    s = Serve(models[kind], "--ctx", "16384", env={"LLAMA_SERVER_SLOTS_DEBUG": "1"})   # /slots: the prompt built
     driver = None
     try:
         line = s.wait_for("chat page: open ")
@@ -248,23 +279,36 @@ def test_the_page_chats_streams_and_stops_on_a_tritpack_model(kind, models, patc
 
         box.send_keys("Tell me a long story about ternary weights.")
         box.send_keys(Keys.ENTER)
-        reply = '//*[@aria-label="Assistant message with actions"]'
-        stop = '//button[.//span[normalize-space()="Stop"]]'
-        # a streamed reply: its text appears and grows while the stop button is up
-        first = wait.until(lambda d: next((e.text for e in d.find_elements(By.XPATH, reply) if e.text.strip()), None))
-        wait.until(lambda d: len(d.find_element(By.XPATH, reply).text) > len(first) + 20)
-        driver.save_screenshot(str(_shots(tmp_path) / f"webui-{kind}-streaming.png"))
-        driver.find_element(By.XPATH, stop).click()
-        wait.until(lambda d: not d.find_elements(By.XPATH, stop))
-        stopped = driver.find_element(By.XPATH, reply).text
+        state = """const r = document.querySelector('[aria-label="Assistant message with actions"]');
+                   const stop = [...document.querySelectorAll('button')].some(b => b.textContent.trim() === 'Stop');
+                   const info = r && r.querySelector('.info');   // the model and statistics line under it
+                   return [r ? r.innerText.length - (info ? info.innerText.length : 0) : 0, stop];"""
+        # a streamed reply: its text is on the page and grows while the stop button is still up
+        first = wait.until(lambda d: (lambda n, up: n if n and up else None)(*d.execute_script(state)))
+        wait.until(lambda d: (lambda n, up: up and n > first)(*d.execute_script(state)))
+        # a mouse click where the stop button is (it is re-rendered with every token, so an element
+        # handle goes stale before it can be clicked)
+        x, y = driver.execute_script("""const b = [...document.querySelectorAll('button')].find(b => b.textContent.trim() === 'Stop');
+                                        const r = b.getBoundingClientRect(); return [r.x + r.width / 2, r.y + r.height / 2];""")
+        click = ActionBuilder(driver)
+        click.pointer_action.move_to_location(int(x), int(y)).click()
+        click.perform()
+        wait.until(lambda d: not d.execute_script(state)[1])
+        stopped = driver.execute_script(state)[0]
         time.sleep(1.0)
-        assert driver.find_element(By.XPATH, reply).text == stopped   # nothing more arrives
+        assert driver.execute_script(state)[0] == stopped   # nothing more arrives
         driver.save_screenshot(str(_shots(tmp_path) / f"webui-{kind}.png"))
 
-        slot = httpx.get(s.url + "/slots", timeout=10).json()[0]
-        assert not slot["is_processing"]
-        decoded = slot["next_token"][0]["n_decoded"]
-        assert 0 < decoded < slot["n_ctx"] - 100, slot["next_token"]   # stopped, not run out of room
+        slots = httpx.get(s.url + "/slots", timeout=10).json()
+        assert not any(x["is_processing"] for x in slots), slots
+        used = [x for x in slots if "next_token" in x]
+        assert len(used) == 1, slots
+        slot = used[0]
+        # the slot after the stop: the prompt and what was streamed, cut off (a reply that ended by
+        # itself, at an end-of-text or a full context, has no next token)
+        prompt = httpx.post(s.url + "/tokenize", json={"content": slot["prompt"], "parse_special": True}, timeout=10)
+        decoded = slot["n_prompt_tokens"] - len(prompt.json()["tokens"])
+        assert 0 < decoded < slot["n_ctx"] and slot["next_token"][0]["has_next_token"], json.dumps(slots)[:3000]
         # the model's own chat template made the prompt
         assert "[[user]] Tell me a long story about ternary weights. [[/user]]" in slot["prompt"], slot["prompt"]
         assert slot["prompt"].rstrip().endswith("[[assistant]]"), slot["prompt"]
