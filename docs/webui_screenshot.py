@@ -24,14 +24,14 @@ from tritpack_gguf.serve import start_server
 
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         "--disable-dev-shm-usage", "--window-size=1000,700", "--hide-scrollbars"]
+         "--disable-dev-shm-usage", "--window-size=1000,800", "--hide-scrollbars"]
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("model", type=Path)
     ap.add_argument("out", type=Path, nargs="?", default=Path("docs/webui.png"))
-    ap.add_argument("--prompt", default="What is a ternary weight? Answer in two sentences.")
+    ap.add_argument("--prompt", default="What is the capital of France? Tell me one fact about it.")
     ap.add_argument("--threads", type=int, default=2)
     a = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp, \
