@@ -472,7 +472,7 @@ def build(cuda: bool = False, archs: str | None = None, jobs: int | None = None,
     tree_key = hashlib.sha256(json.dumps({"source": str(source), **flags}, sort_keys=True).encode()).hexdigest()[:16]
     build_dir = home / "build" / f"{'cuda' if cuda else 'cpu'}-{tree_key}"
     project = home / "project" / tree_key
-    page = build_ui(source, home, progress) if ui else UiResult(None, "", "built with --no-ui")
+    page = build_ui(source, home, progress) if ui else UiResult(None, "", "the build was asked for none (ui=False)")
     with locked(home / "build" / f"{build_dir.name}.lock"):
         key = input_key(pin, root, source, flags)
         outputs = _outputs(build_dir, cuda)
