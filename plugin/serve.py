@@ -161,6 +161,17 @@ class ServerProcess:
             self.stop()
 
 
+def chat_page(url: str, timeout: float = 5.0) -> bool:
+    """True when the server at `url` serves llama.cpp's chat page at / (a build without the page, or
+    a server started with --no-ui, answers 404 there)."""
+    req = urllib.request.Request(url + "/", headers={"Accept-Encoding": "gzip"})  # the page is stored gzipped
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return r.status == 200 and r.headers.get_content_type() == "text/html"
+    except (urllib.error.URLError, OSError, ValueError):
+        return False
+
+
 def start_server(model: str | Path, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, ngl: int = 0,
                  ctx: int | None = None, threads: int | None = None, api_key: str | None = None,
                  alias: str | None = None, extra: list[str] | tuple[str, ...] = (),

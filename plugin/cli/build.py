@@ -33,4 +33,6 @@ def build_command(
         return
     how = "up to date (cached)" if result.cached else f"built in {result.seconds:.0f} s"
     typer.echo(f"{how}: {result.build_dir}", err=True)
+    if result.ui_note:
+        typer.echo(f"note: llama-server has no chat page ({result.ui_note}); {_build.UI_HOW}", err=True)
     typer.echo(result.lib_dir)

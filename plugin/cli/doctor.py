@@ -77,9 +77,35 @@ def diagnose() -> dict:
         if stale:
             missing.append({"what": "the build is older than the sources (patches/ or ggml_kernels/ changed)",
                             "fix": "tritpack-gguf build"})
+    notes = report.setdefault("notes", [])
     if builds.get("cuda") is None:
-        report["notes"] = ["no CUDA build: `tritpack-gguf build --cuda` on a machine with an NVIDIA GPU"]
+        notes.append("no CUDA build: `tritpack-gguf build --cuda` on a machine with an NVIDIA GPU")
+    report["chat_page"] = page = _chat_page(lib_dir)
+    if not page["embedded"]:
+        notes.append(f"llama-server has no chat page ({page['note']}): {_build.UI_HOW}")
     return report
+
+
+def _chat_page(lib_dir: Path) -> dict:
+    """Whether the build's llama-server carries the chat page, and the Node/npm the page's build needs."""
+    import shutil
+
+    from .. import build as _build
+
+    stamp = _build.read_stamp(lib_dir.parent) or {}
+    node = _build.node_version()
+    page = {"embedded": bool(stamp.get("ui")), "key": (stamp.get("ui_key") or "")[:16] or None,
+            "node": ".".join(map(str, node)) if node else None, "npm": shutil.which("npm")}
+    if not page["embedded"]:
+        if not stamp:
+            page["note"] = "the build has no stamp (not made by `tritpack-gguf build`)"
+        elif node is None or page["npm"] is None:
+            page["note"] = f"{'node' if node is None else 'npm'} is not on PATH"
+        elif "ui_key" not in stamp:
+            page["note"] = "built before the page was part of the build"
+        else:
+            page["note"] = stamp.get("ui_note") or "not built"
+    return page
 
 
 def _stale_build(lib_dir: Path) -> bool:
@@ -128,6 +154,9 @@ def _print_human(r: dict) -> None:
             echo(f"  CUDA: architectures {lib['backends']['cuda']['archs']}")
         for t in lib["types"]:
             echo(f"  type {t['name']} (id {t['id']}): {t['block']} weights in {t['bytes']} bytes = {t['bpw']} bpw")
+    page = r.get("chat_page")
+    if page and page["embedded"]:
+        echo(f"chat page: embedded in llama-server (ui {page['key']}); `tritpack-gguf serve` prints its address")
     for note in r.get("notes", []):
         echo(f"note: {note}")
     for m in r["missing"]:
