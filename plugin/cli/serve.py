@@ -9,7 +9,7 @@ import typer
 
 from .. import serve as _serve
 from ..errors import TritpackError
-from ._common import ThreadsOpt
+from ._common import RpcOpt, TensorSplitOpt, ThreadsOpt
 
 
 def serve_command(
@@ -22,6 +22,8 @@ def serve_command(
     api_key: Annotated[str | None, typer.Option("--api-key", help="Require this key (Authorization: Bearer KEY).", envvar="TRITPACK_API_KEY")] = None,
     alias: Annotated[str | None, typer.Option("--alias", help="Model name the API reports (default: the file's stem).")] = None,
     threads: ThreadsOpt = None,
+    rpc: RpcOpt = None,
+    tensor_split: TensorSplitOpt = None,
 ) -> None:
     """Serve a model over HTTP with llama-server's OpenAI-compatible API; Ctrl-C (or SIGTERM) stops it."""
     if port < 0 or port > 65535:
@@ -44,7 +46,8 @@ def serve_command(
                    f"{alias or model.stem!r}); Ctrl-C stops it", err=True)
 
     code = _serve.serve(model, host=host, port=port, ngl=ngl, ctx=ctx, threads=threads, api_key=api_key,
-                        alias=alias, extra=list(extra or []), on_start=started, on_ready=ready)
+                        alias=alias, extra=list(extra or []), on_start=started, on_ready=ready,
+                        rpc=rpc, tensor_split=tensor_split)
     typer.echo("llama-server stopped", err=True)
     if code:
         raise typer.Exit(code)
