@@ -207,6 +207,8 @@ def start_server(model: str | Path, *, host: str = DEFAULT_HOST, port: int = DEF
                        api_key_file=key_file, alias=alias, extra=extra)
     env = dict(os.environ)
     env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in (str(lib_dir), env.get("LD_LIBRARY_PATH", "")) if p)
+    if endpoints:  # a helper that dies aborts llama-server: no gdb backtrace, the error comes at once
+        env["GGML_NO_BACKTRACE"] = "1"
     log = Path(log_file) if log_file else None
     out = open(log, "ab") if log else None
     try:
