@@ -345,9 +345,10 @@ def offload_plan(path: str | Path, endpoints: list[str], ngl: int | None,
     llama.cpp counts n_layer + 1 units (the repeating layers, then the output layer); the first
     n_layer + 1 - ngl stay on the local CPU, the rest go to the offload devices (the RPC servers in
     --rpc order, then local GPUs) in proportion to tensor_split: unit k of the offloaded ones goes to
-    the first device whose cumulative share exceeds k / ngl. Without --ngl, the local backend and each
-    server get an equal share of the repeating layers (the output layer goes with the last server),
-    and tensor_split is those unit counts, so the boundaries fall exactly on layers. With --ngl but
+    the first device whose cumulative share exceeds k / ngl; the output layer is always the last
+    offloaded unit. Without --ngl, the local backend and each server get an equal share of the
+    repeating layers (the output layer goes with the last server, so n_vocab logits come back each
+    token), and tensor_split is those unit counts, so the boundaries fall exactly on layers. With --ngl but
     no --tensor-split the servers share the offloaded units equally (llama.cpp's default would weigh
     them by free memory)."""
     if not endpoints:
