@@ -2,7 +2,10 @@
 two `tritpack-gguf rpc-server`s (local CPU + 2 helpers, an equal share of the layers each), and the
 bytes that cross the wire per token, counted by a relay (plugin/rpc_wire.py) in front of each server.
 
-    .venv/bin/python bench/rpc.py MODEL.gguf [MODEL.gguf ...] [--threads 2] [--out bench/results/rpc.md]
+    .venv/bin/python bench/rpc.py MODEL.gguf [MODEL.gguf ...] [--tiny] [--threads 2] [--out bench/results/rpc.md]
+
+--tiny adds a 3-layer TP4 Llama with n_embd 128 (converters/tiny_model.py, seed 5): its compute is
+next to nothing, so its split-minus-local time per token is the fixed cost of the RPC path itself.
 
 Bytes per token are differences, so that loading the weights cancels out: llama-bench -n 2G minus
 -n G generated tokens, divided by G (decode), and -p 2P minus -p P (prompt), each one run (-r 1)
@@ -54,6 +57,18 @@ def wire_bytes(lib: Path, model: Path, endpoints: list[str], threads: int, *, p:
             r.close()
 
 
+def _tiny(d: Path) -> Path:
+    from gguf import GGMLQuantizationType as Q
+
+    from tritpack_gguf.build import read_stamp
+    from tritpack_gguf.convert import ConvertOptions, convert
+    from tritpack_gguf.converters.tiny_model import Shape, make_llama, vocab_file
+
+    src = read_stamp(tools_dir(0).parent)["source_dir"]
+    raw = make_llama(d / "tiny-raw.gguf", vocab_file(src), Shape(n_layer=3), seed=5, dtype=Q.F16)
+    return Path(convert(raw, ConvertOptions(type="tp4", output=d / "tiny-3layer-TP4.gguf", threads=1)).output)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("models", nargs="+", type=Path)
@@ -62,11 +77,14 @@ def main() -> int:
     ap.add_argument("-n", type=int, default=32)
     ap.add_argument("-r", type=int, default=3)
     ap.add_argument("--out", type=Path, default=Path("bench/results/rpc.md"))
+    ap.add_argument("--tiny", action="store_true", help="add a 3-layer n_embd-128 TP4 model (the fixed RPC cost)")
     a = ap.parse_args()
     lib = tools_dir(0)
     t = a.threads
     logs = Path("/tmp") / f"tritpack-bench-rpc-{int(time.time())}"
     logs.mkdir(parents=True, exist_ok=True)
+    if a.tiny:
+        a.models.append(_tiny(logs))
     servers = [rpc.start_rpc_server(port=0, threads=t, log_file=logs / f"server{i}.log", lib_dir=lib) for i in range(2)]
     eps = [s.endpoint for s in servers]
     rows, wires, cmds = [], [], []

@@ -116,6 +116,24 @@ def test_load_with_rpc(models, servers):
     assert outs[0].stdout == outs[1].stdout and outs[0].stdout.strip()
 
 
+def test_run_and_bench_commands_with_rpc(models, servers):
+    """`run --rpc` prints the single-process greedy text; `bench --rpc` measures the split model."""
+    eps = ",".join(s.endpoint for s in servers)
+    base = [sys.executable, "-m", "tritpack_gguf", "run", str(models["tp1"]), "-p", PROMPT, "-n", "12", "--temp", "0",
+            "--json"]
+    runs = [subprocess.run(base + extra, capture_output=True, text=True, timeout=300) for extra in ([], ["--rpc", eps])]
+    for r in runs:
+        assert r.returncode == 0, r.stderr[-2000:]
+    texts = [json.loads(r.stdout)["text"] for r in runs]
+    assert texts[0] == texts[1] and texts[0]
+
+    from tritpack_gguf.bench import BenchFile, bench
+
+    rep = bench([BenchFile("tp4", models["tp4"])], n_prompt=8, n_gen=4, repetitions=1, threads=1, rpc=eps)
+    assert rep.rows[0].tg_tps and rep.rows[0].tg_tps > 0 and rep.rows[0].pp_tps > 0
+    assert any("RPC servers" in n for n in rep.notes)
+
+
 # ----------------------------------------------------------------------------- mismatches
 
 def _stock(cmd: int, payload: bytes) -> bytes | None:
