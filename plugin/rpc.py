@@ -50,8 +50,8 @@ PROBE_TOLERANCE = 1e-3       # max |remote - expected| / max |expected| (measure
                              # codebook table rotated by one: 0.15)
 PROBE_K, PROBE_M, PROBE_N = 1024, 32, 2  # weights K x M (16 blocks of 64 a row), activations K x N
 NO_AUTH_WARNING = ("warning: ggml's RPC protocol has no authentication and no encryption: anyone who can "
-                   "reach {endpoint} can run code-like graphs on this machine and read its memory buffers. "
-                   "Keep it on a trusted network (or a tunnel).")
+                   "reach {endpoint} can allocate memory here, read and write its buffers and run compute "
+                   "graphs. Keep it on a trusted network (or bind loopback and use an SSH tunnel).")
 
 RPC_HINT = "start the helper with `tritpack-gguf rpc-server` (the patched ggml-rpc-server of this tritpack-gguf)"
 
@@ -167,7 +167,8 @@ def hello(endpoint: str, timeout: float = HELLO_TIMEOUT_S) -> ServerInfo:
 def probe_weights(seed: int = 0x7217):
     """The probe's inputs, the same on every client: weights W (M x K) and activations X (N x K),
     float32, seeded. Gaussian weights with scales varying per 16 make the TP4 quantizer use many of
-    its 16 codebooks and every sub-scale, and the TP1 quantizer every trit. The activations are
+    its 16 codebooks and every sub-scale code (checked: all 16 and all 8), and the TP1 quantizer
+    every trit. The activations are
     integers in [-127, 127] with a +-127 in every 32 values, so that every backend's activation
     quantization (8-bit with a scale per 32 on CUDA, per 256 or int16 per 64 on the CPU) is exact or
     nearly so: the remote result then equals the float64 product up to summation rounding, and any
