@@ -166,10 +166,9 @@ def hello(endpoint: str, timeout: float = HELLO_TIMEOUT_S) -> ServerInfo:
 
 def probe_weights(seed: int = 0x7217):
     """The probe's inputs, the same on every client: weights W (M x K) and activations X (N x K),
-    float32, seeded. Gaussian weights with scales varying per 16 make the TP4 quantizer use many of
-    its 16 codebooks and every sub-scale code (checked: all 16 and all 8), and the TP1 quantizer
-    every trit. The activations are
-    integers in [-127, 127] with a +-127 in every 32 values, so that every backend's activation
+    float32, seeded. Gaussian weights with scales varying per 16 make the TP4 quantizer use all 16
+    codebooks and all 8 sub-scale codes (checked), and the TP1 quantizer every trit. The activations
+    are integers in [-127, 127] with a +-127 in every 32 values, so that every backend's activation
     quantization (8-bit with a scale per 32 on CUDA, per 256 or int16 per 64 on the CPU) is exact or
     nearly so: the remote result then equals the float64 product up to summation rounding, and any
     difference in what the weight bytes mean shows at full size."""
