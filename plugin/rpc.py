@@ -46,6 +46,7 @@ RPC_CMD_DEVICE_COUNT = 15
 RPC_CONN_CAPS_SIZE = 24      # transport.h
 HELLO_TIMEOUT_S = 5.0
 PROBE_TIMEOUT_S = 120.0
+STALL_S = 120.0              # run --rpc: no generated token for this long is an error (a helper gone silent)
 PROBE_TOLERANCE = 1e-3       # max |remote - expected| / max |expected| (measured: 1e-5 on the CPU; a
                              # codebook table rotated by one: 0.15)
 PROBE_K, PROBE_M, PROBE_N = 1024, 32, 2  # weights K x M (16 blocks of 64 a row), activations K x N
@@ -419,7 +420,7 @@ def explain_failure(e: TritpackError, endpoints: list[str]) -> TritpackError:
     if not endpoints:
         return e
     dead = which_died(endpoints)
-    if dead or "Remote RPC server" in e.message:
+    if dead or "Remote RPC server" in e.message or "made no progress" in e.message:
         who = ", ".join(dead) if dead else "one of " + ", ".join(endpoints)
         e.message = (f"RPC server {who} stopped answering (the helper died or the network dropped); "
                      f"{e.message}")

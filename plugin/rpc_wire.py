@@ -5,7 +5,8 @@ ggml-rpc-server), byte for byte. It counts the bytes in each direction (what a s
 the network: bench/rpc_wire.py turns that into bytes per token for docs/distributed.md), and it
 parses the client's side into commands (| cmd: 1 byte | size: 8 bytes | payload |, ggml-rpc.cpp), so
 that `inspect(cmd, payload)` may rewrite a payload or end the connection (return None), the way a
-server that refuses a command does. The tests use that to stand in for servers that do not share
+server that refuses a command does; `frozen.set()` holds all traffic with the connections left open,
+the way a host that lost power or network looks to its peer. The tests use that to stand in for servers that do not share
 our type table without building a second llama.cpp.
 """
 
@@ -73,6 +74,7 @@ class Relay:
         self._srv = socket.create_server((host, 0))
         self.endpoint = f"{host}:{self._srv.getsockname()[1]}"
         self._stop = threading.Event()
+        self.frozen = threading.Event()  # set: hold every byte, keep the connections open (a host gone silent)
         self._threads: list[threading.Thread] = []
         self._socks: list[socket.socket] = []
 
@@ -117,6 +119,10 @@ class Relay:
                 t.start()
                 self._threads.append(t)
 
+    def _hold(self) -> None:
+        while self.frozen.is_set() and not self._stop.is_set():
+            self._stop.wait(0.05)
+
     @staticmethod
     def _recv_exact(s: socket.socket, n: int) -> bytes | None:
         buf = bytearray()
@@ -149,6 +155,7 @@ class Relay:
                 if payload is None:
                     break
                 name = CMD_NAMES[cmd] if cmd < len(CMD_NAMES) else str(cmd)
+                self._hold()
                 if self.inspect is not None:
                     new = self.inspect(cmd, payload)
                     if new is None:  # refuse, as a server does: close the connection
@@ -170,6 +177,7 @@ class Relay:
                 chunk = src.recv(1 << 20)
                 if not chunk:
                     break
+                self._hold()
                 with self._lock:
                     self.received += len(chunk)
                 dst.sendall(chunk)

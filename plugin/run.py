@@ -112,12 +112,14 @@ def context_size(path: str | Path, wanted: int = DEFAULT_CTX, *, header=None) ->
 def generate(model: str | Path, prompt: str | list[dict], *, n: int = 64, ngl: int = 0, chat: bool = False,
              seed: int | None = None, temp: float = 0.8, top_k: int = 40, top_p: float = 0.95,
              threads: int | None = None, ctx: int = DEFAULT_CTX, on_text: Callable[[str], None] = lambda s: None,
-             llm=None, rpc: str | list[str] | None = None, tensor_split: str | list[float] | None = None) -> RunStats:
+             llm=None, rpc: str | list[str] | None = None, tensor_split: str | list[float] | None = None,
+             rpc_stall_s: float | None = None) -> RunStats:
     """Generate up to n tokens after `prompt` (with `chat`, a user message or a list of chat messages
     rendered by the model's chat template), calling on_text with each piece as it comes.
     `llm`: a model already opened in this process (runtime.load()), used here; else the file is
     checked, then opened and run in a child process (see llama_child.py). `rpc`: HOST:PORT of
-    `tritpack-gguf rpc-server` helpers to split the layers with (checked first, see rpc.py)."""
+    `tritpack-gguf rpc-server` helpers to split the layers with (checked first, see rpc.py); then
+    no token for `rpc_stall_s` seconds (default rpc.STALL_S) while generating is an error, not a hang."""
     from .llama_child import LlamaChild
     from .runtime import check_model
 
@@ -136,7 +138,8 @@ def generate(model: str | Path, prompt: str | list[dict], *, n: int = 64, ngl: i
         with LlamaChild() as child:
             try:
                 stats = child.call("tritpack_gguf.run:_generate_in_child", path, prompt, opened, sampling,
-                                   path=path, stage="loading the model", on_text=on_text)
+                                   path=path, stage="loading the model", on_text=on_text,
+                                   stall_s=_rpc_stall(endpoints, rpc_stall_s))
             except TritpackError as e:
                 raise _rpc_failure(e, endpoints) from None
     stats.gpu_layers, stats.gpu_note = ngl, note
@@ -161,6 +164,14 @@ def _rpc_opened(endpoints: list[str], tensor_split: str | list[float] | None) ->
     from .rpc import parse_tensor_split
 
     return dict(rpc=endpoints, tensor_split=parse_tensor_split(tensor_split), rpc_check=False)
+
+
+def _rpc_stall(endpoints: list[str], stall_s: float | None) -> float | None:
+    if not endpoints:
+        return None
+    from .rpc import STALL_S
+
+    return stall_s or STALL_S
 
 
 def _rpc_failure(e: TritpackError, endpoints: list[str]) -> TritpackError:
@@ -263,7 +274,8 @@ class ChatSession:
         sampling = dict(n=n, chat=True, seed=seed, temp=temp, top_k=top_k, top_p=top_p)
         try:
             stats = self._child.call("tritpack_gguf.run:_chat_turn", self.path, messages, sampling, path=self.path,
-                                     stage="reading the conversation", on_text=on_text)
+                                     stage="reading the conversation", on_text=on_text,
+                                     stall_s=_rpc_stall(self._endpoints, None))
         except TritpackError as e:
             raise _rpc_failure(e, self._endpoints) from None
         stats.load_s, stats.gpu_layers = self.load_s, ngl

@@ -263,6 +263,30 @@ def test_killed_helper_mid_generation_run(models, lib_dir, tmp_path, servers):
     assert f"RPC server {victim.endpoint} stopped answering" in msg and servers[0].endpoint not in msg, msg
 
 
+def test_silent_helper_mid_generation_run(models, servers):
+    """A helper host that goes silent without closing its connection (power or network lost: its
+    peer sees nothing) is an error after rpc_stall_s without a token, not a hang."""
+    from tritpack_gguf.run import generate
+
+    stall = 3.0
+    with Relay(servers[1].endpoint) as silent:
+        state = {"pieces": 0, "t": None}
+
+        def on_text(_piece: str) -> None:
+            state["pieces"] += 1
+            if state["pieces"] == 3:
+                state["t"] = time.monotonic()
+                silent.frozen.set()
+
+        with pytest.raises(TritpackError) as e:
+            generate(models["tp4"], "Hello there", n=200, temp=0, rpc=[servers[0].endpoint, silent.endpoint],
+                     on_text=on_text, rpc_stall_s=stall)
+        took = time.monotonic() - state["t"]
+    msg = str(e.value)
+    assert stall <= took < stall + 10, took
+    assert "stopped answering" in msg and f"no progress for {stall:g} s while generating" in msg, msg
+
+
 def _post(port: int, n: int) -> str:
     body = json.dumps({"prompt": "Hello", "max_tokens": n, "temperature": 0}).encode()
     req = urllib.request.Request(f"http://127.0.0.1:{port}/v1/completions", body, {"Content-Type": "application/json"})
