@@ -54,7 +54,7 @@ NO_AUTH_WARNING = ("warning: ggml's RPC protocol has no authentication and no en
                    "reach {endpoint} can allocate memory here, read and write its buffers and run compute "
                    "graphs. Keep it on a trusted network (or bind loopback and use an SSH tunnel).")
 
-RPC_HINT = "start the helper with `tritpack-gguf rpc-server` (the patched ggml-rpc-server of this tritpack-gguf)"
+RPC_HINT = "start the helper with `tritpack-gguf rpc-server`, the patched ggml-rpc-server of this tritpack-gguf"
 
 
 # ----------------------------------------------------------------------------- endpoints
