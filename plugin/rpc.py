@@ -424,7 +424,7 @@ def explain_failure(e: TritpackError, endpoints: list[str]) -> TritpackError:
         who = ", ".join(dead) if dead else "one of " + ", ".join(endpoints)
         e.message = (f"RPC server {who} stopped answering (the helper died or the network dropped); "
                      f"{e.message}")
-        e.hint = e.hint or "restart the helper (`tritpack-gguf rpc-server`) and run again"
+        e.hint = e.hint or "restart the helper with `tritpack-gguf rpc-server` and run again"
     return e
 
 
