@@ -83,7 +83,8 @@ def load(path: str | Path, *, rpc: str | list[str] | None = None, tensor_split: 
     between this process and them (rpc.offload_plan(): without n_gpu_layers, an equal share each;
     `tensor_split` as llama.cpp's --tensor-split). Each helper is checked first (rpc.check_servers():
     a stock server or another type table is a TritpackError naming it); `rpc_check=False` skips that
-    when the caller has just checked."""
+    when the caller has just checked. The helpers stay registered as devices of this process (llama.cpp
+    has no way to drop one): a later load() with n_gpu_layers but without rpc would use them too."""
     d = activate()
     p = Path(path)
     if not p.is_file():
