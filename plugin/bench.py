@@ -245,9 +245,11 @@ def run_llama_bench(lib_dir: Path, files: list[Path], *, n_prompt: int, n_gen: i
 def bench(files: list[BenchFile], *, n_prompt: int = 512, n_gen: int = 128, ngl: int = 0,
           threads: int | None = None, repetitions: int = 5, baseline: str | None = None,
           quality: dict[str, float] | None = None, quality_metric: str | None = None,
-          energy: bool | None = None, progress: Progress = _quiet) -> BenchReport:
+          energy: bool | None = None, progress: Progress = _quiet, rpc: str | list[str] | None = None,
+          tensor_split: str | list[float] | None = None) -> BenchReport:
     """Benchmark `files` with the patched llama-bench. `energy`: sample GPU board power (default: when
-    ngl > 0 and nvidia-smi is on PATH); each file's prompt and decode tests then run separately."""
+    ngl > 0 and nvidia-smi is on PATH); each file's prompt and decode tests then run separately.
+    `rpc`: HOST:PORT of `tritpack-gguf rpc-server` helpers to split each model with (checked first)."""
     from .runtime import gpu_backends
 
     if n_prompt < 0 or n_gen < 0 or (n_prompt == 0 and n_gen == 0):
@@ -259,7 +261,14 @@ def bench(files: list[BenchFile], *, n_prompt: int = 512, n_gen: int = 128, ngl:
             raise TritpackError("no such file", path=f.path)
     lib_dir = tools_dir(ngl)
     notes = []
-    if ngl and not gpu_backends(lib_dir):
+    endpoints: list[str] = []
+    if rpc:
+        from .rpc import check_servers, parse_endpoints
+
+        endpoints = parse_endpoints(rpc)
+        check_servers(endpoints, lib_dir)
+        notes.append(f"layers split with the RPC servers {', '.join(endpoints)} (docs/distributed.md)")
+    if ngl and not endpoints and not gpu_backends(lib_dir):
         notes.append(f"--ngl {ngl}: the library has no GPU backend, every layer ran on the CPU "
                      "(`tritpack-gguf build --cuda`)")
     sampler = PowerSampler()
@@ -281,6 +290,12 @@ def bench(files: list[BenchFile], *, n_prompt: int = 512, n_gen: int = 128, ngl:
     for i, f in enumerate(files):
         progress(f"benchmarking {f.label}", i, len(files))
         common = dict(ngl=ngl, threads=threads, repetitions=repetitions)
+        if endpoints or tensor_split:
+            from .rpc import llama_args, offload_plan, parse_tensor_split
+
+            f_ngl, split = offload_plan(f.path, endpoints, ngl, parse_tensor_split(tensor_split))
+            common.update(ngl=f_ngl, extra=llama_args(endpoints, f_ngl, split) if endpoints
+                          else ["-ts", "/".join(f"{v:g}" for v in split or [])])
         if energy:
             got = []
             watts = {}

@@ -32,24 +32,51 @@ def activate(lib_dir: str | Path | None = None) -> Path:
     return d
 
 
-def load(path: str | Path, **kwargs):
+def load(path: str | Path, *, rpc: str | list[str] | None = None, tensor_split: str | list[float] | None = None,
+         rpc_check: bool = True, **kwargs):
     """Open a GGUF (TritPack or stock) with llama_cpp.Llama on the patched library. Every keyword of
     llama_cpp.Llama passes through (n_gpu_layers, n_ctx, ...); `verbose` defaults to False.
 
     A file with a tensor type the library does not know fails before llama.cpp sees it, with a
-    TritpackError that says which build to make."""
+    TritpackError that says which build to make.
+
+    `rpc`: 'HOST:PORT[,HOST:PORT...]' of `tritpack-gguf rpc-server` helpers; the layers are split
+    between this process and them (rpc.offload_plan(): without n_gpu_layers, an equal share each;
+    `tensor_split` as llama.cpp's --tensor-split). Each helper is checked first (rpc.check_servers():
+    a stock server or another type table is a TritpackError naming it); `rpc_check=False` skips that
+    when the caller has just checked. The helpers stay registered as devices of this process (llama.cpp
+    has no way to drop one): a later load() with n_gpu_layers but without rpc would use them too."""
     d = activate()
     p = Path(path)
     if not p.is_file():
         raise TritpackError("no such file", path=p)
     check_types_supported(p, d)
-    if kwargs.get("n_gpu_layers") and not gpu_backends(d):
+    endpoints: list[str] = []
+    if rpc:
+        from .rpc import check_servers, offload_plan, parse_endpoints, parse_tensor_split
+
+        endpoints = parse_endpoints(rpc)
+        if rpc_check:
+            check_servers(endpoints, d)
+        ngl, split = offload_plan(p, endpoints, kwargs.get("n_gpu_layers"), parse_tensor_split(tensor_split))
+        kwargs["n_gpu_layers"] = ngl
+        if split:
+            kwargs["tensor_split"] = split
+    elif tensor_split is not None:
+        from .rpc import parse_tensor_split
+
+        kwargs["tensor_split"] = parse_tensor_split(tensor_split)
+    if kwargs.get("n_gpu_layers") and not endpoints and not gpu_backends(d):
         warnings.warn(f"n_gpu_layers={kwargs['n_gpu_layers']} but the library in {d} has no GPU backend: "
                       "every layer runs on the CPU (run `tritpack-gguf build --cuda` for NVIDIA GPUs)",
                       stacklevel=2)
     kwargs.setdefault("verbose", False)
     import llama_cpp
 
+    if endpoints:
+        from .rpc import attach
+
+        attach(endpoints, d)
     return llama_cpp.Llama(model_path=str(p), **kwargs)
 
 

@@ -252,28 +252,42 @@ class GreedyRun:
 
 
 def greedy_run(path: str | Path, prompt_tokens: list[int], n: int, *, ngl: int = 0,
-               threads: int | None = None, child=None) -> GreedyRun:
+               threads: int | None = None, child=None, rpc: list[str] | None = None,
+               tensor_split: list[float] | None = None) -> GreedyRun:
     """Feed `prompt_tokens`, then take n argmax tokens; every position's logits are kept. Runs in
-    `child` (a llama_child.LlamaChild), else in a child process of its own."""
+    `child` (a llama_child.LlamaChild), else in a child process of its own. `rpc`: endpoints of
+    RPC helpers to split the layers with (checked first, see rpc.check_servers)."""
     if child is None:
         from .llama_child import LlamaChild
 
         with LlamaChild() as c:
-            return greedy_run(path, prompt_tokens, n, ngl=ngl, threads=threads, child=c)
-    return child.call("tritpack_gguf.verify:_greedy_run_here", Path(path), list(prompt_tokens), n, ngl=ngl,
-                      threads=threads, path=path, stage="loading the model")
+            return greedy_run(path, prompt_tokens, n, ngl=ngl, threads=threads, child=c, rpc=rpc,
+                              tensor_split=tensor_split)
+    split = {}
+    if rpc:
+        from .rpc import check_servers, explain_failure, parse_endpoints
+
+        rpc = parse_endpoints(rpc)
+        check_servers(rpc)
+        split = dict(rpc=rpc, tensor_split=tensor_split)
+    try:
+        return child.call("tritpack_gguf.verify:_greedy_run_here", Path(path), list(prompt_tokens), n, ngl=ngl,
+                          threads=threads, path=path, stage="loading the model", **split)
+    except TritpackError as e:
+        raise explain_failure(e, rpc) if rpc else e
 
 
 def _greedy_run_here(path: Path, prompt_tokens: list[int], n: int, *, ngl: int = 0, threads: int | None = None,
-                     emit=_quiet) -> GreedyRun:
+                     emit=_quiet, rpc: list[str] | None = None, tensor_split: list[float] | None = None) -> GreedyRun:
     """greedy_run() in the process that holds llama.cpp."""
     from .run import open_model_here
 
     n_ctx = max(64, len(prompt_tokens) + n + 8)
     t0 = time.perf_counter()
+    split = dict(rpc=rpc, tensor_split=tensor_split, rpc_check=False) if rpc else {}
     llm = open_model_here(path, emit, n_ctx=n_ctx, n_batch=max(32, len(prompt_tokens)),
                           n_ubatch=max(32, len(prompt_tokens)), logits_all=True, n_gpu_layers=ngl,
-                          n_threads=threads, n_threads_batch=threads, seed=0)
+                          n_threads=threads, n_threads_batch=threads, seed=0, **split)
     load_s = time.perf_counter() - t0
     try:
         if llm.n_vocab() <= 0:
@@ -402,7 +416,8 @@ def compare(model: GreedyRun, ref: GreedyRun) -> dict:
 
 def verify(model: str | Path, *, reference: str | Path | None = None, prompt: str = DEFAULT_PROMPT, n: int = 16,
            ngl: int = 0, threads: int | None = None, check_data: bool = False, all_f32: bool = False,
-           save_reference: str | Path | None = None, progress: Progress = _quiet) -> VerifyReport:
+           save_reference: str | Path | None = None, progress: Progress = _quiet,
+           rpc: str | list[str] | None = None, tensor_split: str | list[float] | None = None) -> VerifyReport:
     """Compare `model` with `reference` (default: its own F32 reference, made in a temporary folder,
     kept at `save_reference` when given). The report's `failures` is empty when it passes."""
     t_start = time.perf_counter()
@@ -439,9 +454,14 @@ def verify(model: str | Path, *, reference: str | Path | None = None, prompt: st
             raise TritpackError("the reference tokenizes the prompt differently: it is not a reference of this model",
                                 path=ref_path)
         progress("reference: evaluating", 0, 2)
-        ref = greedy_run(ref_path, tokens, n, ngl=ngl, threads=threads, child=child)
+        split = {}
+        if rpc:  # both models split over the RPC helpers (`verify --rpc`)
+            from .rpc import parse_endpoints, parse_tensor_split
+
+            split = dict(rpc=parse_endpoints(rpc), tensor_split=parse_tensor_split(tensor_split))
+        ref = greedy_run(ref_path, tokens, n, ngl=ngl, threads=threads, child=child, **split)
         progress("model: evaluating", 1, 2)
-        got = greedy_run(model, tokens, n, ngl=ngl, threads=threads, child=child)
+        got = greedy_run(model, tokens, n, ngl=ngl, threads=threads, child=child, **split)
     if got.prompt_logits.shape[1] != ref.prompt_logits.shape[1]:
         raise TritpackError(f"the reference has {ref.prompt_logits.shape[1]} logits a token and the model "
                             f"{got.prompt_logits.shape[1]}: it is not a reference of this model", path=ref_path)

@@ -9,7 +9,7 @@ import typer
 
 from .. import bench as _bench
 from ..errors import TritpackError
-from ._common import JsonOpt, ThreadsOpt, print_json, progress_bar
+from ._common import JsonOpt, RpcOpt, TensorSplitOpt, ThreadsOpt, print_json, progress_bar
 from ._report import mb
 
 
@@ -71,6 +71,8 @@ def bench_command(
     energy: Annotated[bool | None, typer.Option("--energy/--no-energy", help="Sample GPU board power with nvidia-smi (default: on with --ngl when nvidia-smi is present).")] = None,
     work_dir: Annotated[Path | None, typer.Option("--work-dir", help="Keep the files --types makes here (default: a temporary folder).")] = None,
     threads: ThreadsOpt = None,
+    rpc: RpcOpt = None,
+    tensor_split: TensorSplitOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Benchmark prompt and decode speed with the patched llama-bench: size, bits per weight,
@@ -87,7 +89,7 @@ def bench_command(
             files = [_bench.BenchFile(m.name if labels.count(m.name) == 1 else str(m), m) for m in models]
         r = _bench.bench(files, n_prompt=n_prompt, n_gen=n_gen, ngl=ngl, threads=threads, repetitions=repetitions,
                          baseline=baseline, quality=q[1] if q else None, quality_metric=q[0] if q else None,
-                         energy=energy, progress=update)
+                         energy=energy, progress=update, rpc=rpc, tensor_split=tensor_split)
     if plot is not None:
         r.plot = str(_bench.plot_report(r, plot))
     if json_out:

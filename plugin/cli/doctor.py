@@ -69,6 +69,7 @@ def diagnose() -> dict:
     lib["types"] = [{"id": t.id, "name": g.type_name(t.id), "block": g.block_size(t.id), "bytes": g.type_size(t.id),
                      "bpw": round(8 * g.type_size(t.id) / g.block_size(t.id), 4)}
                     for t in TRITPACK_TYPES if g.knows(t.id)]
+    lib["rpc"] = (lib_dir / "libggml-rpc.so").is_file() and (lib_dir / "ggml-rpc-server").is_file()
     report["library"] = lib
     if not g.is_patched:
         missing.append({"what": "the library is not patched by tritpack-gguf", "fix": "tritpack-gguf build"})
@@ -152,6 +153,8 @@ def _print_human(r: dict) -> None:
         echo(f"  CPU: {' '.join(lib['backends']['cpu']) or 'generic'}")
         if "cuda" in lib["backends"]:
             echo(f"  CUDA: architectures {lib['backends']['cuda']['archs']}")
+        if "rpc" in lib:
+            echo(f"  RPC: {'yes (rpc-server, --rpc; docs/distributed.md)' if lib['rpc'] else 'no (tritpack-gguf build)'}")
         for t in lib["types"]:
             echo(f"  type {t['name']} (id {t['id']}): {t['block']} weights in {t['bytes']} bytes = {t['bpw']} bpw")
     page = r.get("chat_page")

@@ -9,7 +9,7 @@ import typer
 
 from .. import serve as _serve
 from ..errors import TritpackError
-from ._common import ThreadsOpt
+from ._common import RpcOpt, TensorSplitOpt, ThreadsOpt
 
 
 def serve_command(
@@ -23,6 +23,8 @@ def serve_command(
     alias: Annotated[str | None, typer.Option("--alias", help="Model name the API reports (default: the file's stem).")] = None,
     threads: ThreadsOpt = None,
     no_ui: Annotated[bool, typer.Option("--no-ui", help="No chat page at / (the API only).")] = False,
+    rpc: RpcOpt = None,
+    tensor_split: TensorSplitOpt = None,
 ) -> None:
     """Serve a model over HTTP with llama-server's OpenAI-compatible API; Ctrl-C (or SIGTERM) stops it."""
     if port < 0 or port > 65535:
@@ -50,7 +52,7 @@ def serve_command(
 
     code = _serve.serve(model, host=host, port=port, ngl=ngl, ctx=ctx, threads=threads, api_key=api_key,
                         alias=alias, extra=(["--no-ui"] if no_ui else []) + list(extra or []),
-                        on_start=started, on_ready=ready)
+                        on_start=started, on_ready=ready, rpc=rpc, tensor_split=tensor_split)
     typer.echo("llama-server stopped", err=True)
     if code:
         raise typer.Exit(code)
