@@ -214,13 +214,14 @@ def _probe_device(lib_dir: Path, endpoint: str, device: int, say) -> list[dict]:
     product of the same bytes dequantized by this library."""
     import numpy as np
 
-    from .ggml_lib import TYPE_TP1, TYPE_TP4, load_ggml
+    from .converters.gguf_types import TP1, TP4
+    from .ggml_lib import load_ggml
 
     gl = load_ggml(lib_dir)
     g, r = _bind(lib_dir)
     w, x = probe_weights()
     out = []
-    for name, t in (("TP1", TYPE_TP1), ("TP4", TYPE_TP4)):
+    for name, t in (("TP1", TP1.id), ("TP4", TP4.id)):
         q = gl.quantize_chunk(t, w)
         expected = (x.astype(np.float64) @ gl.dequantize(t, q).astype(np.float64).T)  # N x M
         say(f"{name} on device {device}")
@@ -450,7 +451,7 @@ def start_rpc_server(*, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, devi
     `allow_network`: the protocol has no authentication or encryption."""
     from .bench import tools_dir
     from .serve import _check_port, _die_with_parent, free_port, is_loopback
-    from .runtime import tritpack_version_of
+    from .ggml_lib import tritpack_version_of
 
     if not is_loopback(host) and not allow_network:
         raise TritpackError(f"--host {host} would expose the RPC server beyond this machine",

@@ -376,3 +376,68 @@ def test_rpc_server_command_serves(lib_dir, tmp_path, models):
     assert p.returncode == 0, err
     assert f"listening on {ep}" in err and "rpc-server stopped" in err
     assert (tmp_path / "cache" / "rpc").is_dir()
+
+
+def test_ollama_serve_with_rpc(models, lib_dir, tmp_path):
+    """`ollama serve --rpc`: the model a client names is split with the helpers, and the official
+    ollama client's greedy reply is the one a single-process server gives. Helpers of its own: a
+    ggml-rpc-server serves one client at a time, and other tests kill theirs."""
+    import httpx
+    import ollama
+    from typer.testing import CliRunner
+
+    from tritpack_gguf.cli import ollama as ol_cli
+    from tritpack_gguf.serve import free_port
+
+    helpers = [_one_server(lib_dir, tmp_path, f"ollama-helper{i}") for i in range(2)]
+    eps = ",".join(s.endpoint for s in helpers)
+    replies = []
+    try:
+        for extra in ([], ["--rpc", eps]):
+            port = free_port()
+            url = f"http://127.0.0.1:{port}"
+            log = tmp_path / f"ollama-{port}.log"
+            proc = subprocess.Popen([sys.executable, "-m", "tritpack_gguf.cli", "ollama", "serve", "--port", str(port),
+                                     "--models-dir", str(tmp_path / f"reg-{port}"), "-t", "1", "--ctx", "256", *extra],
+                                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=open(log, "wb"),
+                                    start_new_session=True)
+            try:
+                t_end = time.monotonic() + 60
+                while True:
+                    assert proc.poll() is None and time.monotonic() < t_end, log.read_text()
+                    try:
+                        if httpx.get(url, timeout=2).text == "Ollama is running":
+                            break
+                    except httpx.TransportError:
+                        time.sleep(0.1)
+                res = CliRunner().invoke(ol_cli.app, ["create", "m", str(models["tp4"]), "--compat", "native",
+                                                      "--host", url])
+                assert res.exit_code == 0, res.output
+                r = ollama.Client(host=url.removeprefix("http://"), timeout=120).generate(
+                    model="m", prompt=PROMPT, options={"temperature": 0, "num_predict": N, "seed": 1})
+                assert r.done and r.eval_count == N, r
+                replies.append(r.response)
+                if extra:  # the llama-server child was started with the helpers
+                    assert any(eps in " ".join(Path(f"/proc/{k}/cmdline").read_bytes().decode().split("\0"))
+                               for k in _descendants(proc.pid)), log.read_text()[-2000:]
+            finally:
+                proc.terminate()
+                proc.wait(timeout=30)
+    finally:
+        for h in helpers:
+            h.stop()
+    assert replies[0] == replies[1] and replies[0]
+
+
+def _descendants(pid: int) -> list[int]:
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        for task in Path(f"/proc/{p}/task").glob("*"):
+            try:
+                kids = [int(x) for x in (task / "children").read_text().split()]
+            except OSError:
+                kids = []
+            out += kids
+            todo += kids
+    return out

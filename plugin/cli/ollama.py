@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from .. import ollama as _ollama
-from ._common import JsonOpt, ThreadsOpt, print_json, progress_bar
+from ._common import JsonOpt, RpcOpt, TensorSplitOpt, ThreadsOpt, print_json, progress_bar
 
 app = typer.Typer(help="Ollama: list local models with estimated TP sizes; register a GGUF with a server; serve the Ollama API.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
@@ -102,6 +102,8 @@ def serve_command(
     max_loaded: Annotated[int, typer.Option("--max-loaded", envvar="OLLAMA_MAX_LOADED_MODELS", help="Models loaded at once (the least recently used idle one is unloaded).")] = 3,
     ngl: Annotated[int, typer.Option("--ngl", help="Layers on the GPU (default num_gpu).")] = 0,
     threads: ThreadsOpt = None,
+    rpc: RpcOpt = None,
+    tensor_split: TensorSplitOpt = None,
 ) -> None:
     """Ollama's API in front of the patched llama-server: `OLLAMA_HOST=127.0.0.1:11435 ollama run NAME` runs TP1/TP4 files."""
     from .. import ollama_server as _srv
@@ -112,7 +114,8 @@ def serve_command(
     except _srv.ApiError:
         raise TritpackError(f"invalid --keep-alive {keep_alive!r}", hint="e.g. 5m, 30s, 1h or -1") from None
     cfg = _srv.ServerConfig(host=host, port=port, upstream=upstream, models_dir=models_dir, ctx=ctx, parallel=parallel,
-                            threads=threads, ngl=ngl, keep_alive=ka, max_loaded=max_loaded)
+                            threads=threads, ngl=ngl, keep_alive=ka, max_loaded=max_loaded,
+                            rpc=rpc, tensor_split=tensor_split)
     for w in _srv.check_config(cfg, allow_network=allow_network):
         typer.echo(f"warning: {w}", err=True)
 

@@ -41,6 +41,8 @@ class ServerConfig:
     ngl: int = 0
     keep_alive: float = 300.0
     max_loaded: int = 3
+    rpc: str | None = None            # HOST:PORT[,...] of rpc-server helpers every model is split with
+    tensor_split: str | None = None
 
 
 class _ToUpstream(Exception):
@@ -722,7 +724,8 @@ def make_app(cfg: ServerConfig, registry: Registry, log_dir: Path) -> web.Applic
                                         connector=aiohttp.TCPConnector(limit=0, force_close=True))
         app[SESSION] = session
         runners = Runners(session=session, log_dir=log_dir, ctx=cfg.ctx, parallel=cfg.parallel, threads=cfg.threads,
-                          ngl=cfg.ngl, keep_alive=cfg.keep_alive, max_loaded=cfg.max_loaded)
+                          ngl=cfg.ngl, keep_alive=cfg.keep_alive, max_loaded=cfg.max_loaded,
+                          rpc=cfg.rpc, tensor_split=cfg.tensor_split)
         app[RUNNERS] = runners
         runners.start_reaper()
 

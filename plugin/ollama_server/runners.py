@@ -85,12 +85,14 @@ def _slug(s: str) -> str:
 
 class Runners:
     def __init__(self, *, session: aiohttp.ClientSession, log_dir: Path, ctx: int, parallel: int,
-                 threads: int | None, ngl: int, keep_alive: float, max_loaded: int) -> None:
+                 threads: int | None, ngl: int, keep_alive: float, max_loaded: int,
+                 rpc: str | None = None, tensor_split: str | None = None) -> None:
         self.session = session
         self.log_dir = log_dir
         self.ctx, self.parallel, self.threads, self.ngl = ctx, parallel, threads, ngl
         self.keep_alive = keep_alive
         self.max_loaded = max_loaded
+        self.rpc, self.tensor_split = rpc, tensor_split   # every model split with these helpers (rpc.py)
         self._runners: dict[tuple[str, str], Runner] = {}
         self._locks: dict[tuple[str, str], asyncio.Lock] = {}
         self._reaper: asyncio.Task | None = None
@@ -168,7 +170,8 @@ class Runners:
             extra += ["-b", str(spec.batch)]
         try:
             server = start_server(m.blob, host="127.0.0.1", port=0, ngl=spec.ngl, ctx=spec.ctx, threads=spec.threads,
-                                  alias=m.short, extra=extra, log_file=log, parallel=spec.parallel)
+                                  alias=m.short, extra=extra, log_file=log, parallel=spec.parallel,
+                                  rpc=self.rpc, tensor_split=self.tensor_split)
         except TritpackError as e:
             raise ApiError(500, f"cannot load {m.short!r}: {e}") from None
         r = Runner((m.short.lower(), spec.mode), m, facts, spec, server)
