@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.tritpack-installed
 
-.PHONY: setup build test demo clean-venv
+.PHONY: setup build browser test demo clean-venv
 .DEFAULT_GOAL := test
 
 setup: $(STAMP)
@@ -20,7 +20,17 @@ $(STAMP): pyproject.toml
 build: setup
 	$(BIN)/tritpack-gguf build
 
-test: build
+# The browser that tests/test_webui.py drives: Debian's chromium and its chromedriver (same version),
+# installed once with apt-get; where that cannot be done the test says so and skips.
+browser:
+	@if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "installing chromium and chromium-driver with apt-get (the web page test)"; \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+	    chromium chromium-driver >/dev/null; } || echo "note: apt-get could not install chromium; the web page test will skip"; \
+	else echo "note: no chromium here and no root apt-get to install it; the web page test will skip"; fi
+
+test: build browser
 	$(BIN)/python -m pytest tests
 
 demo: build

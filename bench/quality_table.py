@@ -242,7 +242,7 @@ def to_f32(src_path: Path, out: Path) -> Path:
         return out
     from gguf import GGMLQuantizationType as Q
 
-    from tritpack_gguf.converters.reader import rewrite_tensors
+    from tritpack_gguf.converters.writer import rewrite_tensors
 
     def values(t, raw):
         return np.frombuffer(raw.tobytes(), dtype=np.float32 if t.type == Q.F32 else np.float16).reshape(t.shape).astype(np.float32)
@@ -280,7 +280,7 @@ def rewrite(src_path: Path, out: Path, fn) -> Path:
     """Copy a GGUF of F16/F32 tensors with each tensor's values replaced by fn(name, array)."""
     from gguf import GGMLQuantizationType as Q
 
-    from tritpack_gguf.converters.reader import rewrite_tensors
+    from tritpack_gguf.converters.writer import rewrite_tensors
 
     def values(t, raw):
         a = np.frombuffer(raw.tobytes(), dtype=np.float32 if t.type == Q.F32 else np.float16).reshape(t.shape)
@@ -527,20 +527,19 @@ def goals(rows: dict[str, dict], error, name: str, spec: str) -> list[str]:
 
 
 def plot(sm: dict[str, dict], ml: dict[str, dict], path: Path) -> None:
-    from bench_plot import scatter_png
+    """The Pareto picture: error (log) against bits per weight, ours red, llama.cpp's blue, hollow without
+    an imatrix."""
+    from tritpack_gguf.plot import Panel, Point, scatter
 
-    panels = []
-    if sm:
-        panels.append(("SmolLM2-135M: KL divergence to F16 vs size", "bits per weight (all tensors)",
-                       "mean KL divergence (log)",
-                       [(k, r["bpw"], r["kld_mean"], r["maker"], r["imatrix"]) for k, r in sm.items()
-                        if "error" not in r and r["maker"] != "reference"]))
-    if ml:
-        panels.append(("all-MiniLM-L6-v2: embedding error vs size", "bits per weight (all tensors)",
-                       "1 - mean cosine (log)",
-                       [(k, r["bpw"], 1.0 - r["cos_mean"], r["maker"], r["imatrix"]) for k, r in ml.items()
-                        if "error" not in r and r["maker"] != "reference"]))
-    scatter_png(panels, path)
+    def points(rows: dict[str, dict], err) -> list[Point]:
+        return [Point(k.replace(" +imat", "*"), r["bpw"], err(r), r["maker"] == "tritpack", bool(r["imatrix"]))
+                for k, r in rows.items() if "error" not in r and r["maker"] != "reference"]
+
+    panels = [Panel("SmolLM2-135M: KL divergence to F16 vs size", "bits per weight (all tensors)",
+                    "mean KL divergence (log)", points(sm, lambda r: r["kld_mean"]), ylog=True, legend=True),
+              Panel("all-MiniLM-L6-v2: embedding error vs size", "bits per weight (all tensors)",
+                    "1 - mean cosine (log)", points(ml, lambda r: 1.0 - r["cos_mean"]), ylog=True, legend=True)]
+    scatter(panels, path, panel_px=(900, 620))
 
 
 def write_report(data: dict, seconds: float | None) -> None:

@@ -2,8 +2,8 @@
 
 After `register()` (run on import of this module), `gguf.GGMLQuantizationType.TP1`/`.TP4` exist,
 `GGML_QUANT_SIZES` knows their block and type sizes, `gguf.LlamaFileType.MOSTLY_TP1`/`_TP4` exist,
-and GGUFReader/GGUFWriter read and write tensors of both types. `gguf.quants.quantize/dequantize`
-use the numpy references of converters/ (bit-exact twins of the C kernels).
+and GGUFReader/GGUFWriter read and write tensors of both types. `gguf.quants` does not know them: the
+numpy twins of the C kernels are converters/tp1.py and tp4.py, and convert runs the C kernels.
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import TritpackError
+from .errors import TritpackError
 
 
 def load_imatrix(path: str | Path) -> dict[str, np.ndarray]:

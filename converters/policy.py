@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType as Q
 
+from .errors import TritpackError
 from .gguf_types import TP1, TP4
 from .reader import FLOAT_TYPES, TensorInfo
 
@@ -117,3 +118,36 @@ def is_embedding_or_output(name: str) -> bool:
 def may_be_ternary(info: TensorInfo) -> bool:
     """Worth checking the values for ternarity (float sources only; quantized ones are not)."""
     return info.type in FLOAT_TYPES and fits(TP1.qtype, info.row_length)
+
+
+def choose_tiers(lowest: dict[str, str], err: dict[str, dict[str, float]], size: dict[str, dict[str, int]],
+                 fixed: int, budget: int, order: list[str]) -> dict[str, str]:
+    """The tier of each tensor that meets `budget` (bytes, `fixed` of them spent on untiered tensors)
+    with the least total error: every tensor starts at its lowest tier, then the upgrades with the
+    best error saved per byte are taken until the budget is spent. `err[name][tier]` and
+    `size[name][tier]` are measured for every tier from the tensor's lowest up; `order` runs from the
+    smallest tier to the largest."""
+    choice = dict(lowest)
+    total = fixed + sum(size[name][tier] for name, tier in choice.items())
+    if total > budget:
+        raise TritpackError(f"the budget of {budget / 1e6:.1f} MB is below the smallest mix "
+                            f"({total / 1e6:.1f} MB: every tiered tensor at its lowest tier, TP1, or TP4 for the "
+                            f"token embedding and output; the rest as the policy keeps them)")
+    while True:
+        best = None
+        for name, tier in choice.items():
+            if tier == order[-1]:
+                continue
+            nxt = order[order.index(tier) + 1]
+            extra = size[name][nxt] - size[name][tier]
+            gain = err[name][tier] - err[name][nxt]
+            if extra <= 0 or total + extra > budget or gain <= 0:
+                continue
+            score = gain / extra
+            if best is None or score > best[0]:
+                best = (score, name, nxt, extra)
+        if best is None:
+            return choice
+        _, name, nxt, extra = best
+        choice[name] = nxt
+        total += extra

@@ -21,14 +21,14 @@ import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 import numpy as np
 
 import gguf
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType
 
-from ..errors import TritpackError
+from .errors import TritpackError
 from . import gguf_types  # noqa: F401  (registers TP1/TP4 with gguf before any file is read)
 
 FLOAT_TYPES = (GGMLQuantizationType.F32, GGMLQuantizationType.F16, GGMLQuantizationType.BF16)
@@ -424,40 +424,6 @@ def to_float32(ggml, t: TensorInfo, raw_rows: np.ndarray, path: Path | None = No
         raise TritpackError(f"tensor type {t.type.name} holds no weights that can be read as floats",
                             path=path, tensor=t.name)
     return ggml.dequantize(int(t.type), raw_rows)
-
-
-def rewrite_tensors(src_path: str | Path, dst_path: str | Path, fn: Callable[[TensorInfo, np.ndarray], np.ndarray], *,
-                    skip: set[str] = frozenset(), file_type: int | None = None) -> Path:
-    """A copy of a GGUF (every key/value but `skip`) whose tensors are fn(tensor, raw bytes as
-    (rows, row bytes) uint8): numpy arrays written as F32/F16/... by their dtype. The whole model is
-    held in memory (small models: the tests' and the benchmarks'); dst appears only when complete."""
-    src = GGUFFile(src_path)
-    dst = Path(dst_path)
-    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
-    w = gguf.GGUFWriter(tmp, src.architecture)
-    try:
-        copy_fields(src, w, skip=set(skip))
-        if file_type is not None:
-            w.add_file_type(file_type)
-        arrays = []
-        for t in src.tensors:
-            a = np.ascontiguousarray(fn(t, src.raw(t)))
-            arrays.append(a)
-            w.add_tensor_info(t.name, a.shape, a.dtype, a.nbytes)
-        w.write_header_to_file()
-        w.write_kv_data_to_file()
-        w.write_ti_data_to_file()
-        fout = w.fout[0]
-        for a in arrays:
-            w.write_padding(fout, fout.tell())
-            a.tofile(fout)
-            w.write_padding(fout, a.nbytes)
-        w.close()
-        os.replace(tmp, dst)
-    finally:
-        w.close()
-        tmp.unlink(missing_ok=True)
-    return dst
 
 
 class _RawValue(bytes):

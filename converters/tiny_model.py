@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from gguf import GGMLQuantizationType as Q, GGUFValueType, GGUFWriter
 
-from ..errors import TritpackError
+from .errors import TritpackError
 from .reader import GGUFFile, copy_fields
 
 

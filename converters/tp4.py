@@ -31,12 +31,13 @@ and numpy agree bit for bit regardless of FMA contraction or vectorization.
 
 from __future__ import annotations
 
-import os
 import re
 from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
+
+from .sources import candidates, find_source_root
 
 QK_TP4 = 64
 TP4_NSUB = 4                      # sub-blocks of 16
@@ -51,14 +52,12 @@ _HEADER_NAME = "tp4-codebooks.h"
 
 
 def _header_path() -> Path:
-    """ggml_kernels/tp4-codebooks.h of the checkout ($TRITPACK_SOURCE_DIR, else next to this package)."""
-    env = os.environ.get("TRITPACK_SOURCE_DIR")
-    roots = ([Path(env)] if env else []) + [Path(__file__).resolve().parent.parent]
-    for root in roots:
-        p = root / "ggml_kernels" / _HEADER_NAME
-        if p.is_file():
-            return p
-    raise FileNotFoundError(f"{_HEADER_NAME} not found under {', '.join(str(r) for r in roots)}")
+    """ggml_kernels/tp4-codebooks.h of the build's sources (a checkout, or the wheel's package data)."""
+    root = find_source_root()
+    if root is None or not (root / "ggml_kernels" / _HEADER_NAME).is_file():
+        raise FileNotFoundError(f"{_HEADER_NAME} not found under "
+                                f"{', '.join(str(r / 'ggml_kernels') for r in candidates())}")
+    return root / "ggml_kernels" / _HEADER_NAME
 
 
 def parse_codebook_header(text: str) -> np.ndarray:
@@ -221,7 +220,6 @@ def pack_blocks(d16: np.ndarray, k: np.ndarray, codes: np.ndarray, q: np.ndarray
 
 def unpack_blocks(blocks: np.ndarray):
     b = np.ascontiguousarray(blocks, dtype=np.uint8)
-    n = b.shape[0]
     d = b[:, 0:2].copy().view("<f2")[:, 0].astype(np.float32)
     sc = b[:, 2].astype(np.uint32) | (b[:, 3].astype(np.uint32) << 8)
     k = (sc & 15).astype(np.int64)

@@ -3,7 +3,7 @@
 Files are given, or made from one source (`types`): TP1/TP4/mixed through tritpack_gguf.convert,
 stock types (q4_0, q4_k_m, iq4_xs, ...) through the patched llama-quantize. On NVIDIA GPUs
 (--ngl > 0 and nvidia-smi present) the board power is sampled during each test and turned into
-joules per token. `plot_png` draws size against speed (and against quality) without matplotlib.
+joules per token. `plot_report` draws size against speed (and against quality) through plugin/plot.py.
 """
 
 from __future__ import annotations
@@ -12,12 +12,10 @@ import json
 import math
 import os
 import shutil
-import struct
 import subprocess
 import tempfile
 import threading
 import time
-import zlib
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -247,9 +245,11 @@ def run_llama_bench(lib_dir: Path, files: list[Path], *, n_prompt: int, n_gen: i
 def bench(files: list[BenchFile], *, n_prompt: int = 512, n_gen: int = 128, ngl: int = 0,
           threads: int | None = None, repetitions: int = 5, baseline: str | None = None,
           quality: dict[str, float] | None = None, quality_metric: str | None = None,
-          energy: bool | None = None, progress: Progress = _quiet) -> BenchReport:
+          energy: bool | None = None, progress: Progress = _quiet, rpc: str | list[str] | None = None,
+          tensor_split: str | list[float] | None = None) -> BenchReport:
     """Benchmark `files` with the patched llama-bench. `energy`: sample GPU board power (default: when
-    ngl > 0 and nvidia-smi is on PATH); each file's prompt and decode tests then run separately."""
+    ngl > 0 and nvidia-smi is on PATH); each file's prompt and decode tests then run separately.
+    `rpc`: HOST:PORT of `tritpack-gguf rpc-server` helpers to split each model with (checked first)."""
     from .runtime import gpu_backends
 
     if n_prompt < 0 or n_gen < 0 or (n_prompt == 0 and n_gen == 0):
@@ -261,7 +261,14 @@ def bench(files: list[BenchFile], *, n_prompt: int = 512, n_gen: int = 128, ngl:
             raise TritpackError("no such file", path=f.path)
     lib_dir = tools_dir(ngl)
     notes = []
-    if ngl and not gpu_backends(lib_dir):
+    endpoints: list[str] = []
+    if rpc:
+        from .rpc import check_servers, parse_endpoints
+
+        endpoints = parse_endpoints(rpc)
+        check_servers(endpoints, lib_dir)
+        notes.append(f"layers split with the RPC servers {', '.join(endpoints)} (docs/distributed.md)")
+    if ngl and not endpoints and not gpu_backends(lib_dir):
         notes.append(f"--ngl {ngl}: the library has no GPU backend, every layer ran on the CPU "
                      "(`tritpack-gguf build --cuda`)")
     sampler = PowerSampler()
@@ -283,6 +290,12 @@ def bench(files: list[BenchFile], *, n_prompt: int = 512, n_gen: int = 128, ngl:
     for i, f in enumerate(files):
         progress(f"benchmarking {f.label}", i, len(files))
         common = dict(ngl=ngl, threads=threads, repetitions=repetitions)
+        if endpoints or tensor_split:
+            from .rpc import llama_args, offload_plan, parse_tensor_split
+
+            f_ngl, split = offload_plan(f.path, endpoints, ngl, parse_tensor_split(tensor_split))
+            common.update(ngl=f_ngl, extra=llama_args(endpoints, f_ngl, split) if endpoints
+                          else ["-ts", "/".join(f"{v:g}" for v in split or [])])
         if energy:
             got = []
             watts = {}
@@ -418,199 +431,27 @@ def _is_num(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
-# ----------------------------------------------------------------------------- a PNG without matplotlib
+# ----------------------------------------------------------------------------- plot
 
-# 5x7 glyphs, one byte a column, bit 0 at the top (the classic HD44780/GLCD font); lower case is drawn
-# in upper case, unknown characters as '?'.
-_FONT = {
-    " ": (0, 0, 0, 0, 0), "0": (0x3E, 0x51, 0x49, 0x45, 0x3E), "1": (0x00, 0x42, 0x7F, 0x40, 0x00),
-    "2": (0x42, 0x61, 0x51, 0x49, 0x46), "3": (0x21, 0x41, 0x45, 0x4B, 0x31), "4": (0x18, 0x14, 0x12, 0x7F, 0x10),
-    "5": (0x27, 0x45, 0x45, 0x45, 0x39), "6": (0x3C, 0x4A, 0x49, 0x49, 0x30), "7": (0x01, 0x71, 0x09, 0x05, 0x03),
-    "8": (0x36, 0x49, 0x49, 0x49, 0x36), "9": (0x06, 0x49, 0x49, 0x29, 0x1E), "A": (0x7E, 0x11, 0x11, 0x11, 0x7E),
-    "B": (0x7F, 0x49, 0x49, 0x49, 0x36), "C": (0x3E, 0x41, 0x41, 0x41, 0x22), "D": (0x7F, 0x41, 0x41, 0x22, 0x1C),
-    "E": (0x7F, 0x49, 0x49, 0x49, 0x41), "F": (0x7F, 0x09, 0x09, 0x09, 0x01), "G": (0x3E, 0x41, 0x49, 0x49, 0x7A),
-    "H": (0x7F, 0x08, 0x08, 0x08, 0x7F), "I": (0x00, 0x41, 0x7F, 0x41, 0x00), "J": (0x20, 0x40, 0x41, 0x3F, 0x01),
-    "K": (0x7F, 0x08, 0x14, 0x22, 0x41), "L": (0x7F, 0x40, 0x40, 0x40, 0x40), "M": (0x7F, 0x02, 0x0C, 0x02, 0x7F),
-    "N": (0x7F, 0x04, 0x08, 0x10, 0x7F), "O": (0x3E, 0x41, 0x41, 0x41, 0x3E), "P": (0x7F, 0x09, 0x09, 0x09, 0x06),
-    "Q": (0x3E, 0x41, 0x51, 0x21, 0x5E), "R": (0x7F, 0x09, 0x19, 0x29, 0x46), "S": (0x46, 0x49, 0x49, 0x49, 0x31),
-    "T": (0x01, 0x01, 0x7F, 0x01, 0x01), "U": (0x3F, 0x40, 0x40, 0x40, 0x3F), "V": (0x1F, 0x20, 0x40, 0x20, 0x1F),
-    "W": (0x3F, 0x40, 0x38, 0x40, 0x3F), "X": (0x63, 0x14, 0x08, 0x14, 0x63), "Y": (0x07, 0x08, 0x70, 0x08, 0x07),
-    "Z": (0x61, 0x51, 0x49, 0x45, 0x43), ".": (0x00, 0x60, 0x60, 0x00, 0x00), ",": (0x00, 0x50, 0x30, 0x00, 0x00),
-    "-": (0x08, 0x08, 0x08, 0x08, 0x08), "_": (0x40, 0x40, 0x40, 0x40, 0x40), "/": (0x20, 0x10, 0x08, 0x04, 0x02),
-    "(": (0x00, 0x1C, 0x22, 0x41, 0x00), ")": (0x00, 0x41, 0x22, 0x1C, 0x00), ":": (0x00, 0x36, 0x36, 0x00, 0x00),
-    "%": (0x23, 0x13, 0x08, 0x64, 0x62), "+": (0x08, 0x08, 0x3E, 0x08, 0x08), "=": (0x14, 0x14, 0x14, 0x14, 0x14),
-    "*": (0x14, 0x08, 0x3E, 0x08, 0x14), "?": (0x02, 0x01, 0x51, 0x09, 0x06), "<": (0x08, 0x14, 0x22, 0x41, 0x00),
-    ">": (0x00, 0x41, 0x22, 0x14, 0x08), "[": (0x00, 0x7F, 0x41, 0x41, 0x00), "]": (0x00, 0x41, 0x41, 0x7F, 0x00),
-    "#": (0x14, 0x7F, 0x14, 0x7F, 0x14), "!": (0x00, 0x00, 0x5F, 0x00, 0x00), "'": (0x00, 0x05, 0x03, 0x00, 0x00),
-}
-_PALETTE = [(31, 119, 180), (214, 39, 40), (44, 160, 44), (255, 127, 14), (148, 103, 189), (140, 86, 75),
-            (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207)]
+def plot_report(report: BenchReport, path: str | Path) -> Path:
+    """Size against decode speed (and against quality when the rows have it), as PNG or SVG."""
+    from .plot import Panel, Point, scatter
 
-
-class Canvas:
-    """An RGB raster with lines, dots and 5x7 text; `png()` encodes it."""
-
-    def __init__(self, width: int, height: int, bg: tuple[int, int, int] = (255, 255, 255)):
-        self.w, self.h = width, height
-        self.px = bytearray(bytes(bg) * (width * height))
-
-    def dot(self, x: int, y: int, c: tuple[int, int, int]) -> None:
-        if 0 <= x < self.w and 0 <= y < self.h:
-            i = 3 * (y * self.w + x)
-            self.px[i:i + 3] = bytes(c)
-
-    def line(self, x0: int, y0: int, x1: int, y1: int, c: tuple[int, int, int], width: int = 1) -> None:
-        dx, dy = abs(x1 - x0), -abs(y1 - y0)
-        sx, sy = (1 if x0 < x1 else -1), (1 if y0 < y1 else -1)
-        err = dx + dy
-        while True:
-            for a in range(width):
-                for b in range(width):
-                    self.dot(x0 + a - width // 2, y0 + b - width // 2, c)
-            if x0 == x1 and y0 == y1:
-                break
-            e2 = 2 * err
-            if e2 >= dy:
-                err += dy
-                x0 += sx
-            if e2 <= dx:
-                err += dx
-                y0 += sy
-
-    def disc(self, cx: int, cy: int, r: int, c: tuple[int, int, int]) -> None:
-        for y in range(-r, r + 1):
-            for x in range(-r, r + 1):
-                if x * x + y * y <= r * r + r:
-                    self.dot(cx + x, cy + y, c)
-
-    @staticmethod
-    def _glyph_pixels(s: str, scale: int):
-        """(along, down) offsets of the set pixels of text s, unrotated: 5x7 glyphs, 6 columns apart."""
-        for i, ch in enumerate(s):
-            for cx, bits in enumerate(_FONT.get(ch.upper(), _FONT["?"])):
-                for cy in range(7):
-                    if bits >> cy & 1:
-                        for a in range(scale):
-                            for b in range(scale):
-                                yield (6 * i + cx) * scale + a, cy * scale + b
-
-    def text(self, x: int, y: int, s: str, c: tuple[int, int, int] = (0, 0, 0), scale: int = 2,
-             anchor: str = "left") -> None:
-        width = self.text_width(s, scale)
-        if anchor == "center":
-            x -= width // 2
-        elif anchor == "right":
-            x -= width
-        for u, v in self._glyph_pixels(s, scale):
-            self.dot(x + u, y + v, c)
-
-    def text_up(self, x: int, y: int, s: str, c: tuple[int, int, int] = (0, 0, 0), scale: int = 2) -> None:
-        """Text rotated a quarter turn counter-clockwise, centred on (x, y)."""
-        y += self.text_width(s, scale) // 2
-        for u, v in self._glyph_pixels(s, scale):
-            self.dot(x + v, y - u, c)
-
-    def axes(self, x0: int, px0: int, py0: int, pw: int, ph: int, xticks: list[tuple[int, str]],
-             yticks: list[tuple[int, str]], xlabel: str, ylabel: str,
-             grid: tuple[int, int, int] = (225, 225, 225), axis: tuple[int, int, int] = (60, 60, 60)) -> None:
-        """The frame of a plot whose area starts at (px0, py0), pw x ph: grid lines and labels at the
-        tick pixels, the two axes, and their labels (the y label turned, at x0 + 14)."""
-        for x, label in xticks:
-            self.line(x, py0, x, py0 + ph, grid)
-            self.text(x, py0 + ph + 8, label, axis, 2, "center")
-        for y, label in yticks:
-            self.line(px0, y, px0 + pw, y, grid)
-            self.text(px0 - 8, y - 7, label, axis, 2, "right")
-        self.line(px0, py0 + ph, px0 + pw, py0 + ph, axis, 2)
-        self.line(px0, py0, px0, py0 + ph, axis, 2)
-        self.text(px0 + pw // 2, py0 + ph + 34, xlabel, axis, 2, "center")
-        self.text_up(x0 + 14, py0 + ph // 2, ylabel, axis, 2)
-
-    @staticmethod
-    def text_width(s: str, scale: int = 2) -> int:
-        return max(0, 6 * scale * len(s) - scale)
-
-    def png(self) -> bytes:
-        raw = b"".join(b"\x00" + bytes(self.px[3 * self.w * y:3 * self.w * (y + 1)]) for y in range(self.h))
-
-        def chunk(kind: bytes, data: bytes) -> bytes:
-            return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-
-        return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", self.w, self.h, 8, 2, 0, 0, 0))
-                + chunk(b"IDAT", zlib.compress(raw, 9)) + chunk(b"IEND", b""))
-
-
-def _axis(lo: float, hi: float, n: int = 6) -> tuple[float, float, list[float]]:
-    """A nice range covering [lo, hi] and its ticks (steps of 1, 2, 2.5 or 5 times a power of ten)."""
-    if hi <= lo:
-        lo, hi = (lo - 1.0, hi + 1.0) if lo == 0 else (lo - abs(lo) * 0.1, hi + abs(hi) * 0.1)
-    raw = (hi - lo) / n
-    mag = 10 ** math.floor(math.log10(raw))
-    step = next(m * mag for m in (1, 2, 2.5, 5, 10) if m * mag >= raw)
-    lo, hi = math.floor(lo / step + 1e-9) * step, math.ceil(hi / step - 1e-9) * step
-    return lo, hi, [round(lo + i * step, 10) for i in range(int(round((hi - lo) / step)) + 1)]
-
-
-def _fmt_tick(v: float) -> str:
-    if v == 0:
-        return "0"
-    if abs(v) >= 1000:
-        return f"{v:,.0f}"
-    return f"{v:g}" if abs(v) >= 0.01 else f"{v:.1e}"
-
-
-def _panel(cv: Canvas, x0: int, y0: int, w: int, h: int, points: list[tuple[str, float, float]],
-           title: str, xlabel: str, ylabel: str, colors: dict[str, tuple[int, int, int]], y_zero: bool = False) -> None:
-    """A scatter plot of (label, x, y) in the box (x0, y0, w, h) of the canvas."""
-    xs = [p[1] for p in points] or [0.0, 1.0]
-    ys = [p[2] for p in points] or [0.0, 1.0]
-    xlo, xhi, xt = _axis(0.0, max(xs) * 1.12)
-    pad = (max(ys) - min(ys)) * 0.12
-    ylo, yhi, yt = _axis(0.0 if y_zero else min(ys) - pad, max(ys) + pad)
-    left = 44 + max(cv.text_width(_fmt_tick(t)) for t in yt)
-    right, top, bottom = 30, 50, 70
-    px0, py0, pw, ph = x0 + left, y0 + top, w - left - right, h - top - bottom
-    cv.text(x0 + w // 2, y0 + 14, title, scale=2, anchor="center")
-
-    def X(v: float) -> int:
-        return px0 + round((v - xlo) / (xhi - xlo) * pw)
-
-    def Y(v: float) -> int:
-        return py0 + ph - round((v - ylo) / (yhi - ylo) * ph)
-
-    cv.axes(x0, px0, py0, pw, ph, [(X(t), _fmt_tick(t)) for t in xt], [(Y(t), _fmt_tick(t)) for t in yt],
-            xlabel, ylabel)
-    for label, x, y in points:
-        c = colors.get(label, (0, 0, 0))
-        cv.disc(X(x), Y(y), 6, c)
-        lx = X(x) + 10
-        anchor = "left"
-        if lx + cv.text_width(label) > px0 + pw:
-            lx, anchor = X(x) - 10, "right"
-        cv.text(lx, Y(y) - 7, label, c, 2, anchor)
-
-
-def plot_png(report: BenchReport, path: str | Path) -> Path:
-    """Size against decode speed (and against quality when the rows have it), as a PNG."""
     rows = report.rows
-    colors = {r.label: _PALETTE[i % len(_PALETTE)] for i, r in enumerate(rows)}
     speed_of = "tg_tps" if any(r.tg_tps for r in rows) else "pp_tps"
     speed_name = f"decode tok/s (tg{report.n_gen})" if speed_of == "tg_tps" else f"prompt tok/s (pp{report.n_prompt})"
-    speed = [(r.label, r.size / 1e6, getattr(r, speed_of)) for r in rows if getattr(r, speed_of)]
-    quality = [(r.label, r.size / 1e6, r.quality) for r in rows if r.quality is not None]
-    panel_w, h = 760, 520
-    cv = Canvas(panel_w * (2 if quality else 1), h)
+
+    def ours(r: BenchRow) -> bool:
+        return any(t in r.model_type.upper() for t in ("TP1", "TP4"))
+
     where = "GPU" if report.ngl else "CPU"
-    _panel(cv, 0, 0, panel_w, h, speed, f"speed against size ({where})", "size (MB)", speed_name, colors, y_zero=True)
+    panels = [Panel(f"speed against size ({where})", "size (MB)", speed_name,
+                    [Point(r.label, r.size / 1e6, getattr(r, speed_of), ours(r)) for r in rows if getattr(r, speed_of)],
+                    y_from_zero=True)]
+    quality = [Point(r.label, r.size / 1e6, r.quality, ours(r)) for r in rows if r.quality is not None]
     if quality:
-        _panel(cv, panel_w, 0, panel_w, h, quality, "quality against size", "size (MB)",
-               report.quality_metric or "quality", colors)
-    p = Path(path)
-    try:
-        p.write_bytes(cv.png())
-    except OSError as e:
-        raise TritpackError(f"cannot write the plot: {e.strerror or e}", path=p) from None
-    return p
+        panels.append(Panel("quality against size", "size (MB)", report.quality_metric or "quality", quality))
+    return scatter(panels, path)
 
 
 @contextmanager

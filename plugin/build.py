@@ -10,7 +10,11 @@ Steps, each cached under $TRITPACK_HOME (never inside the repo):
 4. build   with the top-level CMakeLists.txt (ggml_kernels/ attached with target_sources) in
            build/<hash of source and flags>/; a stamp records the hash of everything that went in
            (sdist sha256, patches, ggml_kernels, CMakeLists.txt, flags), so a second build with
-           nothing changed returns at once, and a change to the kernels rebuilds incrementally.
+           nothing changed returns at once, and a change to the kernels rebuilds incrementally;
+5. ui      the chat page llama-server serves at / : tools/ui built with npm (`npm ci` against its
+           package-lock.json, then `npm run build`) into ui/<hash of tools/ui>/,
+           once per content, and embedded by llama.cpp's own asset step. Where Node or npm is
+           missing (or npm fails) the build goes on without the page and says why (BuildResult.ui_note).
 """
 
 from __future__ import annotations
@@ -88,6 +92,9 @@ class BuildResult:
     cached: bool
     seconds: float
     outputs: list[str] = field(default_factory=list)
+    ui: str | None = None        # the built page embedded in llama-server (a folder), None: no page
+    ui_key: str | None = None    # its content key (hash of tools/ui)
+    ui_note: str | None = None   # why there is no page, when there is none
 
 
 def _hash_files(h: "hashlib._Hash", root: Path, paths: list[Path]) -> None:
@@ -287,11 +294,203 @@ def _sync_tree(src: Path, dst: Path, keep: set[str]) -> None:
                 (dst / rel).unlink()
 
 
+# ----------------------------------------------------------------------------- the chat page
+
+UI_NODE_MIN = (20, 19)   # what the pinned tools/ui's vite asks for (engines: ^20.19.0 || >=22.12.0)
+UI_SKIP_DIRS = {"node_modules", "dist", ".svelte-kit", "build", "test-results"}
+UI_HOW = ("install Node.js >= 20.19 with npm (https://nodejs.org) and run `tritpack-gguf build` again "
+          "to build the chat page")
+
+
+@dataclass
+class UiResult:
+    dist: Path | None      # the built page (index.html and its assets), None when it could not be built
+    key: str
+    note: str | None = None
+    built_now: bool = False
+    seconds: float = 0.0
+
+
+def ui_sources(ui_dir: Path) -> list[Path]:
+    """Every file of tools/ui that goes into the page (not what npm or a build leaves there)."""
+    out = []
+    for dirpath, dirnames, filenames in os.walk(ui_dir):
+        dirnames[:] = sorted(d for d in dirnames if d not in UI_SKIP_DIRS)
+        out += [Path(dirpath) / f for f in filenames]
+    return sorted(out)
+
+
+def node_version() -> tuple[int, ...] | None:
+    """`node --version` as numbers; None when node is not on PATH or does not answer."""
+    node = shutil.which("node")
+    if node is None:
+        return None
+    try:
+        r = subprocess.run([node, "--version"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    m = re.match(r"v?(\d+)\.(\d+)\.(\d+)", r.stdout.strip())
+    return tuple(int(x) for x in m.groups()) if r.returncode == 0 and m else None
+
+
+def ui_key(ui_dir: Path) -> str:
+    """Content key of the page: the tools/ui sources, package-lock.json among them (not the Node that
+    builds them: a page built once is found again where Node is missing)."""
+    h = hashlib.sha256(b"tools/ui\n")
+    _hash_files(h, ui_dir, ui_sources(ui_dir))
+    return h.hexdigest()
+
+
+def build_ui(source: Path, home: Path, progress: Progress = _quiet) -> UiResult:
+    """The chat page of llama-server built from source/tools/ui with npm, cached by content in
+    $TRITPACK_HOME/ui/<key>/dist; a second call with the same sources returns it without npm."""
+    t0 = time.monotonic()
+    ui_dir = source / "tools" / "ui"
+    node = node_version()
+    if not (ui_dir / "package-lock.json").is_file():
+        return UiResult(None, "", f"no tools/ui/package-lock.json in {source}")
+    key = ui_key(ui_dir)
+    entry = home / "ui" / key[:16]
+    dist = entry / "dist"
+    if (dist / "index.html").is_file():
+        return UiResult(dist, key)
+    npm = shutil.which("npm")
+    if node is None or npm is None:
+        return UiResult(None, key, f"{'node' if node is None else 'npm'} is not on PATH")
+    if node[:2] < UI_NODE_MIN:
+        return UiResult(None, key, f"Node.js {'.'.join(map(str, node))} is older than "
+                                   f"{'.'.join(map(str, UI_NODE_MIN))}, which the page's build needs")
+    with locked(home / "ui" / f"{key[:16]}.lock"):
+        if (dist / "index.html").is_file():
+            return UiResult(dist, key)
+        log = home / "ui" / f"{key[:16]}.log"
+        log.write_text("")
+        env = {**os.environ, "PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD": "1", "CI": "1", "NO_UPDATE_NOTIFIER": "1",
+               "npm_config_cache": str(home / "npm-cache"), "npm_config_audit": "false",
+               "npm_config_fund": "false", "npm_config_update_notifier": "false"}
+        # npm's node_modules (~700 MB, 1000 packages) is kept per package-lock.json and Node major, so a
+        # change to the page's sources alone rebuilds without `npm ci`; an older one is removed
+        h = hashlib.sha256(f"node {node[0]}\n".encode())
+        _hash_files(h, ui_dir, [ui_dir / "package.json", ui_dir / "package-lock.json"])
+        work = home / "ui" / f"npm-{h.hexdigest()[:16]}"
+        with locked(home / "ui" / f"{work.name}.lock"):
+            for old in (home / "ui").glob("npm-*"):
+                if old.is_dir() and old != work:
+                    subprocess.run(["rm", "-rf", str(old)], check=False)   # faster than rmtree on 50k files
+            work.mkdir(parents=True, exist_ok=True)
+            for old in work.iterdir():   # stage the sources afresh, next to the kept node_modules
+                if old.name == "node_modules":
+                    continue
+                if old.is_dir() and not old.is_symlink():
+                    shutil.rmtree(old)
+                else:
+                    old.unlink()
+            shutil.copytree(ui_dir, work, symlinks=True, dirs_exist_ok=True,
+                            ignore=lambda d, names: [n for n in names if n in UI_SKIP_DIRS])
+
+            def fill(tmp: Path) -> None:
+                tmp.chmod(0o755)   # mkdtemp's 0700 would hide the cache entry from other users
+                if not (work / "node_modules" / ".package-lock.json").is_file():   # written last by npm ci
+                    progress("ui: npm ci", 0, 0)
+                    _run_logged([npm, "ci"], log, progress, "npm ci (the chat page)", env, cwd=work)
+                progress("ui: npm run build", 0, 0)
+                _run_logged([npm, "run", "build"], log, progress, "npm run build (the chat page)",
+                            {**env, "LLAMA_UI_OUT_DIR": str(tmp / "dist")}, cwd=work)
+                if not (tmp / "dist" / "index.html").is_file():
+                    raise TritpackError("npm run build finished without dist/index.html", path=log)
+
+            try:
+                _atomic_dir(entry, fill)
+            except TritpackError as e:
+                return UiResult(None, key, f"the page's npm build failed ({str(e).splitlines()[0]}); "
+                                           f"its log: {log}")
+    return UiResult(dist, key, built_now=True, seconds=time.monotonic() - t0)
+
+
 # ----------------------------------------------------------------------------- build
 
-def _flags(cuda: bool, archs: str | None) -> dict:
-    return {"cuda": cuda, "cuda_archs": (archs or DEFAULT_CUDA_ARCHS) if cuda else None,
-            "build_type": "Release", "native": True}
+def _flags(cuda: bool, archs: str | None, native: bool = True) -> dict:
+    flags = {"cuda": cuda, "cuda_archs": (archs or DEFAULT_CUDA_ARCHS) if cuda else None,
+             "build_type": "Release", "native": native}
+    if cuda:
+        flags.update(cuda_libraries())
+    return flags
+
+
+def _cuda_toolkit() -> Path | None:
+    """The CUDA toolkit's root (bin/nvcc, include/cuda_runtime.h): that of nvcc on PATH, else
+    /usr/local/cuda (an nvcc on PATH may be a wrapper script, as /usr/local/bin/nvcc is here)."""
+    cands = [shutil.which("nvcc"), "/usr/local/cuda/bin/nvcc", *sorted(map(str, Path("/usr/local").glob("cuda-*/bin/nvcc")))]
+    for cand in cands:
+        if cand and Path(cand).is_file():
+            root = Path(cand).resolve().parent.parent
+            if (root / "include" / "cuda_runtime.h").is_file():
+                return root
+    return None
+
+
+def cublas_dir() -> Path | None:
+    """The PyPI wheel nvidia-cublas installed in this Python (the `cuda-compile` extra): its folder with
+    include/cublas_v2.h and lib/libcublas.so.* (nvidia/cu13, or nvidia/cublas for CUDA 12); None if absent."""
+    import importlib.util
+
+    for name in ("nvidia.cu13", "nvidia.cublas"):
+        try:
+            spec = importlib.util.find_spec(name)
+        except ModuleNotFoundError:
+            spec = None
+        for loc in (spec.submodule_search_locations or []) if spec else []:
+            d = Path(loc)
+            if (d / "include" / "cublas_v2.h").is_file() and list((d / "lib").glob("libcublas.so.*")):
+                return d
+    return None
+
+
+def cuda_libraries() -> dict:
+    """How the CUDA build finds cuBLAS and the driver library, as build flags (part of the build key,
+    so they name versions, not paths: every checkout's venv shares one build).
+
+    - cublas: "toolkit" when the CUDA toolkit has cuBLAS (CMake's FindCUDAToolkit finds it); else
+      "nvidia-cublas==<version>", the wheel of this Python, whose libraries and headers are passed to
+      CMake (_cuda_cmake_args). Neither: a clear error before anything is configured.
+    - vmm: ggml-cuda links the driver library (libcuda.so) only for its virtual-memory pool; with no
+      libcuda.so, not even the toolkit's stub (a compiler-only toolkit, as on the CI machine), it is
+      built with GGML_CUDA_NO_VMM (the cudaMalloc pool; cudart still loads the driver at run time).
+    """
+    from importlib.metadata import PackageNotFoundError, version
+
+    toolkit = _cuda_toolkit()
+    if toolkit is None:
+        raise TritpackError("the CUDA toolkit was not found (no nvcc on PATH nor in /usr/local/cuda/bin)",
+                            hint="install the CUDA toolkit (12.x or 13.x) or put its bin/ on PATH")
+    if (toolkit / "include" / "cublas_v2.h").is_file():
+        cublas = "toolkit"
+    elif cublas_dir() is not None:
+        try:
+            cublas = f"nvidia-cublas=={version('nvidia-cublas')}"
+        except PackageNotFoundError:
+            cublas = "nvidia-cublas"
+    else:
+        raise TritpackError(f"cuBLAS not found: the CUDA toolkit at {toolkit} has no cublas_v2.h and the "
+                            "nvidia-cublas wheel is not installed in this Python",
+                            hint=f"{sys.executable} -m pip install -e '.[cuda-compile]' (or install the toolkit's cuBLAS)")
+    dirs = [toolkit / d for d in ("lib64", "lib", "targets/x86_64-linux/lib", "lib64/stubs",
+                                  "targets/x86_64-linux/lib/stubs")]
+    dirs += [Path(d) for d in ("/usr/lib/x86_64-linux-gnu", "/usr/lib64", "/usr/local/nvidia/lib64")]
+    driver = any(list(d.glob("libcuda.so*")) for d in dirs if d.is_dir())
+    return {"cublas": cublas, "vmm": driver}
+
+
+def _cuda_cmake_args(flags: dict) -> list[str]:
+    args = [f"-DCMAKE_CUDA_ARCHITECTURES={flags['cuda_archs']}"]
+    d = cublas_dir() if flags.get("cublas", "toolkit") != "toolkit" else None
+    if d is not None:
+        args += [f"-DCUDA_cublas_LIBRARY={sorted((d / 'lib').glob('libcublas.so.*'))[0]}",
+                 f"-DCUDA_cublasLt_LIBRARY={sorted((d / 'lib').glob('libcublasLt.so.*'))[0]}",
+                 f"-DCMAKE_CUDA_FLAGS=-isystem {d / 'include'}"]
+    if not flags.get("vmm", True):
+        args.append("-DGGML_CUDA_NO_VMM=ON")
+    return args
 
 
 def input_key(pin: Pin, root: Path, source: Path, flags: dict) -> str:
@@ -317,11 +516,13 @@ def read_stamp(build_dir: Path) -> dict | None:
 _NINJA = re.compile(r"^\[(\d+)/(\d+)\]")
 
 
-def _run_logged(cmd: list[str], log: Path, progress: Progress, stage: str, env: dict) -> None:
+def _run_logged(cmd: list[str], log: Path, progress: Progress, stage: str, env: dict,
+                cwd: Path | None = None) -> None:
     with open(log, "a", buffering=1) as f:  # line-buffered: the log can be followed live
         f.write("$ " + " ".join(cmd) + "\n")
         f.flush()
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                                cwd=cwd, stdin=subprocess.DEVNULL)
         assert proc.stdout is not None
         for line in proc.stdout:
             f.write(line)
@@ -335,13 +536,24 @@ def _run_logged(cmd: list[str], log: Path, progress: Progress, stage: str, env: 
 
 
 def build(cuda: bool = False, archs: str | None = None, jobs: int | None = None,
-          progress: Progress = _quiet) -> BuildResult:
-    """Build (or find cached) the patched llama.cpp; returns where its libraries and programs are."""
+          progress: Progress = _quiet, native: bool = True, cmake_args: tuple[str, ...] = (),
+          ui: bool = True) -> BuildResult:
+    """Build (or find cached) the patched llama.cpp; returns where its libraries and programs are.
+
+    native=False builds the CPU code for any x86-64 with AVX2 (GGML_NATIVE off) instead of for this
+    machine's CPU: for binaries that run elsewhere (bench/gpu-bundle.sh). cmake_args (-DNAME=VALUE) go
+    to CMake as they are and into the build key (e.g. -DGGML_CUDA_FA=OFF for a smaller libggml-cuda).
+    `ui`: build and embed the chat page (False: llama-server without it)."""
+    bad = [a for a in cmake_args if not re.fullmatch(r"-D[A-Za-z0-9_]+(:[A-Z]+)?=.*", a)]
+    if bad:
+        raise TritpackError(f"not a CMake -DNAME=VALUE argument: {' '.join(bad)}")
     t0 = time.monotonic()
     root = source_root()
     home = tritpack_home()
     pin = Pin.load(root / "patches" / "llama-cpp.pin")
-    flags = _flags(cuda, archs)
+    flags = _flags(cuda, archs, native)
+    if cmake_args:
+        flags["cmake_args"] = list(cmake_args)
     for tool in ("cmake", "ninja", "git"):
         if shutil.which(tool) is None:
             raise TritpackError(f"`{tool}` is not on PATH", hint=f"install {tool} (Debian: apt-get install {tool})")
@@ -349,12 +561,16 @@ def build(cuda: bool = False, archs: str | None = None, jobs: int | None = None,
     tree_key = hashlib.sha256(json.dumps({"source": str(source), **flags}, sort_keys=True).encode()).hexdigest()[:16]
     build_dir = home / "build" / f"{'cuda' if cuda else 'cpu'}-{tree_key}"
     project = home / "project" / tree_key
+    page = build_ui(source, home, progress) if ui else UiResult(None, "", "the build was asked for none (ui=False)")
     with locked(home / "build" / f"{build_dir.name}.lock"):
         key = input_key(pin, root, source, flags)
         outputs = _outputs(build_dir, cuda)
         stamp = read_stamp(build_dir)
-        if stamp and stamp.get("key") == key and all(p.exists() for p in outputs):
-            return BuildResult(**{**stamp, "cached": True, "seconds": time.monotonic() - t0})
+        page_key = page.key if page.dist else None
+        if (stamp and stamp.get("key") == key and stamp.get("ui_key") == page_key
+                and all(p.exists() for p in outputs)):
+            return BuildResult(**{**stamp, "ui_note": page.note, "cached": True,
+                                  "seconds": time.monotonic() - t0})
         build_dir.mkdir(parents=True, exist_ok=True)
         (build_dir / STAMP).unlink(missing_ok=True)
         # The CMake project is a copy of CMakeLists.txt and ggml_kernels/ at a path that does not
@@ -367,9 +583,12 @@ def build(cuda: bool = False, archs: str | None = None, jobs: int | None = None,
         env = dict(os.environ)
         cfg = ["cmake", "-S", str(project), "-B", str(build_dir), "-G", "Ninja",
                "-DCMAKE_BUILD_TYPE=Release", f"-DTRITPACK_LLAMA_SOURCE={source}",
-               f"-DTRITPACK_CUDA={'ON' if cuda else 'OFF'}"]
+               f"-DTRITPACK_CUDA={'ON' if cuda else 'OFF'}", f"-DTRITPACK_UI_DIST={page.dist or ''}"]
+        if not native:
+            cfg.append("-DGGML_NATIVE=OFF")
+        cfg += list(cmake_args)
         if cuda:
-            cfg.append(f"-DCMAKE_CUDA_ARCHITECTURES={flags['cuda_archs']}")
+            cfg += _cuda_cmake_args(flags)
         if shutil.which("ccache"):
             cfg += ["-DCMAKE_C_COMPILER_LAUNCHER=ccache", "-DCMAKE_CXX_COMPILER_LAUNCHER=ccache"]
             if cuda:
@@ -385,7 +604,8 @@ def build(cuda: bool = False, archs: str | None = None, jobs: int | None = None,
         result = BuildResult(key=key, build_dir=str(build_dir), lib_dir=str(build_dir / "bin"),
                              source_dir=str(source), cuda=cuda, cuda_archs=flags["cuda_archs"],
                              cached=False, seconds=time.monotonic() - t0,
-                             outputs=[str(p) for p in outputs])
+                             outputs=[str(p) for p in outputs], ui=str(page.dist) if page.dist else None,
+                             ui_key=page_key, ui_note=page.note)
         tmp = build_dir / (STAMP + ".tmp")
         tmp.write_text(json.dumps(asdict(result), indent=2))
         os.replace(tmp, build_dir / STAMP)

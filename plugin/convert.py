@@ -9,7 +9,6 @@ atomic rename or link).
 from __future__ import annotations
 
 import ctypes as C
-import errno
 import math
 import os
 import re
@@ -20,24 +19,25 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
-from gguf import GGML_QUANT_SIZES, GGMLQuantizationType as Q, GGUFValueType, GGUFWriter
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType as Q, GGUFValueType
 
 from . import __version__
 from .converters import policy
 from .converters.gguf_types import TP1, TP4
 from .converters.imatrix import load_imatrix
 from .converters.metrics import ErrorStats
-from .converters.reader import GGUFFile, TensorInfo, copy_fields, to_float32
+from .converters.reader import GGUFFile, TensorInfo, to_float32
+from .converters.tp1 import DEFAULT_ALPHA as TP1_DEFAULT_ALPHA
+from .converters.writer import GGUFOutput
 from .digest import SourceHash
 from .errors import TritpackError
-from .ggml_lib import GGML, load_ggml
+from .ggml_lib import CONVERT_INVALID, CONVERT_NOMEM, CONVERT_NONFINITE, GGML, ConvertStats, load_ggml
 
 Progress = Callable[[str, int, int], None]
 CHUNK_VALUES = 1 << 22          # floats per work chunk (16 MB of float32)
 ALPHA_SAMPLE_ROWS = 256         # rows the per-tensor TP1 alpha search looks at
 TIER_SAMPLE_ROWS = 64           # rows the mixed-precision planner measures per tensor
 TERNARY_SAMPLE_ROWS = 16        # rows checked for ternary values before the whole tensor is read
-TP1_DEFAULT_ALPHA = 0.75        # TRITPACK_TP1_DEFAULT_ALPHA in tritpack-quants.h
 TIERS = {"HOT": Q.Q8_0, "WARM": TP4.qtype, "COLD": TP1.qtype}
 SUFFIX = {"tp4": "TP4", "tp1": "TP1", "mixed": "MIX"}
 
@@ -151,16 +151,6 @@ def _check_finite(src: GGUFFile, t: TensorInfo, x: np.ndarray, first_row: int = 
                             path=src.path, tensor=t.name)
 
 
-class _ConvertStats(C.Structure):
-    """tritpack_convert_stats (tritpack-quants.h)."""
-    _fields_ = [("sxx", C.c_double), ("syy", C.c_double), ("sxy", C.c_double), ("see", C.c_double),
-                ("n", C.c_int64), ("bad_row", C.c_int64), ("bad_col", C.c_int64), ("exact", C.c_int32),
-                ("pad", C.c_int32)]
-
-
-CONVERT_NONFINITE, CONVERT_INVALID, CONVERT_UNSUPPORTED, CONVERT_NOMEM = 1, 2, 3, 4
-
-
 class Quantizer:
     """Quantizes rows into a ggml type with the C kernels, in parallel over row slices."""
 
@@ -168,19 +158,9 @@ class Quantizer:
         self.g = g
         self.threads = max(1, threads or os.cpu_count() or 1)
         self.pool = ThreadPoolExecutor(self.threads) if self.threads > 1 else None
-        fn = g.base.tritpack_quantize_tp1
-        fn.restype = C.c_size_t
-        fn.argtypes = [C.c_void_p, C.c_void_p, C.c_int64, C.c_int64, C.c_void_p, C.c_float]
-        self._tp1 = fn
-        s = g.base.tritpack_tp1_search_alpha
-        s.restype = C.c_float
-        s.argtypes = [C.c_void_p, C.c_int64, C.c_int64, C.c_void_p, C.c_float, C.POINTER(C.c_float)]
-        self._search = s
-        c = g.base.tritpack_convert_rows
-        c.restype = C.c_int
-        c.argtypes = [C.c_int, C.c_void_p, C.c_int, C.c_void_p, C.c_int64, C.c_int64, C.c_void_p, C.c_float,
-                      C.POINTER(_ConvertStats)]
-        self._convert = c
+        self._tp1 = g.base.tritpack_quantize_tp1
+        self._search = g.base.tritpack_tp1_search_alpha
+        self._convert = g.base.tritpack_convert_rows
 
     def close(self) -> None:
         if self.pool:
@@ -226,8 +206,8 @@ class Quantizer:
         im = None if imatrix is None else imatrix.ctypes.data
         a = C.c_float(TP1_DEFAULT_ALPHA if alpha is None else alpha)
 
-        def work(r0: int, r1: int) -> tuple[int, _ConvertStats, int]:
-            st = _ConvertStats(exact=1)
+        def work(r0: int, r1: int) -> tuple[int, ConvertStats, int]:
+            st = ConvertStats(exact=1)
             rc = self._convert(int(src_type), raw[r0:r1].ctypes.data, int(dst), out[r0:r1].ctypes.data,
                                r1 - r0, n, im, a, C.byref(st))
             return rc, st, r0
@@ -360,30 +340,7 @@ def _plan_tiers(src: GGUFFile, opts: ConvertOptions, g: GGML, q: Quantizer,
             y = g.dequantize(int(TIERS[tier]), q.quantize(TIERS[tier], x, w, alpha))
             err[p.name][tier] = float((((x - y).astype(np.float64) ** 2) * ww).sum()) / ref * t.n_elements
     size = {p.name: {tier: policy.tensor_bytes(qt, t) for tier, qt in TIERS.items()} for p, t in tiered}
-    choice = dict(lowest)
-    total = fixed + sum(size[name][tier] for name, tier in choice.items())
-    if total > budget:
-        raise TritpackError(f"the budget of {budget / 1e6:.1f} MB is below the smallest mix "
-                            f"({total / 1e6:.1f} MB: every tiered tensor at its lowest tier, TP1, or TP4 for the "
-                            f"token embedding and output; the rest as the policy keeps them)")
-    while True:
-        best = None
-        for name, tier in choice.items():
-            if tier == order[-1]:
-                continue
-            nxt = order[order.index(tier) + 1]
-            extra = size[name][nxt] - size[name][tier]
-            gain = err[name][tier] - err[name][nxt]
-            if extra <= 0 or total + extra > budget or gain <= 0:
-                continue
-            score = gain / extra
-            if best is None or score > best[0]:
-                best = (score, name, nxt, extra)
-        if best is None:
-            break
-        _, name, nxt, extra = best
-        choice[name] = nxt
-        total += extra
+    choice = policy.choose_tiers(lowest, err, size, fixed, budget, order)
     for p, t in tiered:
         tier = choice[p.name]
         p.tier = tier
@@ -491,80 +448,30 @@ def convert(inp: str | Path, opts: ConvertOptions, progress: Progress = lambda *
 def _write(src: GGUFFile, out: Path, opts: ConvertOptions, g: GGML, q: Quantizer,
            imatrix: dict[str, np.ndarray] | None, plans: list[TensorPlan], progress: Progress,
            source_hash: SourceHash) -> None:
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
-    writer = GGUFWriter(tmp, src.architecture)
-    try:
-        copy_fields(src, writer, skip={"general.file_type", "general.architecture"} |
-                    {k for k in src.fields if k.startswith("tritpack.")})
-        writer.add_key_value("general.file_type", _ftype(plans, opts), GGUFValueType.UINT32)
-        writer.add_key_value("tritpack.converter_version", __version__, GGUFValueType.STRING)
-        writer.add_key_value("tritpack.source_sha256", source_hash.placeholder, GGUFValueType.STRING)
-        writer.add_key_value("tritpack.type", opts.type, GGUFValueType.STRING)
+    with GGUFOutput(out, src, force=opts.force, skip={"general.file_type"}) as w:
+        w.add_key_value("general.file_type", _ftype(plans, opts), GGUFValueType.UINT32)
+        w.add_key_value("tritpack.converter_version", __version__, GGUFValueType.STRING)
+        w.add_key_value("tritpack.source_sha256", source_hash.placeholder, GGUFValueType.STRING)
+        w.add_key_value("tritpack.type", opts.type, GGUFValueType.STRING)
         alphas = [(p.name, float(p.alpha)) for p in plans if p.alpha is not None]
         if alphas:  # the per-tensor TP1 calibration
-            writer.add_key_value("tritpack.alpha.tensors", [n for n, _ in alphas], GGUFValueType.ARRAY,
-                                 sub_type=GGUFValueType.STRING)
-            writer.add_key_value("tritpack.alpha.values", [a for _, a in alphas], GGUFValueType.ARRAY,
-                                 sub_type=GGUFValueType.FLOAT32)
+            w.add_key_value("tritpack.alpha.tensors", [n for n, _ in alphas], GGUFValueType.ARRAY,
+                            sub_type=GGUFValueType.STRING)
+            w.add_key_value("tritpack.alpha.values", [a for _, a in alphas], GGUFValueType.ARRAY,
+                            sub_type=GGUFValueType.FLOAT32)
         for t, p in zip(src.tensors, plans):
-            writer.add_tensor_info(t.name, (*t.shape[:-1], p.dst_bytes // max(1, t.n_rows)),
-                                   np.dtype(np.uint8), p.dst_bytes, raw_dtype=Q[p.dst_type])
-        writer.write_header_to_file()
-        writer.write_kv_data_to_file()
-        writer.write_ti_data_to_file()
-        fout = writer.fout[0]
-        header_bytes = fout.tell()
+            w.add_tensor(t.name, t.shape, Q[p.dst_type], p.dst_bytes)
+        w.start_data()
         total = sum(t.nbytes for t in src.tensors)
-        state = {"done": 0, "t0": time.monotonic()}
+        state = {"done": 0}
         for i, (t, p) in enumerate(zip(src.tensors, plans)):
-            writer.write_padding(fout, fout.tell())
-            start = fout.tell()
+            w.begin_tensor()
 
             def done(n: int, i=i, t=t) -> None:
                 state["done"] += n
                 progress(f"tensor {i + 1}/{len(plans)} {t.name}", state["done"], total)
 
-            _convert_tensor(src, g, q, t, p, opts, imatrix, fout.write, done)
+            _convert_tensor(src, g, q, t, p, opts, imatrix, w.write, done)
             src.release(t)
-            written = fout.tell() - start
-            if written != p.dst_bytes:
-                raise TritpackError(f"wrote {written} bytes, expected {p.dst_bytes}", path=out, tensor=t.name)
-            writer.write_padding(fout, written)
-        writer.close()
-        source_hash.fill_in(tmp, header_bytes)  # also syncs the file
-        _publish(tmp, out, opts.force)
-    except OSError as e:
-        if e.errno == errno.ENOSPC:
-            raise TritpackError("no space left on the device while writing; nothing was written", path=out) from None
-        if e.errno == errno.EFBIG:
-            raise TritpackError("file size limit exceeded while writing; nothing was written", path=out) from None
-        raise TritpackError(f"cannot write: {e.strerror or e}", path=out) from None
-    finally:
-        _close_quietly(writer)
-        tmp.unlink(missing_ok=True)
-
-
-def _close_quietly(writer: GGUFWriter) -> None:
-    """Close after a failure: a buffer that cannot be flushed (disk full) must not mask the error."""
-    try:
-        writer.close()
-    except OSError:
-        pass
-
-
-def _publish(tmp: Path, out: Path, force: bool) -> None:
-    """Make the complete file appear at `out`: replace with --force, else create only if absent."""
-    if force:
-        os.replace(tmp, out)
-        return
-    try:
-        os.link(tmp, out)  # fails if `out` exists: two conversions never interleave or clobber
-    except FileExistsError:
-        raise TritpackError("output appeared while converting (another conversion?)", path=out,
-                            hint="use --force to overwrite it") from None
-    except OSError as e:
-        if e.errno not in (errno.EPERM, errno.EXDEV, errno.ENOTSUP, errno.EMLINK):
-            raise
-        if out.exists():
-            raise TritpackError("output exists", path=out, hint="use --force") from None
-        os.replace(tmp, out)
+            w.end_tensor(t.name)
+        w.publish(before=source_hash.fill_in)

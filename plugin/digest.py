@@ -56,7 +56,8 @@ class SourceHash:
         self._stop.set()
 
     def fill_in(self, path: Path, header_bytes: int) -> None:
-        """Write the digest over the placeholder in the first header_bytes of `path`, and sync it."""
+        """Write the digest over the placeholder in the first header_bytes of `path` (the writer's
+        publish step syncs the file afterwards)."""
         digest = self.digest().encode()
         with open(path, "r+b") as f:
             pos = f.read(header_bytes).find(self.placeholder.encode())
@@ -64,5 +65,3 @@ class SourceHash:
                 raise TritpackError("the source hash placeholder is missing from the written header", path=path)
             f.seek(pos)
             f.write(digest)
-            f.flush()
-            os.fsync(f.fileno())

@@ -7,16 +7,15 @@ nibbles 7, 8, 9, which dequantize to the same values bit for bit. Other routes (
 
 from __future__ import annotations
 
-import errno
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from gguf import GGMLQuantizationType as Q, GGUFValueType, GGUFWriter
+from gguf import GGMLQuantizationType as Q, GGUFValueType
 
 from .converters.gguf_types import BY_NAME, TP1
-from .converters.reader import GGUFFile, copy_fields, to_float32
+from .converters.reader import GGUFFile, to_float32
+from .converters.writer import GGUFOutput
 from .errors import TritpackError
 from .ggml_lib import load_ggml
 
@@ -64,7 +63,7 @@ def export_gguf(src_path: str | Path, dst_path: str | Path, to: str, *, force: b
     if dst.exists() and not force:
         raise TritpackError("output exists", path=dst, hint="use --force to overwrite it")
     g = load_ggml()
-    from .convert import Quantizer, _close_quietly, _publish
+    from .convert import Quantizer
 
     q = Quantizer(g, threads)
     plans = []
@@ -75,45 +74,29 @@ def export_gguf(src_path: str | Path, dst_path: str | Path, to: str, *, force: b
             plans.append((t, dst_t, f"{t.type.name}->{dst_t.name} ({how})"))
         else:
             plans.append((t, None, None))
-    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
-    writer = GGUFWriter(tmp, src.architecture)
     try:
-        copy_fields(src, writer, skip={"general.file_type", "general.architecture"} |
-                    {k for k in src.fields if k.startswith("tritpack.")})
-        writer.add_key_value("general.file_type", FTYPE[target], GGUFValueType.UINT32)
-        sizes = []
-        for t, dst_t, _ in plans:
-            nbytes = t.nbytes if dst_t is None else t.n_rows * g.row_size(int(dst_t), t.row_length)
-            sizes.append(nbytes)
-            writer.add_tensor_info(t.name, (*t.shape[:-1], nbytes // max(1, t.n_rows)), np.dtype(np.uint8),
-                                   nbytes, raw_dtype=dst_t or t.type)
-        writer.write_header_to_file()
-        writer.write_kv_data_to_file()
-        writer.write_ti_data_to_file()
-        fout = writer.fout[0]
-        for i, ((t, dst_t, _), nbytes) in enumerate(zip(plans, sizes)):
-            progress(f"tensor {i + 1}/{len(plans)} {t.name}", i, len(plans))
-            writer.write_padding(fout, fout.tell())
-            raw = src.raw(t)
-            if dst_t is None:
-                fout.write(raw.tobytes())
-            elif t.type == TP1.qtype and dst_t == Q.Q4_0:
-                fout.write(tp1_to_q4_0(raw, g.dequantize(int(t.type), raw)).tobytes())
-            else:
-                x = to_float32(g, t, raw, path=src.path)
-                fout.write(q.quantize(dst_t, x, None, None).tobytes())
-            writer.write_padding(fout, nbytes)
-        fout.flush()
-        os.fsync(fout.fileno())
-        writer.close()
-        _publish(tmp, dst, force)
-    except OSError as e:
-        if e.errno == errno.ENOSPC:
-            raise TritpackError("no space left on the device while writing; nothing was written", path=dst) from None
-        raise TritpackError(f"cannot write: {e.strerror or e}", path=dst) from None
+        with GGUFOutput(dst, src, force=force, skip={"general.file_type"}) as w:
+            w.add_key_value("general.file_type", FTYPE[target], GGUFValueType.UINT32)
+            sizes = []
+            for t, dst_t, _ in plans:
+                nbytes = t.nbytes if dst_t is None else t.n_rows * g.row_size(int(dst_t), t.row_length)
+                sizes.append(nbytes)
+                w.add_tensor(t.name, t.shape, dst_t or t.type, nbytes)
+            w.start_data()
+            for i, (t, dst_t, _) in enumerate(plans):
+                progress(f"tensor {i + 1}/{len(plans)} {t.name}", i, len(plans))
+                w.begin_tensor()
+                raw = src.raw(t)
+                if dst_t is None:
+                    w.write(raw.tobytes())
+                elif t.type == TP1.qtype and dst_t == Q.Q4_0:
+                    w.write(tp1_to_q4_0(raw, g.dequantize(int(t.type), raw)).tobytes())
+                else:
+                    x = to_float32(g, t, raw, path=src.path)
+                    w.write(q.quantize(dst_t, x, None, None).tobytes())
+                w.end_tensor(t.name)
+            w.publish()
     finally:
         q.close()
-        _close_quietly(writer)
-        tmp.unlink(missing_ok=True)
     return ExportReport(str(src.path), str(dst), to, {t.name: how for t, _, how in plans if how},
                         sum(t.nbytes for t in src.tensors), sum(sizes))

@@ -13,12 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .converters.gguf_types import TP1, TP4
 from .errors import TritpackError
-from .runtime import library_dir, tritpack_version_of
-
-TYPE_TP1 = TP1.id
-TYPE_TP4 = TP4.id
+from .paths import library_dir
 
 _to_float_t = C.CFUNCTYPE(None, C.c_void_p, C.c_void_p, C.c_int64)
 _from_float_t = C.CFUNCTYPE(None, C.c_void_p, C.c_void_p, C.c_int64)
@@ -32,6 +28,31 @@ class _TypeTraits(C.Structure):
                 ("to_float", C.c_void_p), ("from_float_ref", C.c_void_p)]
 
 
+class ConvertStats(C.Structure):
+    """tritpack_convert_stats (tritpack-quants.h)."""
+    _fields_ = [("sxx", C.c_double), ("syy", C.c_double), ("sxy", C.c_double), ("see", C.c_double),
+                ("n", C.c_int64), ("bad_row", C.c_int64), ("bad_col", C.c_int64), ("exact", C.c_int32),
+                ("pad", C.c_int32)]
+
+
+# tritpack_convert_rows' return codes (tritpack-quants.h)
+CONVERT_NONFINITE, CONVERT_INVALID, CONVERT_UNSUPPORTED, CONVERT_NOMEM = 1, 2, 3, 4
+
+# our exported entry points beyond ggml's own API: name -> (restype, argtypes); see tritpack-quants.h
+_P = C.c_void_p
+_TRITPACK_BASE = {
+    "tritpack_quantize_tp1": (C.c_size_t, [_P, _P, C.c_int64, C.c_int64, _P, C.c_float]),
+    "tritpack_tp1_search_alpha": (C.c_float, [_P, C.c_int64, C.c_int64, _P, C.c_float, C.POINTER(C.c_float)]),
+    "tritpack_convert_rows": (C.c_int, [C.c_int, _P, C.c_int, _P, C.c_int64, C.c_int64, _P, C.c_float,
+                                        C.POINTER(ConvertStats)]),
+    "quantize_row_tp1_ref": (None, [_P, _P, C.c_int64]),
+    "quantize_row_tp4_ref": (None, [_P, _P, C.c_int64]),
+    "quantize_row_tpq16_ref": (None, [_P, _P, C.c_int64]),
+}
+# ggml_vec_dot_* of libggml-cpu (named ones: the dispatching kernels and their generic twins)
+_VEC_DOT_ARGS = [C.c_int, _P, C.c_size_t, _P, C.c_size_t, _P, C.c_size_t, C.c_int]
+
+
 class _TypeTraitsCPU(C.Structure):
     _fields_ = [("from_float", C.c_void_p), ("vec_dot", C.c_void_p), ("vec_dot_type", C.c_int),
                 ("nrows", C.c_int64)]
@@ -39,6 +60,18 @@ class _TypeTraitsCPU(C.Structure):
 
 def _f32(a: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(a, dtype=np.float32)
+
+
+@lru_cache(maxsize=None)
+def tritpack_version_of(lib_dir: Path) -> str | None:
+    """The tritpack_version() marker of the libggml-base in `lib_dir`, or None for a stock build."""
+    lib = C.CDLL(str(lib_dir / "libggml-base.so"))
+    try:
+        fn = lib.tritpack_version
+    except AttributeError:
+        return None
+    fn.restype = C.c_char_p
+    return fn().decode()
 
 
 @dataclass
@@ -59,6 +92,10 @@ class GGML:
         b.ggml_type_name.argtypes = [C.c_int]
         b.ggml_validate_row_data.restype = C.c_bool
         b.ggml_validate_row_data.argtypes = [C.c_int, C.c_void_p, C.c_size_t]
+        for name, (res, args) in _TRITPACK_BASE.items():
+            fn = getattr(b, name, None)   # absent from a stock library
+            if fn is not None:
+                fn.restype, fn.argtypes = res, args
         c.ggml_cpu_init()
 
     # --- type facts
@@ -142,6 +179,12 @@ class GGML:
     def validate_row_data(self, t: int, data: np.ndarray) -> bool:
         data = np.ascontiguousarray(data, dtype=np.uint8)
         return bool(self.base.ggml_validate_row_data(t, data.ctypes.data, data.nbytes))
+
+    def vec_dot_fn(self, name: str):
+        """A named CPU vec_dot of libggml-cpu (e.g. ggml_vec_dot_tp1_tpq16_generic) with its signature."""
+        fn = getattr(self.cpu, name)
+        fn.restype, fn.argtypes = None, _VEC_DOT_ARGS
+        return fn
 
     def cpu_features(self) -> list[str]:
         feats = []

@@ -26,6 +26,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 import traceback
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -133,14 +134,16 @@ class LlamaChild:
 
     # --- calls
     def call(self, target: str, *args: Any, path: str | Path, stage: str = "starting",
-             on_text: Callable[[str], None] = _no_text, **kwargs: Any) -> Any:
+             on_text: Callable[[str], None] = _no_text, stall_s: float | None = None, **kwargs: Any) -> Any:
         """Run `target` ('tritpack_gguf.<module>:<function>') in the child with args, kwargs and
         `emit`; its return value, or its TritpackError, comes back here. If the child dies, a
-        TritpackError naming `path` and the stage it was in. KeyboardInterrupt kills the child."""
+        TritpackError naming `path` and the stage it was in. KeyboardInterrupt kills the child.
+        `stall_s`: while the stage is 'generating', no event for that long kills the child and is a
+        TritpackError (a split run whose RPC helper vanished without closing its connection)."""
         if self._proc is None:
             self._start()
         try:
-            result, error = self._call(target, args, kwargs, Path(path), stage, on_text)
+            result, error = self._call(target, args, kwargs, Path(path), stage, on_text, stall_s)
         except BaseException:  # the child died, Ctrl-C, or on_text failed: the child's state is unknown
             self.close(kill=True)
             raise
@@ -149,14 +152,18 @@ class LlamaChild:
         return result
 
     def _call(self, target: str, args: tuple, kwargs: dict, path: Path, stage: str,
-              on_text: Callable[[str], None]) -> tuple[Any, TritpackError | None]:
+              on_text: Callable[[str], None], stall_s: float | None = None) -> tuple[Any, TritpackError | None]:
         conn, proc = self._conn, self._proc
         try:
             conn.send((target, args, kwargs))
         except OSError:
             raise self._died(path, stage) from None
+        last = time.monotonic()
         while True:
+            if stall_s is not None and stage == "generating" and time.monotonic() - last > stall_s:
+                raise TritpackError(f"llama.cpp made no progress for {stall_s:g} s while {stage}", path=path)
             if conn.poll(POLL_S):
+                last = time.monotonic()
                 try:
                     kind, payload = conn.recv()
                 except (EOFError, OSError):

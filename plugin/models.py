@@ -19,7 +19,7 @@ import numpy as np
 from gguf import GGMLQuantizationType as Q, quants
 
 from .digest import sha256_file
-from .converters.reader import rewrite_tensors
+from .converters.writer import rewrite_tensors
 from .errors import TritpackError
 from .paths import tritpack_home
 

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
+from .converters.sources import candidates, find_source_root
 from .errors import TritpackError
 
 
@@ -18,17 +20,15 @@ def tritpack_home() -> Path:
 
 
 def source_root() -> Path:
-    """The tritpack-gguf checkout (CMakeLists.txt, patches/, ggml_kernels/) that `build` compiles.
-
-    $TRITPACK_SOURCE_DIR overrides; otherwise the checkout this package is installed from (editable).
-    """
-    env = os.environ.get("TRITPACK_SOURCE_DIR")
-    root = Path(env).expanduser().resolve() if env else Path(__file__).resolve().parent.parent
-    if not (root / "CMakeLists.txt").is_file() or not (root / "patches").is_dir():
+    """The tritpack-gguf sources (CMakeLists.txt, patches/, ggml_kernels/) that `build` compiles:
+    $TRITPACK_SOURCE_DIR, else the checkout this package runs from, else the installed wheel's copy
+    (converters/sources.py)."""
+    root = find_source_root()
+    if root is None:
         raise TritpackError(
             "the tritpack-gguf source tree (CMakeLists.txt, patches/, ggml_kernels/) was not found",
-            path=root,
-            hint="install from a checkout with `pip install -e .`, or set TRITPACK_SOURCE_DIR to one",
+            path=candidates()[0],
+            hint="reinstall tritpack-gguf, or set TRITPACK_SOURCE_DIR to a checkout",
         )
     return root
 
@@ -44,3 +44,31 @@ def locked(path: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
+
+
+# ----------------------------------------------------------------------------- the built library
+
+BUILD_HINT = "run `tritpack-gguf build` (add --cuda for NVIDIA GPUs)"
+
+
+def latest_build(kind: str) -> dict | None:
+    """The stamp of the newest successful build of `kind` ('cpu' or 'cuda'), if any."""
+    try:
+        return json.loads((tritpack_home() / f"latest-{kind}.json").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def library_dir(prefer_cuda: bool = True) -> Path:
+    """$TRITPACK_LIB_DIR, else the newest CUDA build (when preferred and present), else the CPU one."""
+    env = os.environ.get("TRITPACK_LIB_DIR")
+    if env:
+        d = Path(env).expanduser().resolve()
+        if not (d / "libllama.so").is_file():
+            raise TritpackError("no libllama.so in TRITPACK_LIB_DIR", path=d, hint=BUILD_HINT)
+        return d
+    for kind in (["cuda", "cpu"] if prefer_cuda else ["cpu"]):
+        stamp = latest_build(kind)
+        if stamp and (Path(stamp["lib_dir"]) / "libllama.so").is_file():
+            return Path(stamp["lib_dir"])
+    raise TritpackError("no patched llama.cpp build found", path=tritpack_home(), hint=BUILD_HINT)

@@ -112,30 +112,74 @@ def context_size(path: str | Path, wanted: int = DEFAULT_CTX, *, header=None) ->
 def generate(model: str | Path, prompt: str | list[dict], *, n: int = 64, ngl: int = 0, chat: bool = False,
              seed: int | None = None, temp: float = 0.8, top_k: int = 40, top_p: float = 0.95,
              threads: int | None = None, ctx: int = DEFAULT_CTX, on_text: Callable[[str], None] = lambda s: None,
-             llm=None) -> RunStats:
+             llm=None, rpc: str | list[str] | None = None, tensor_split: str | list[float] | None = None,
+             rpc_stall_s: float | None = None) -> RunStats:
     """Generate up to n tokens after `prompt` (with `chat`, a user message or a list of chat messages
     rendered by the model's chat template), calling on_text with each piece as it comes.
     `llm`: a model already opened in this process (runtime.load()), used here; else the file is
-    checked, then opened and run in a child process (see llama_child.py)."""
+    checked, then opened and run in a child process (see llama_child.py). `rpc`: HOST:PORT of
+    `tritpack-gguf rpc-server` helpers to split the layers with (checked first, see rpc.py); then
+    no token for `rpc_stall_s` seconds (default rpc.STALL_S) while generating is an error, not a hang."""
     from .llama_child import LlamaChild
     from .runtime import check_model
 
     path = Path(model)
     if n < 1:
         raise TritpackError("-n must be at least 1")
-    note = gpu_note(ngl)
+    endpoints = _rpc_endpoints(rpc) if llm is None else []
+    note = None if endpoints else gpu_note(ngl)
     sampling = dict(n=n, chat=chat, seed=seed, temp=temp, top_k=top_k, top_p=top_p)
     if llm is not None:
         stats = _generate_with(llm, path, prompt, on_text=on_text, **sampling)
     else:
         h = check_model(path)
         opened = dict(n_ctx=context_size(path, ctx, header=h), n_gpu_layers=ngl, n_threads=threads,
-                      n_threads_batch=threads, seed=seed)
+                      n_threads_batch=threads, seed=seed, **_rpc_opened(endpoints, tensor_split))
         with LlamaChild() as child:
-            stats = child.call("tritpack_gguf.run:_generate_in_child", path, prompt, opened, sampling,
-                               path=path, stage="loading the model", on_text=on_text)
+            try:
+                stats = child.call("tritpack_gguf.run:_generate_in_child", path, prompt, opened, sampling,
+                                   path=path, stage="loading the model", on_text=on_text,
+                                   stall_s=_rpc_stall(endpoints, rpc_stall_s))
+            except TritpackError as e:
+                raise _rpc_failure(e, endpoints) from None
     stats.gpu_layers, stats.gpu_note = ngl, note
     return stats
+
+
+def _rpc_endpoints(rpc: str | list[str] | None) -> list[str]:
+    """The parsed --rpc endpoints, each checked (hello and the TP1/TP4 probe) before a model is sent."""
+    if not rpc:
+        return []
+    from .rpc import check_servers, parse_endpoints
+
+    endpoints = parse_endpoints(rpc)
+    check_servers(endpoints)
+    return endpoints
+
+
+def _rpc_opened(endpoints: list[str], tensor_split: str | list[float] | None) -> dict:
+    """load() keywords of a split run in the llama.cpp child (already checked here)."""
+    if not endpoints:
+        return {}
+    from .rpc import parse_tensor_split
+
+    return dict(rpc=endpoints, tensor_split=parse_tensor_split(tensor_split), rpc_check=False)
+
+
+def _rpc_stall(endpoints: list[str], stall_s: float | None) -> float | None:
+    if not endpoints:
+        return None
+    from .rpc import STALL_S
+
+    return stall_s or STALL_S
+
+
+def _rpc_failure(e: TritpackError, endpoints: list[str]) -> TritpackError:
+    if not endpoints:
+        return e
+    from .rpc import explain_failure
+
+    return explain_failure(e, endpoints)
 
 
 def _generate_in_child(path: Path, prompt: str | list[dict], opened: dict, sampling: dict, *,
@@ -206,15 +250,17 @@ class ChatSession:
     """A model opened once for a conversation (`run --chat` without -p), in a llama.cpp child
     process: `generate(messages, ...)` per turn. Checked like generate() checks a file."""
 
-    def __init__(self, model: str | Path, *, ctx: int = DEFAULT_CTX, ngl: int = 0, threads: int | None = None) -> None:
+    def __init__(self, model: str | Path, *, ctx: int = DEFAULT_CTX, ngl: int = 0, threads: int | None = None,
+                 rpc: str | list[str] | None = None, tensor_split: str | list[float] | None = None) -> None:
         from .llama_child import LlamaChild
         from .runtime import check_model
 
         self.path = Path(model)
         h = check_model(self.path)
+        self._endpoints = _rpc_endpoints(rpc)
         self._child = LlamaChild()
         opened = dict(n_ctx=context_size(self.path, ctx, header=h), n_gpu_layers=ngl, n_threads=threads,
-                      n_threads_batch=threads)
+                      n_threads_batch=threads, **_rpc_opened(self._endpoints, tensor_split))
         try:
             self.load_s = self._child.call("tritpack_gguf.run:_chat_open", self.path, opened, path=self.path,
                                            stage="loading the model")
@@ -226,9 +272,14 @@ class ChatSession:
                  ngl: int = 0, seed: int | None = None, temp: float = 0.8, top_k: int = 40, top_p: float = 0.95,
                  **_ignored: Any) -> RunStats:
         sampling = dict(n=n, chat=True, seed=seed, temp=temp, top_k=top_k, top_p=top_p)
-        stats = self._child.call("tritpack_gguf.run:_chat_turn", self.path, messages, sampling, path=self.path,
-                                 stage="reading the conversation", on_text=on_text)
-        stats.load_s, stats.gpu_layers, stats.gpu_note = self.load_s, ngl, gpu_note(ngl)
+        try:
+            stats = self._child.call("tritpack_gguf.run:_chat_turn", self.path, messages, sampling, path=self.path,
+                                     stage="reading the conversation", on_text=on_text,
+                                     stall_s=_rpc_stall(self._endpoints, None))
+        except TritpackError as e:
+            raise _rpc_failure(e, self._endpoints) from None
+        stats.load_s, stats.gpu_layers = self.load_s, ngl
+        stats.gpu_note = None if self._endpoints else gpu_note(ngl)
         return stats
 
     def close(self) -> None:

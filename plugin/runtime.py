@@ -6,60 +6,21 @@ set before `import llama_cpp`. `activate()` sets it to our build and checks the 
 
 from __future__ import annotations
 
-import ctypes
-import json
 import os
 import sys
 import warnings
 from dataclasses import dataclass, field
-from functools import lru_cache
 from pathlib import Path
 
 from .errors import TritpackError
-from .paths import tritpack_home
-
-BUILD_HINT = "run `tritpack-gguf build` (add --cuda for NVIDIA GPUs)"
-
-
-def latest_build(kind: str) -> dict | None:
-    """The stamp of the newest successful build of `kind` ('cpu' or 'cuda'), if any."""
-    try:
-        return json.loads((tritpack_home() / f"latest-{kind}.json").read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def library_dir(prefer_cuda: bool = True) -> Path:
-    """$TRITPACK_LIB_DIR, else the newest CUDA build (when preferred and present), else the CPU one."""
-    env = os.environ.get("TRITPACK_LIB_DIR")
-    if env:
-        d = Path(env).expanduser().resolve()
-        if not (d / "libllama.so").is_file():
-            raise TritpackError("no libllama.so in TRITPACK_LIB_DIR", path=d, hint=BUILD_HINT)
-        return d
-    for kind in (["cuda", "cpu"] if prefer_cuda else ["cpu"]):
-        stamp = latest_build(kind)
-        if stamp and (Path(stamp["lib_dir"]) / "libllama.so").is_file():
-            return Path(stamp["lib_dir"])
-    raise TritpackError("no patched llama.cpp build found", path=tritpack_home(), hint=BUILD_HINT)
-
-
-@lru_cache(maxsize=None)
-def tritpack_version_of(lib_dir: Path) -> str | None:
-    """The tritpack_version() marker of the libggml-base in `lib_dir`, or None for a stock build."""
-    lib = ctypes.CDLL(str(lib_dir / "libggml-base.so"))
-    try:
-        fn = lib.tritpack_version
-    except AttributeError:
-        return None
-    fn.restype = ctypes.c_char_p
-    return fn().decode()
-
+from .paths import BUILD_HINT, latest_build, library_dir, tritpack_home  # noqa: F401  (runtime.library_dir: used by callers)
 
 def activate(lib_dir: str | Path | None = None) -> Path:
     """Point llama-cpp-python at the patched library. After it, plain `from llama_cpp import Llama`
     runs TritPack models. Must run before the first `import llama_cpp` in the process."""
     d = Path(lib_dir).resolve() if lib_dir else library_dir()
+    from .ggml_lib import tritpack_version_of  # here: the CLI starts without numpy
+
     if tritpack_version_of(d) is None:
         raise TritpackError("this llama.cpp library is not patched by tritpack-gguf", path=d, hint=BUILD_HINT)
     current = os.environ.get("LLAMA_CPP_LIB_PATH")
@@ -71,24 +32,51 @@ def activate(lib_dir: str | Path | None = None) -> Path:
     return d
 
 
-def load(path: str | Path, **kwargs):
+def load(path: str | Path, *, rpc: str | list[str] | None = None, tensor_split: str | list[float] | None = None,
+         rpc_check: bool = True, **kwargs):
     """Open a GGUF (TritPack or stock) with llama_cpp.Llama on the patched library. Every keyword of
     llama_cpp.Llama passes through (n_gpu_layers, n_ctx, ...); `verbose` defaults to False.
 
     A file with a tensor type the library does not know fails before llama.cpp sees it, with a
-    TritpackError that says which build to make."""
+    TritpackError that says which build to make.
+
+    `rpc`: 'HOST:PORT[,HOST:PORT...]' of `tritpack-gguf rpc-server` helpers; the layers are split
+    between this process and them (rpc.offload_plan(): without n_gpu_layers, an equal share each;
+    `tensor_split` as llama.cpp's --tensor-split). Each helper is checked first (rpc.check_servers():
+    a stock server or another type table is a TritpackError naming it); `rpc_check=False` skips that
+    when the caller has just checked. The helpers stay registered as devices of this process (llama.cpp
+    has no way to drop one): a later load() with n_gpu_layers but without rpc would use them too."""
     d = activate()
     p = Path(path)
     if not p.is_file():
         raise TritpackError("no such file", path=p)
     check_types_supported(p, d)
-    if kwargs.get("n_gpu_layers") and not gpu_backends(d):
+    endpoints: list[str] = []
+    if rpc:
+        from .rpc import check_servers, offload_plan, parse_endpoints, parse_tensor_split
+
+        endpoints = parse_endpoints(rpc)
+        if rpc_check:
+            check_servers(endpoints, d)
+        ngl, split = offload_plan(p, endpoints, kwargs.get("n_gpu_layers"), parse_tensor_split(tensor_split))
+        kwargs["n_gpu_layers"] = ngl
+        if split:
+            kwargs["tensor_split"] = split
+    elif tensor_split is not None:
+        from .rpc import parse_tensor_split
+
+        kwargs["tensor_split"] = parse_tensor_split(tensor_split)
+    if kwargs.get("n_gpu_layers") and not endpoints and not gpu_backends(d):
         warnings.warn(f"n_gpu_layers={kwargs['n_gpu_layers']} but the library in {d} has no GPU backend: "
                       "every layer runs on the CPU (run `tritpack-gguf build --cuda` for NVIDIA GPUs)",
                       stacklevel=2)
     kwargs.setdefault("verbose", False)
     import llama_cpp
 
+    if endpoints:
+        from .rpc import attach
+
+        attach(endpoints, d)
     return llama_cpp.Llama(model_path=str(p), **kwargs)
 
 

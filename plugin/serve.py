@@ -88,6 +88,7 @@ class ServerProcess:
     argv: list[str]
     log_file: Path | None = None
     key_file: Path | None = None   # removed once the server has read it, or when it stops
+    rpc: tuple[str, ...] = ()      # RPC helpers holding layers (--rpc), named when the server dies
 
     def forget_key_file(self) -> None:
         if self.key_file:
@@ -161,12 +162,27 @@ class ServerProcess:
             self.stop()
 
 
+def chat_page(url: str, timeout: float = 5.0) -> bool:
+    """True when the server at `url` serves llama.cpp's chat page at / (a build without the page, or
+    a server started with --no-ui, answers 404 there)."""
+    req = urllib.request.Request(url + "/", headers={"Accept-Encoding": "gzip"})  # the page is stored gzipped
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return r.status == 200 and r.headers.get_content_type() == "text/html"
+    except (urllib.error.URLError, OSError, ValueError):
+        return False
+
+
 def start_server(model: str | Path, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, ngl: int = 0,
                  ctx: int | None = None, threads: int | None = None, api_key: str | None = None,
                  alias: str | None = None, extra: list[str] | tuple[str, ...] = (),
-                 log_file: str | Path | None = None) -> ServerProcess:
+                 log_file: str | Path | None = None, parallel: int | None = None,
+                 rpc: str | list[str] | None = None, tensor_split: str | list[float] | None = None) -> ServerProcess:
     """Start llama-server on `model` (port 0: a free port). Its output goes to `log_file`, or to this
-    process's stdout/stderr when None. Returns at once; wait_ready() waits for the model to load."""
+    process's stdout/stderr when None. Returns at once; wait_ready() waits for the model to load.
+    `parallel`: that many slots (-np), each with the whole context (-c is the context times it).
+    `rpc`: HOST:PORT of `tritpack-gguf rpc-server` helpers to split the layers with (each checked
+    first, see rpc.py); `tensor_split` as llama.cpp's."""
     from .bench import tools_dir
     from .run import DEFAULT_CTX, context_size
     from .runtime import check_types_supported
@@ -179,6 +195,15 @@ def start_server(model: str | Path, *, host: str = DEFAULT_HOST, port: int = DEF
     exe = lib_dir / "llama-server"
     if not exe.is_file():
         raise TritpackError("no llama-server in the build", path=lib_dir, hint="run `tritpack-gguf build`")
+    endpoints: list[str] = []
+    if rpc or tensor_split:
+        from .rpc import check_servers, llama_args, offload_plan, parse_endpoints, parse_tensor_split
+
+        endpoints = parse_endpoints(rpc)
+        check_servers(endpoints, lib_dir)
+        ngl, split = offload_plan(path, endpoints, ngl, parse_tensor_split(tensor_split))
+        extra = list(extra) + (llama_args(endpoints, ngl, split) if endpoints
+                               else ["-ts", "/".join(f"{v:g}" for v in split or [])])
     if port == 0:
         port = free_port(host)
     else:
@@ -189,11 +214,15 @@ def start_server(model: str | Path, *, host: str = DEFAULT_HOST, port: int = DEF
         with os.fdopen(fd, "w") as f:
             f.write(api_key + "\n")
         key_file = Path(name)
+    slot_ctx = context_size(path, ctx or DEFAULT_CTX)
     argv = server_argv(lib_dir, path, host=host, port=port, ngl=ngl,
-                       ctx=context_size(path, ctx or DEFAULT_CTX), threads=threads,
-                       api_key_file=key_file, alias=alias, extra=extra)
+                       ctx=slot_ctx * parallel if parallel else slot_ctx, threads=threads,
+                       api_key_file=key_file, alias=alias,
+                       extra=(["-np", str(parallel)] if parallel else []) + list(extra))
     env = dict(os.environ)
     env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in (str(lib_dir), env.get("LD_LIBRARY_PATH", "")) if p)
+    if endpoints:  # a helper that dies aborts llama-server: no gdb backtrace, the error comes at once
+        env["GGML_NO_BACKTRACE"] = "1"
     log = Path(log_file) if log_file else None
     out = open(log, "ab") if log else None
     try:
@@ -207,14 +236,15 @@ def start_server(model: str | Path, *, host: str = DEFAULT_HOST, port: int = DEF
     finally:
         if out:
             out.close()
-    return ServerProcess(proc, host, port, str(path), argv, log, key_file)
+    return ServerProcess(proc, host, port, str(path), argv, log, key_file, tuple(endpoints))
 
 
 def serve(model: str | Path, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, ngl: int = 0,
           ctx: int | None = None, threads: int | None = None, api_key: str | None = None, alias: str | None = None,
           extra: list[str] | tuple[str, ...] = (), log_file: str | Path | None = None,
           on_ready: Callable[[ServerProcess], None] = lambda s: None,
-          on_start: Callable[[ServerProcess], None] = lambda s: None) -> int:
+          on_start: Callable[[ServerProcess], None] = lambda s: None, rpc: str | list[str] | None = None,
+          tensor_split: str | list[float] | None = None) -> int:
     """Run llama-server until it exits or SIGINT/SIGTERM arrives (forwarded to it). The exit code:
     0 after a clean stop on a signal, else the server's own."""
     received: list[int] = []
@@ -229,7 +259,7 @@ def serve(model: str | Path, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PO
     server: ServerProcess | None = None
     try:
         server = start_server(model, host=host, port=port, ngl=ngl, ctx=ctx, threads=threads, api_key=api_key,
-                              alias=alias, extra=extra, log_file=log_file)
+                              alias=alias, extra=extra, log_file=log_file, rpc=rpc, tensor_split=tensor_split)
         holder.append(server)
         if received:
             server.send(received[-1])
@@ -262,6 +292,11 @@ def serve(model: str | Path, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PO
         return 0 if code in (0, -signal.SIGINT, -signal.SIGTERM, 130, 143) else code
     if code != 0:
         tail = server.log_tail()
-        raise TritpackError(f"llama-server exited with code {code}" + (f":\n{tail}" if tail else ""),
-                            path=server.model, exit_code=code if 0 < code < 256 else 1)
+        e = TritpackError(f"llama-server exited with code {code}" + (f":\n{tail}" if tail else ""),
+                          path=server.model, exit_code=code if 0 < code < 256 else 1)
+        if server.rpc:
+            from .rpc import explain_failure
+
+            e = explain_failure(e, list(server.rpc))
+        raise e
     return 0

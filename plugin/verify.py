@@ -17,7 +17,6 @@ crash is a TritpackError naming the file and what llama.cpp was doing, not the e
 
 from __future__ import annotations
 
-import errno
 import os
 import shutil
 import sys
@@ -72,14 +71,14 @@ def _dequantized(h: GGUFHeader, all_f32: bool) -> set[str]:
 def make_reference(model: str | Path, output: str | Path, *, all_f32: bool = False,
                    progress: Progress = _quiet, header: GGUFHeader | None = None) -> Path:
     """Write `output`: `model` with its TP1/TP4 tensors (every non-F32 tensor with `all_f32`)
-    dequantized to F32 by the library's to_float, through the project's GGUF writer (gguf's
-    GGUFWriter with converters/reader.copy_fields: the key/values go over as their bytes, the
-    tritpack.* ones and general.file_type dropped, so a large vocabulary costs nothing to carry).
+    dequantized to F32 by the library's to_float, through the project's GGUF writer
+    (converters/writer.GGUFOutput: the key/values go over as their bytes, the tritpack.* ones and
+    general.file_type dropped, so a large vocabulary costs nothing to carry).
     `header`: the model's header when the caller has read it (read here otherwise)."""
-    from gguf import GGUFValueType, GGUFWriter
+    from gguf import GGUFValueType
 
-    from .convert import _close_quietly, _publish
-    from .converters.reader import copy_fields, to_float32
+    from .converters.reader import to_float32
+    from .converters.writer import GGUFOutput
     from .ggml_lib import load_ggml
     from .runtime import read_header
 
@@ -97,41 +96,30 @@ def make_reference(model: str | Path, output: str | Path, *, all_f32: bool = Fal
     if need > free * 0.98:
         raise TritpackError(f"the F32 reference needs {need / 1e9:.2f} GB and {out.parent} has {free / 1e9:.2f} GB free",
                             path=out, hint="give one with --reference, or point TMPDIR at a larger disk")
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
-    writer = GGUFWriter(tmp, src.architecture)
     try:
-        copy_fields(src, writer, skip={"general.file_type"} | {k for k in src.fields if k.startswith("tritpack.")})
-        if all_f32:
-            writer.add_key_value("general.file_type", 0, GGUFValueType.UINT32)  # ALL_F32
-        for t, d, nbytes in plans:
-            writer.add_tensor_info(t.name, (*t.shape[:-1], nbytes // max(1, t.n_rows)), np.dtype(np.uint8), nbytes,
-                                   raw_dtype=Q.F32 if d else t.type)
-        writer.write_header_to_file()
-        writer.write_kv_data_to_file()
-        writer.write_ti_data_to_file()
-        fout = writer.fout[0]
-        for i, (t, d, nbytes) in enumerate(plans):
-            progress(f"reference {i + 1}/{len(plans)} {t.name}", i, len(plans))
-            writer.write_padding(fout, fout.tell())
-            raw = src.raw(t)
-            if not d:
-                fout.write(raw.tobytes())
-            else:
-                step = max(1, ROWS_PER_CHUNK_VALUES // max(1, t.row_length))
-                for r0 in range(0, t.n_rows, step):
-                    fout.write(to_float32(g, t, raw[r0:r0 + step], path=h.path).astype("<f4", copy=False).tobytes())
-            src.release(t)
-            writer.write_padding(fout, nbytes)
-        writer.close()
-        _publish(tmp, out, force=True)
-    except OSError as e:
-        if e.errno == errno.ENOSPC:
-            raise TritpackError("no space left on the device while writing the reference", path=out,
-                                hint="give one with --reference, or point TMPDIR at a larger disk") from None
-        raise TritpackError(f"cannot write the reference: {e.strerror or e}", path=out) from None
-    finally:
-        _close_quietly(writer)
-        tmp.unlink(missing_ok=True)
+        with GGUFOutput(out, src, force=True, skip={"general.file_type"}, what="reference") as w:
+            if all_f32:
+                w.add_key_value("general.file_type", 0, GGUFValueType.UINT32)  # ALL_F32
+            for t, d, nbytes in plans:
+                w.add_tensor(t.name, t.shape, Q.F32 if d else t.type, nbytes)
+            w.start_data()
+            for i, (t, d, nbytes) in enumerate(plans):
+                progress(f"reference {i + 1}/{len(plans)} {t.name}", i, len(plans))
+                w.begin_tensor()
+                raw = src.raw(t)
+                if not d:
+                    w.write(raw.tobytes())
+                else:
+                    step = max(1, ROWS_PER_CHUNK_VALUES // max(1, t.row_length))
+                    for r0 in range(0, t.n_rows, step):
+                        w.write(to_float32(g, t, raw[r0:r0 + step], path=h.path).astype("<f4", copy=False))
+                src.release(t)
+                w.end_tensor(t.name)
+            w.publish()
+    except TritpackError as e:
+        if "no space left" in e.message:
+            e.hint = e.hint or "give one with --reference, or point TMPDIR at a larger disk"
+        raise
     progress("reference written", len(plans), len(plans))
     return out
 
@@ -258,28 +246,43 @@ class GreedyRun:
 
 
 def greedy_run(path: str | Path, prompt_tokens: list[int], n: int, *, follow: list[int] | None = None, ngl: int = 0,
-               threads: int | None = None, child=None) -> GreedyRun:
+               threads: int | None = None, child=None, rpc: list[str] | None = None,
+               tensor_split: list[float] | None = None) -> GreedyRun:
     """Feed `prompt_tokens`, then n tokens: the argmax ones, or those of `follow` (teacher forcing:
     the model reads the given path and its logits along it are kept). Runs in `child` (a
-    llama_child.LlamaChild), else in a child process of its own."""
+    llama_child.LlamaChild), else in a child process of its own. `rpc`: endpoints of RPC helpers to
+    split the layers with (checked first, see rpc.check_servers)."""
     return greedy_runs(path, [prompt_tokens], n, follow=None if follow is None else [follow], ngl=ngl,
-                       threads=threads, child=child)[0]
+                       threads=threads, child=child, rpc=rpc, tensor_split=tensor_split)[0]
 
 
 def greedy_runs(path: str | Path, prompts: list[list[int]], n: int, *, follow: list[list[int]] | None = None,
-                ngl: int = 0, threads: int | None = None, child=None) -> list[GreedyRun]:
+                ngl: int = 0, threads: int | None = None, child=None, rpc: list[str] | None = None,
+                tensor_split: list[float] | None = None) -> list[GreedyRun]:
     """greedy_run() for several prompts with the model loaded once."""
     if child is None:
         from .llama_child import LlamaChild
 
         with LlamaChild() as c:
-            return greedy_runs(path, prompts, n, follow=follow, ngl=ngl, threads=threads, child=c)
-    return child.call("tritpack_gguf.verify:_greedy_runs_here", Path(path), [list(p) for p in prompts], n,
-                      follow=follow, ngl=ngl, threads=threads, path=path, stage="loading the model")
+            return greedy_runs(path, prompts, n, follow=follow, ngl=ngl, threads=threads, child=c, rpc=rpc,
+                               tensor_split=tensor_split)
+    split = {}
+    if rpc:
+        from .rpc import check_servers, explain_failure, parse_endpoints
+
+        rpc = parse_endpoints(rpc)
+        check_servers(rpc)
+        split = dict(rpc=rpc, tensor_split=tensor_split)
+    try:
+        return child.call("tritpack_gguf.verify:_greedy_runs_here", Path(path), [list(p) for p in prompts], n,
+                          follow=follow, ngl=ngl, threads=threads, path=path, stage="loading the model", **split)
+    except TritpackError as e:
+        raise explain_failure(e, rpc) if rpc else e
 
 
 def _greedy_runs_here(path: Path, prompts: list[list[int]], n: int, *, follow: list[list[int]] | None = None,
-                      ngl: int = 0, threads: int | None = None, emit=_quiet) -> list[GreedyRun]:
+                      ngl: int = 0, threads: int | None = None, emit=_quiet, rpc: list[str] | None = None,
+                      tensor_split: list[float] | None = None) -> list[GreedyRun]:
     """greedy_runs() in the process that holds llama.cpp: the prompt in one batch (the batched
     matmul path), the continuation a token at a time (the decode path)."""
     from .run import open_model_here
@@ -287,8 +290,10 @@ def _greedy_runs_here(path: Path, prompts: list[list[int]], n: int, *, follow: l
     longest = max(len(p) for p in prompts)
     n_ctx = max(64, longest + n + 8)
     t0 = time.perf_counter()
+    split = dict(rpc=rpc, tensor_split=tensor_split, rpc_check=False) if rpc else {}
     llm = open_model_here(path, emit, n_ctx=n_ctx, n_batch=max(32, longest), n_ubatch=max(32, longest),
-                          logits_all=True, n_gpu_layers=ngl, n_threads=threads, n_threads_batch=threads, seed=0)
+                          logits_all=True, n_gpu_layers=ngl, n_threads=threads, n_threads_batch=threads, seed=0,
+                          **split)
     load_s = time.perf_counter() - t0
     runs = []
     try:
@@ -521,7 +526,8 @@ def compare(models: list[GreedyRun], refs: list[GreedyRun], prompts: list[str], 
 
 def verify(model: str | Path, *, reference: str | Path | None = None, prompt: str | list[str] | None = None,
            n: int = 16, strict: bool = False, ngl: int = 0, threads: int | None = None, check_data: bool = False,
-           all_f32: bool = False, save_reference: str | Path | None = None, progress: Progress = _quiet) -> VerifyReport:
+           all_f32: bool = False, save_reference: str | Path | None = None, progress: Progress = _quiet,
+           rpc: str | list[str] | None = None, tensor_split: str | list[float] | None = None) -> VerifyReport:
     """Compare `model` with `reference` (default: its own F32 reference, made in a temporary folder,
     kept at `save_reference` when given) on `prompt` (a text or a list; default: the shipped
     prompts, default_prompts()). The report's `failures` is empty when it passes."""
@@ -563,10 +569,15 @@ def verify(model: str | Path, *, reference: str | Path | None = None, prompt: st
             raise TritpackError("the reference tokenizes the prompts differently: it is not a reference of this model",
                                 path=ref_path)
         progress("reference: evaluating", 0, 2)
-        refs = greedy_runs(ref_path, tokens, n, ngl=ngl, threads=threads, child=child)
+        split = {}
+        if rpc:  # both models split over the RPC helpers (`verify --rpc`)
+            from .rpc import parse_endpoints, parse_tensor_split
+
+            split = dict(rpc=parse_endpoints(rpc), tensor_split=parse_tensor_split(tensor_split))
+        refs = greedy_runs(ref_path, tokens, n, ngl=ngl, threads=threads, child=child, **split)
         progress("model: evaluating", 1, 2)
         got = greedy_runs(model, tokens, n, follow=None if strict else [r.tokens for r in refs], ngl=ngl,
-                          threads=threads, child=child)
+                          threads=threads, child=child, **split)
     if got[0].prompt_logits.shape[1] != refs[0].prompt_logits.shape[1]:
         raise TritpackError(f"the reference has {refs[0].prompt_logits.shape[1]} logits a token and the model "
                             f"{got[0].prompt_logits.shape[1]}: it is not a reference of this model", path=ref_path)

@@ -90,6 +90,23 @@ def test_input_key_changes_with_kernels_and_flags(tmp_path):
     assert B.input_key(PIN, ROOT, src, B._flags(True, "90")) != B.input_key(PIN, ROOT, src, B._flags(True, None))
 
 
+def test_portable_and_cuda_library_flags():
+    """--portable is its own build; the CUDA build finds cuBLAS without the toolkit's (the wheel of the
+    cuda-compile extra) and names it by version in the key, so every checkout's venv shares one build."""
+    src = Path("/nonexistent/llama.cpp")
+    assert B.input_key(PIN, ROOT, src, B._flags(False, None, native=False)) != B.input_key(PIN, ROOT, src, B._flags(False, None))
+    assert B._flags(False, None) == {"cuda": False, "cuda_archs": None, "build_type": "Release", "native": True}
+    flags = B._flags(True, "90", native=False)
+    assert flags["cublas"] == "toolkit" or flags["cublas"].startswith("nvidia-cublas")
+    assert "/" not in flags["cublas"]
+    args = B._cuda_cmake_args(flags)
+    assert "-DCMAKE_CUDA_ARCHITECTURES=90" in args
+    if flags["cublas"] != "toolkit":
+        libs = [a.split("=", 1)[1] for a in args if a.startswith(("-DCUDA_cublas_LIBRARY=", "-DCUDA_cublasLt_LIBRARY="))]
+        assert len(libs) == 2 and all(Path(x).is_file() for x in libs)
+    assert ("-DGGML_CUDA_NO_VMM=ON" in args) == (not flags["vmm"])
+
+
 def test_second_build_is_cached(patched_build):
     again = B.build()
     assert again.cached and again.key == patched_build.key

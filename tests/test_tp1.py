@@ -35,21 +35,8 @@ def _f32(a) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def c_tp1(ggml):
-    """The exported TP1 entry points of libggml-base / libggml-cpu with their ctypes signatures."""
-    b, c = ggml.base, ggml.cpu
-    P = C.c_void_p
-    b.tritpack_quantize_tp1.restype = C.c_size_t
-    b.tritpack_quantize_tp1.argtypes = [P, P, C.c_int64, C.c_int64, P, C.c_float]
-    b.tritpack_tp1_search_alpha.restype = C.c_float
-    b.tritpack_tp1_search_alpha.argtypes = [P, C.c_int64, C.c_int64, P, C.c_float, C.POINTER(C.c_float)]
-    b.quantize_row_tp1_ref.restype = None
-    b.quantize_row_tp1_ref.argtypes = [P, P, C.c_int64]
-    b.quantize_row_tpq16_ref.restype = None
-    b.quantize_row_tpq16_ref.argtypes = [P, P, C.c_int64]
-    for name in ("ggml_vec_dot_tp1_tpq16", "ggml_vec_dot_tp1_tpq16_generic", "ggml_vec_dot_tpq16_tpq16"):
-        fn = getattr(c, name)
-        fn.restype = None
-        fn.argtypes = [C.c_int, P, C.c_size_t, P, C.c_size_t, P, C.c_size_t, C.c_int]
+    """The exported TP1 entry points of libggml-base / libggml-cpu."""
+    b = ggml.base   # its signatures are declared once, in tritpack_gguf.ggml_lib
 
     class API:
         @staticmethod
@@ -89,7 +76,7 @@ def c_tp1(ggml):
         def vec_dot(name, xrow, yq, n):
             xrow = np.ascontiguousarray(xrow, dtype=np.uint8)
             s = np.zeros(1, dtype=np.float32)
-            getattr(c, name)(n, s.ctypes.data, 0, xrow.ctypes.data, 0, yq.ctypes.data, 0, 1)
+            ggml.vec_dot_fn(name)(n, s.ctypes.data, 0, xrow.ctypes.data, 0, yq.ctypes.data, 0, 1)
             return float(s[0])
 
     return API
@@ -459,3 +446,14 @@ def test_avx2_and_baseline_x86_paths_give_the_same_bits():
         assert r.returncode == 0, r.stderr
         runs[base] = r.stdout.strip()
     assert len(runs["0"]) == 64 and runs["0"] == runs["1"]
+
+
+def test_default_alpha_is_written_once_on_each_side():
+    """The numpy twin's DEFAULT_ALPHA (which convert uses too) is the C define."""
+    import re
+
+    from tritpack_gguf.paths import source_root
+
+    header = (source_root() / "ggml_kernels" / "tritpack-quants.h").read_text()
+    m = re.search(r"#define\s+TRITPACK_TP1_DEFAULT_ALPHA\s+([0-9.]+)f", header)
+    assert m and float(m.group(1)) == DEFAULT_ALPHA

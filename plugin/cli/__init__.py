@@ -18,6 +18,7 @@ from . import export as _export
 from . import inspect as _inspect
 from . import lmstudio as _lmstudio
 from . import ollama as _ollama
+from . import rpc_server as _rpc_server
 from . import run as _run
 from . import serve as _serve
 from . import verify as _verify
@@ -40,6 +41,7 @@ app.command("verify")(_verify.verify_command)
 app.command("bench")(_bench.bench_command)
 app.command("eval")(_evaluate.eval_command)
 app.command("serve")(_serve.serve_command)
+app.command("rpc-server")(_rpc_server.rpc_server_command)
 app.command("demo")(_demo.demo_command)
 app.add_typer(_ollama.app, name="ollama", help="Convert what Ollama has; register converted models with Ollama.")
 app.add_typer(_lmstudio.app, name="lmstudio", help="Import converted models into LM Studio.")

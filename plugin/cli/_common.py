@@ -12,6 +12,12 @@ import typer
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout (for scripts).")]
 ThreadsOpt = Annotated[int | None, typer.Option("--threads", "-t", help="Threads (default: all cores).")]
+RpcOpt = Annotated[str | None, typer.Option(
+    "--rpc", help="HOST:PORT[,HOST:PORT...] of `tritpack-gguf rpc-server` helpers: the layers are split between "
+                  "this machine and them (each checked first). See docs/distributed.md.")]
+TensorSplitOpt = Annotated[str | None, typer.Option(
+    "--tensor-split", "-ts", help="Share of the offloaded layers per device, e.g. 2,1 (the --rpc servers in order, "
+                                  "then local GPUs), as llama.cpp's --tensor-split.")]
 
 
 def print_json(obj: Any) -> None:

@@ -9,7 +9,7 @@ import typer
 
 from .. import bench as _bench
 from ..errors import TritpackError
-from ._common import JsonOpt, ThreadsOpt, print_json, progress_bar
+from ._common import JsonOpt, RpcOpt, TensorSplitOpt, ThreadsOpt, print_json, progress_bar
 from ._report import mb
 
 
@@ -65,12 +65,14 @@ def bench_command(
     n_gen: Annotated[int, typer.Option("-n", "--n-gen", help="Generated tokens (tg test; 0 skips it).")] = 128,
     repetitions: Annotated[int, typer.Option("-r", "--repetitions", help="Runs of each test.")] = 5,
     baseline: Annotated[str | None, typer.Option("--baseline", help="Row the ratios are to (label, file name or path; default: the first).")] = None,
-    plot: Annotated[Path | None, typer.Option("--plot", help="Write a PNG of size against speed (and quality).")] = None,
+    plot: Annotated[Path | None, typer.Option("--plot", help="Write a plot of size against speed (and quality): .png or .svg (needs the `plot` extra: matplotlib).")] = None,
     quality: Annotated[Path | None, typer.Option("--quality", help="JSON of per-model quality from the evaluation, for the table and --plot.")] = None,
     quality_metric: Annotated[str | None, typer.Option("--quality-metric", help="Which number of --quality (default: perplexity, kld, top1, ... whichever is there).")] = None,
     energy: Annotated[bool | None, typer.Option("--energy/--no-energy", help="Sample GPU board power with nvidia-smi (default: on with --ngl when nvidia-smi is present).")] = None,
     work_dir: Annotated[Path | None, typer.Option("--work-dir", help="Keep the files --types makes here (default: a temporary folder).")] = None,
     threads: ThreadsOpt = None,
+    rpc: RpcOpt = None,
+    tensor_split: TensorSplitOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Benchmark prompt and decode speed with the patched llama-bench: size, bits per weight,
@@ -87,9 +89,9 @@ def bench_command(
             files = [_bench.BenchFile(m.name if labels.count(m.name) == 1 else str(m), m) for m in models]
         r = _bench.bench(files, n_prompt=n_prompt, n_gen=n_gen, ngl=ngl, threads=threads, repetitions=repetitions,
                          baseline=baseline, quality=q[1] if q else None, quality_metric=q[0] if q else None,
-                         energy=energy, progress=update)
+                         energy=energy, progress=update, rpc=rpc, tensor_split=tensor_split)
     if plot is not None:
-        r.plot = str(_bench.plot_png(r, plot))
+        r.plot = str(_bench.plot_report(r, plot))
     if json_out:
         print_json(r.as_dict())
     else:

@@ -23,8 +23,7 @@ def _version(dist: str) -> str | None:
 def diagnose() -> dict:
     """Everything doctor reports, as one dict (the --json document)."""
     from .. import build as _build
-    from ..paths import source_root, tritpack_home
-    from ..runtime import latest_build, library_dir
+    from ..paths import latest_build, library_dir, source_root, tritpack_home
 
     report: dict = {"tritpack_gguf": __version__, "python": platform.python_version(),
                     "tritpack_home": str(tritpack_home()), "missing": []}
@@ -58,8 +57,7 @@ def diagnose() -> dict:
         return report
 
     from ..converters.gguf_types import TRITPACK_TYPES
-    from ..ggml_lib import load_ggml
-    from ..runtime import tritpack_version_of
+    from ..ggml_lib import load_ggml, tritpack_version_of
 
     g = load_ggml(lib_dir)
     lib: dict = {"dir": str(lib_dir), "patched": g.is_patched, "tritpack_version": tritpack_version_of(lib_dir),
@@ -71,6 +69,7 @@ def diagnose() -> dict:
     lib["types"] = [{"id": t.id, "name": g.type_name(t.id), "block": g.block_size(t.id), "bytes": g.type_size(t.id),
                      "bpw": round(8 * g.type_size(t.id) / g.block_size(t.id), 4)}
                     for t in TRITPACK_TYPES if g.knows(t.id)]
+    lib["rpc"] = (lib_dir / "libggml-rpc.so").is_file() and (lib_dir / "ggml-rpc-server").is_file()
     report["library"] = lib
     if not g.is_patched:
         missing.append({"what": "the library is not patched by tritpack-gguf", "fix": "tritpack-gguf build"})
@@ -79,9 +78,35 @@ def diagnose() -> dict:
         if stale:
             missing.append({"what": "the build is older than the sources (patches/ or ggml_kernels/ changed)",
                             "fix": "tritpack-gguf build"})
+    notes = report.setdefault("notes", [])
     if builds.get("cuda") is None:
-        report["notes"] = ["no CUDA build: `tritpack-gguf build --cuda` on a machine with an NVIDIA GPU"]
+        notes.append("no CUDA build: `tritpack-gguf build --cuda` on a machine with an NVIDIA GPU")
+    report["chat_page"] = page = _chat_page(lib_dir)
+    if not page["embedded"]:
+        notes.append(f"llama-server has no chat page ({page['note']}): {_build.UI_HOW}")
     return report
+
+
+def _chat_page(lib_dir: Path) -> dict:
+    """Whether the build's llama-server carries the chat page, and the Node/npm the page's build needs."""
+    import shutil
+
+    from .. import build as _build
+
+    stamp = _build.read_stamp(lib_dir.parent) or {}
+    node = _build.node_version()
+    page = {"embedded": bool(stamp.get("ui")), "key": (stamp.get("ui_key") or "")[:16] or None,
+            "node": ".".join(map(str, node)) if node else None, "npm": shutil.which("npm")}
+    if not page["embedded"]:
+        if not stamp:
+            page["note"] = "the build has no stamp (not made by `tritpack-gguf build`)"
+        elif node is None or page["npm"] is None:
+            page["note"] = f"{'node' if node is None else 'npm'} is not on PATH"
+        elif "ui_key" not in stamp:
+            page["note"] = "built before the page was part of the build"
+        else:
+            page["note"] = stamp.get("ui_note") or "not built"
+    return page
 
 
 def _stale_build(lib_dir: Path) -> bool:
@@ -128,8 +153,13 @@ def _print_human(r: dict) -> None:
         echo(f"  CPU: {' '.join(lib['backends']['cpu']) or 'generic'}")
         if "cuda" in lib["backends"]:
             echo(f"  CUDA: architectures {lib['backends']['cuda']['archs']}")
+        if "rpc" in lib:
+            echo(f"  RPC: {'yes (rpc-server, --rpc; docs/distributed.md)' if lib['rpc'] else 'no (tritpack-gguf build)'}")
         for t in lib["types"]:
             echo(f"  type {t['name']} (id {t['id']}): {t['block']} weights in {t['bytes']} bytes = {t['bpw']} bpw")
+    page = r.get("chat_page")
+    if page and page["embedded"]:
+        echo(f"chat page: embedded in llama-server (ui {page['key']}); `tritpack-gguf serve` prints its address")
     for note in r.get("notes", []):
         echo(f"note: {note}")
     for m in r["missing"]:

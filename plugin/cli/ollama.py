@@ -9,9 +9,9 @@ from typing import Annotated
 import typer
 
 from .. import ollama as _ollama
-from ._common import JsonOpt, print_json, progress_bar
+from ._common import JsonOpt, RpcOpt, TensorSplitOpt, ThreadsOpt, print_json, progress_bar
 
-app = typer.Typer(help="Ollama: list local models with estimated TP sizes; register a GGUF with a server.",
+app = typer.Typer(help="Ollama: list local models with estimated TP sizes; register a GGUF with a server; serve the Ollama API.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 
 
@@ -87,3 +87,41 @@ def create_command(
     up = "uploaded" if result["uploaded"] else "already on the server"
     typer.echo(f"{result['sent_file']} ({_size(result['bytes'])}, {up})", err=True)
     typer.echo(f"created {result['name']} on {result['host']}: run it with `ollama run {result['name']}`")
+
+
+@app.command("serve")
+def serve_command(
+    host: Annotated[str, typer.Option("--host", help="Address to listen on (loopback by default).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", help="Port (stock Ollama uses 11434; 0 picks a free one).")] = 11435,
+    upstream: Annotated[str | None, typer.Option("--upstream", help="A stock Ollama (e.g. http://127.0.0.1:11434) that gets the names this server does not hold.")] = None,
+    models_dir: Annotated[Path | None, typer.Option("--models-dir", help="This server's registry (default $TRITPACK_OLLAMA_MODELS or ~/.cache/tritpack-gguf/ollama-models; never Ollama's own store).")] = None,
+    allow_network: Annotated[bool, typer.Option("--allow-network", help="Allow a non-loopback --host (there is no authentication).")] = False,
+    ctx: Annotated[int, typer.Option("--ctx", envvar="OLLAMA_CONTEXT_LENGTH", help="Default num_ctx (capped at each model's own).")] = 4096,
+    parallel: Annotated[int, typer.Option("--parallel", envvar="OLLAMA_NUM_PARALLEL", help="Requests one model serves at once (llama-server slots).")] = 1,
+    keep_alive: Annotated[str, typer.Option("--keep-alive", envvar="OLLAMA_KEEP_ALIVE", help="Default keep_alive: how long an idle model stays loaded (-1: forever).")] = "5m",
+    max_loaded: Annotated[int, typer.Option("--max-loaded", envvar="OLLAMA_MAX_LOADED_MODELS", help="Models loaded at once (the least recently used idle one is unloaded).")] = 3,
+    ngl: Annotated[int, typer.Option("--ngl", help="Layers on the GPU (default num_gpu).")] = 0,
+    threads: ThreadsOpt = None,
+    rpc: RpcOpt = None,
+    tensor_split: TensorSplitOpt = None,
+) -> None:
+    """Ollama's API in front of the patched llama-server: `OLLAMA_HOST=127.0.0.1:11435 ollama run NAME` runs TP1/TP4 files."""
+    from .. import ollama_server as _srv
+    from ..errors import TritpackError
+
+    try:
+        ka = _srv.keep_alive_seconds(keep_alive)
+    except _srv.ApiError:
+        raise TritpackError(f"invalid --keep-alive {keep_alive!r}", hint="e.g. 5m, 30s, 1h or -1") from None
+    cfg = _srv.ServerConfig(host=host, port=port, upstream=upstream, models_dir=models_dir, ctx=ctx, parallel=parallel,
+                            threads=threads, ngl=ngl, keep_alive=ka, max_loaded=max_loaded,
+                            rpc=rpc, tensor_split=tensor_split)
+    for w in _srv.check_config(cfg, allow_network=allow_network):
+        typer.echo(f"warning: {w}", err=True)
+
+    def ready(url: str, registry: Path) -> None:
+        typer.echo(f"Ollama API at {url} (registry {registry}); use it with OLLAMA_HOST={url.removeprefix('http://')}"
+                   + (f"; other names go to {upstream}" if upstream else "") + "; Ctrl-C stops it", err=True)
+
+    _srv.serve(cfg, on_ready=ready)
+    typer.echo("stopped", err=True)

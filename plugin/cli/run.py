@@ -10,7 +10,7 @@ import typer
 
 from .. import run as _run
 from ..errors import TritpackError
-from ._common import JsonOpt, ThreadsOpt, print_json
+from ._common import JsonOpt, RpcOpt, TensorSplitOpt, ThreadsOpt, print_json
 
 
 def _stream(piece: str) -> None:
@@ -30,6 +30,8 @@ def run_command(
     top_p: Annotated[float, typer.Option("--top-p")] = 0.95,
     ctx: Annotated[int, typer.Option("--ctx", help="Context size (capped at the model's).")] = _run.DEFAULT_CTX,
     threads: ThreadsOpt = None,
+    rpc: RpcOpt = None,
+    tensor_split: TensorSplitOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Generate text, streamed as it comes; then load time, file size and prompt and decode speed."""
@@ -37,7 +39,8 @@ def run_command(
         if sys.stdin.isatty():
             raise TritpackError("give a prompt with -p (or use --chat for a conversation)")
         prompt = sys.stdin.read()
-    opts = dict(n=n, ngl=ngl, chat=chat, seed=seed, temp=temp, top_k=top_k, top_p=top_p, threads=threads, ctx=ctx)
+    opts = dict(n=n, ngl=ngl, chat=chat, seed=seed, temp=temp, top_k=top_k, top_p=top_p, threads=threads, ctx=ctx,
+                rpc=rpc, tensor_split=tensor_split)
     if prompt is not None:
         stats = _run.generate(model, prompt, on_text=(lambda s: None) if json_out else _stream, **opts)
         if json_out:
@@ -59,7 +62,8 @@ def _finish(stats: _run.RunStats) -> None:
 def _chat_session(model: Path, opts: dict) -> None:
     """A conversation in the terminal: one line a message, an empty line or Ctrl-D ends it. The model
     stays loaded in a llama.cpp child process for the whole conversation."""
-    with _run.ChatSession(model, ctx=opts["ctx"], ngl=opts["ngl"], threads=opts["threads"]) as session:
+    with _run.ChatSession(model, ctx=opts["ctx"], ngl=opts["ngl"], threads=opts["threads"], rpc=opts["rpc"],
+                          tensor_split=opts["tensor_split"]) as session:
         messages: list[dict] = []
         typer.echo(f"chatting with {model.name} (empty line or Ctrl-D ends)", err=True)
         while True:

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from ..errors import TritpackError
-from ._common import JsonOpt, ThreadsOpt, print_json, progress_bar
+from ._common import JsonOpt, RpcOpt, TensorSplitOpt, ThreadsOpt, print_json, progress_bar
 
 if TYPE_CHECKING:
     from ..verify import VerifyReport
@@ -89,6 +89,8 @@ def verify_command(
     save_reference: Annotated[Path | None, typer.Option("--save-reference", help="Keep the reference made on the fly here (for later --reference runs).")] = None,
     all_f32: Annotated[bool, typer.Option("--all-f32", help="Dequantize every tensor for the reference, not only TP1/TP4 ones.")] = False,
     threads: ThreadsOpt = None,
+    rpc: RpcOpt = None,
+    tensor_split: TensorSplitOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Compare a TritPack model with its exact F32 reference along the reference's greedy path: logit
@@ -104,7 +106,8 @@ def verify_command(
 
     with progress_bar(enabled=not json_out) as update:
         r = verify(model, reference=reference, prompt=prompt or None, n=n, strict=strict, ngl=ngl, threads=threads,
-                           check_data=check_data, all_f32=all_f32, save_reference=save_reference, progress=update)
+                   check_data=check_data, all_f32=all_f32, save_reference=save_reference, progress=update,
+                   rpc=rpc, tensor_split=tensor_split)
     if json_out:
         print_json(r.as_dict())
     else:
