@@ -20,8 +20,9 @@ WORK=${TRITPACK_BENCH_DIR:-${TRITPACK_HOME:-$HOME/.cache/tritpack-gguf}/bench-re
 OUT=${OUT:-bench/results/cpu-repack.md}
 mkdir -p "$WORK" bench/results
 make -s setup
-LIB=$(.venv/bin/tritpack-gguf build 2>/dev/null | tail -1)
-SRC=$(.venv/bin/tritpack-gguf build --json 2>/dev/null | .venv/bin/python -c 'import json,sys; print(json.load(sys.stdin)["source_dir"])')
+# TRITPACK_BENCH_LIB / TRITPACK_BENCH_SRC: a library folder and llama.cpp tree to use instead of the build
+LIB=${TRITPACK_BENCH_LIB:-$(.venv/bin/tritpack-gguf build 2>/dev/null | tail -1)}
+SRC=${TRITPACK_BENCH_SRC:-$(.venv/bin/tritpack-gguf build --json 2>/dev/null | .venv/bin/python -c 'import json,sys; print(json.load(sys.stdin)["source_dir"])')}
 TYPES=(TP4 TP1 F16 Q8_0 Q4_0 Q4_K_M IQ4_NL IQ4_XS TQ1_0 TQ2_0)
 
 model() {  # model SHAPE TYPE -> path, made on first use
