@@ -13,8 +13,14 @@
 
 #include "tritpack-cpu.h"
 
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
+
+#if defined(__linux__)
+#include <sys/mman.h>
+#include <unistd.h>
+#endif
 
 static bool ggml_tritpack_is_ours(ggml_type type) {
     return (int) type == TRITPACK_TYPE_TP1 || (int) type == TRITPACK_TYPE_TP4;
@@ -196,6 +202,48 @@ static bool repackable(const struct ggml_tensor * t) {
 
 }  // namespace ggml::cpu::tritpack
 
+// With mmap, the loader hands set_tensor the tensor's bytes in the mapped file; once repacked they are
+// not read again, but their pages stay resident and count against the process (a second copy of every
+// repacked weight). On Linux, pages of a read-only file mapping are dropped again (MADV_DONTNEED: they
+// stay in the page cache and would simply be read back from the file if touched). Anything else
+// (an anonymous buffer, a writable mapping) is left alone.
+static void ggml_tritpack_release_source(const void * data, size_t size) {
+#if defined(__linux__)
+    const uintptr_t page = (uintptr_t) sysconf(_SC_PAGESIZE);
+    const uintptr_t lo = ((uintptr_t) data + page - 1) & ~(page - 1);
+    const uintptr_t hi = ((uintptr_t) data + size) & ~(page - 1);
+    if (hi <= lo) {
+        return;
+    }
+    FILE * f = fopen("/proc/self/maps", "r");
+    if (f == nullptr) {
+        return;
+    }
+    char line[512];
+    bool file_ro = false;
+    while (fgets(line, sizeof(line), f)) {
+        unsigned long a, b, ino = 0;
+        char perms[8] = { 0 };
+        unsigned long long off;
+        unsigned dmaj, dmin;
+        if (sscanf(line, "%lx-%lx %7s %llx %x:%x %lu", &a, &b, perms, &off, &dmaj, &dmin, &ino) != 7) {
+            continue;
+        }
+        if (a <= lo && hi <= b) {
+            file_ro = ino != 0 && perms[1] != 'w';
+            break;
+        }
+    }
+    fclose(f);
+    if (file_ro) {
+        madvise((void *) lo, hi - lo, MADV_DONTNEED);
+    }
+#else
+    GGML_UNUSED(data);
+    GGML_UNUSED(size);
+#endif
+}
+
 static enum ggml_status ggml_backend_cpu_tritpack_buffer_init_tensor(ggml_backend_buffer_t buffer, struct ggml_tensor * tensor) {
     tensor->extra = ggml::cpu::tritpack::repackable(tensor) ? (void *) ggml::cpu::tritpack::get_tensor_traits() : nullptr;
     GGML_UNUSED(buffer);
@@ -211,6 +259,7 @@ static void ggml_backend_cpu_tritpack_buffer_set_tensor(ggml_backend_buffer_t bu
     GGML_ASSERT(offset == 0);
     GGML_ASSERT(size == ggml_nbytes(tensor));
     ggml_tritpack_repack(tensor->type, tensor->data, data, tensor->ne[1]*tensor->ne[2], tensor->ne[0]);
+    ggml_tritpack_release_source(data, size);
     GGML_UNUSED(buffer);
 }
 
