@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # CPU speed of TP1/TP4 with the CPU_TRITPACK repack (issue 15), beside the stock types, side by side
-# in one llama-bench run per shape and thread count; then TP1/TP4 with GGML_TRITPACK_NO_REPACK=1 (the
-# plain vec_dot path) beside Q4_0 and TQ2_0 in a second run, for the before/after ratios.
+# in one llama-bench run per shape and thread count; then TP1, TP4, Q4_0 and TQ2_0 with llama-bench's
+# --repack 0,1 in a second run (0: no extra buffer types at all, so TP1/TP4 take the plain vec_dot
+# path), for the before/after ratios within one run.
 #
 #   bench/cpu-repack.sh            results in bench/results/cpu-repack.md
 #
@@ -18,6 +19,7 @@ PP=${PP:-512}
 TG=${TG:-128}
 WORK=${TRITPACK_BENCH_DIR:-${TRITPACK_HOME:-$HOME/.cache/tritpack-gguf}/bench-repack}
 OUT=${OUT:-bench/results/cpu-repack.md}
+APPEND=${APPEND:-0}  # 1: add to OUT instead of starting it
 mkdir -p "$WORK" bench/results
 make -s setup
 # TRITPACK_BENCH_LIB / TRITPACK_BENCH_SRC: a library folder and llama.cpp tree to use instead of the build
@@ -40,7 +42,7 @@ model() {  # model SHAPE TYPE -> path, made on first use
 }
 
 machine="$(lscpu | sed -n 's/^Model name: *//p' | head -1), $(nproc) cores visible; $(uname -sr)"
-{
+[ "$APPEND" = 1 ] || {
   echo "# TP1 and TP4 on the CPU, repacked (CPU_TRITPACK) and plain"
   echo
   echo "Machine: $machine. Date: $(date -u '+%Y-%m-%d %H:%M UTC'). Load average at start: $(cut -d' ' -f1-3 /proc/loadavg)."
@@ -59,20 +61,20 @@ for s in s2048 s896; do
     cmd=("$LIB/llama-bench" "${files[@]}" -t "$th" -p "$PP" -n "$TG" -r "$REPS" -o md)
     echo "running: ${cmd[*]}" >&2
     table=$("${cmd[@]}" 2>/dev/null)
-    cmd0=("$LIB/llama-bench" "${before[@]}" -t "$th" -p "$PP" -n "$TG" -r "$REPS" -o md)
-    echo "running: GGML_TRITPACK_NO_REPACK=1 ${cmd0[*]}" >&2
-    table0=$(GGML_TRITPACK_NO_REPACK=1 "${cmd0[@]}" 2>/dev/null)
+    cmd0=("$LIB/llama-bench" "${before[@]}" -t "$th" -p "$PP" -n "$TG" -r "$REPS" --repack 0,1 -o md)
+    echo "running: ${cmd0[*]}" >&2
+    table0=$("${cmd0[@]}" 2>/dev/null)
     {
       echo "## $s ($L layers), $th thread(s)"
       echo
       echo '```'
       echo "${cmd[*]}" | sed "s#$WORK/##g; s#$LIB/##g"
-      echo "GGML_TRITPACK_NO_REPACK=1 ${cmd0[*]}" | sed "s#$WORK/##g; s#$LIB/##g"
+      echo "${cmd0[*]}" | sed "s#$WORK/##g; s#$LIB/##g"
       echo '```'
       echo
       echo "$table"
       echo
-      echo "Plain path (GGML_TRITPACK_NO_REPACK=1), second run:"
+      echo "Second run, repack off (0) and on (1) for each model (repack 0 is every type's plain path):"
       echo
       echo "$table0"
       echo
@@ -88,15 +90,16 @@ def rows(t):
     return out
 types = ["TP4", "TP1", "F16", "Q8_0", "Q4_0", "Q4_K_M", "IQ4_NL", "IQ4_XS", "TQ1_0", "TQ2_0"]
 a, b = rows(sys.argv[1]), rows(sys.argv[2])
-print("Ratios (tokens/s over tokens/s; repacked columns from the first run, plain from the second):\n")
+print("Ratios (tokens/s over tokens/s; the first six from the first run, the rest from the second; plain = TP1/TP4 with --repack 0 against the stock type repacked, as before this change):\n")
 print("| test | TP4/Q4_0 | TP4/IQ4_NL | TP4/Q4_K_M | TP1/TQ2_0 | TP1/TQ1_0 | TP1/Q4_0 | plain TP4/Q4_0 | plain TP1/TQ2_0 | plain TP1/Q4_0 | TP4 repacked/plain | TP1 repacked/plain |")
 print("| --- |" + " ---: |" * 11)
 for test, v in a.items():
-    if len(v) != len(types) or len(b.get(test, [])) != 4:
+    if len(v) != len(types) or len(b.get(test, [])) != 8:
         print(f"| {test} | (rows missing) |"); continue
-    x = dict(zip(types, v)); y = dict(zip(["TP4", "TP1", "Q4_0", "TQ2_0"], b[test]))
+    x = dict(zip(types, v))
+    y = dict(zip(["TP4-0", "TP4-1", "TP1-0", "TP1-1", "Q4_0-0", "Q4_0-1", "TQ2_0-0", "TQ2_0-1"], b[test]))
     r = [x["TP4"]/x["Q4_0"], x["TP4"]/x["IQ4_NL"], x["TP4"]/x["Q4_K_M"], x["TP1"]/x["TQ2_0"], x["TP1"]/x["TQ1_0"], x["TP1"]/x["Q4_0"],
-         y["TP4"]/y["Q4_0"], y["TP1"]/y["TQ2_0"], y["TP1"]/y["Q4_0"], x["TP4"]/y["TP4"], x["TP1"]/y["TP1"]]
+         y["TP4-0"]/y["Q4_0-1"], y["TP1-0"]/y["TQ2_0-1"], y["TP1-0"]/y["Q4_0-1"], y["TP4-1"]/y["TP4-0"], y["TP1-1"]/y["TP1-0"]]
     print(f"| {test} | " + " | ".join(f"{q:.2f}x" for q in r) + " |")
 EOF
       echo
