@@ -5,6 +5,7 @@
 #pragma once
 
 #include "ggml.h"
+#include "ggml-backend.h"
 #include "tritpack-common.h"
 
 #ifdef __cplusplus
@@ -22,6 +23,44 @@ void ggml_vec_dot_tpq16_tpq16(int n, float * GGML_RESTRICT s, size_t bs, const v
 // portable versions, also used by the tests to check the SIMD ones
 void ggml_vec_dot_tp1_tpq16_generic(int n, float * GGML_RESTRICT s, size_t bs, const void * GGML_RESTRICT vx, size_t bx, const void * GGML_RESTRICT vy, size_t by, int nrc);
 void ggml_vec_dot_tp4_q8_0_generic(int n, float * GGML_RESTRICT s, size_t bs, const void * GGML_RESTRICT vx, size_t bx, const void * GGML_RESTRICT vy, size_t by, int nrc);
+
+// Repacked TP1/TP4 (tritpack-gemm.c, tritpack-repack.cpp): tiles of 8 rows, for each 64-block the
+// 8 rows' blocks together. The same bytes as the 8 rows; in memory only, never in a file.
+typedef struct {
+    uint8_t d[8][2];    // fp16 scales of rows 0..7
+    uint8_t sc[8][2];   // codebook and sub-block scale codes, as block_tp4
+    uint8_t qs[8][32];  // indices, as block_tp4
+} block_tp4x8;
+typedef struct {
+    uint8_t qs[8][13];  // trits, as block_tp1 (a 16-byte load of row 7 ends inside d)
+    uint8_t d[8][2];    // fp16 scales of rows 0..7
+} block_tp1x8;
+#ifdef __cplusplus
+static_assert(sizeof(block_tp4x8) == 8*sizeof(block_tp4), "wrong tp4x8 size");
+static_assert(sizeof(block_tp1x8) == 8*sizeof(block_tp1), "wrong tp1x8 size");
+#else
+_Static_assert(sizeof(block_tp4x8) == 8*sizeof(block_tp4), "wrong tp4x8 size");
+_Static_assert(sizeof(block_tp1x8) == 8*sizeof(block_tp1), "wrong tp1x8 size");
+#endif
+
+// whether rows of this type and shape can be repacked (TP1 or TP4, nrows a multiple of 8)
+bool ggml_tritpack_can_repack(enum ggml_type type, int64_t n_per_row, int64_t nrows);
+void ggml_tritpack_repack(enum ggml_type type, void * GGML_RESTRICT dst, const void * GGML_RESTRICT src, int64_t nrows, int64_t n_per_row);
+// whether the SIMD path runs here (AVX2 + FMA + F16C at run time, and GGML_TRITPACK_GENERIC unset)
+bool ggml_tritpack_gemm_simd(void);
+// one column of activations as TPQ16, in the element order the chosen path (simd or not) reads
+void ggml_tritpack_quantize_act(enum ggml_type type, const float * GGML_RESTRICT x, void * GGML_RESTRICT y, int64_t n, bool simd);
+// one tile of 8 repacked rows (n weights each) times ncols activation columns (by bytes apart):
+// s[c*bs + r] = row r . column c
+void ggml_tritpack_gemm(enum ggml_type type, int n, const void * GGML_RESTRICT vx, const void * GGML_RESTRICT vy, size_t by,
+                        int ncols, float * GGML_RESTRICT s, size_t bs, bool simd);
+// the whole product on one thread, for the tests: dst[c*nrows + i] = repacked row i . x column c
+void ggml_tritpack_mul_mat(enum ggml_type type, int64_t n, int64_t nrows, const void * GGML_RESTRICT repacked, int64_t ncols,
+                           const float * GGML_RESTRICT x, float * GGML_RESTRICT dst, bool simd);
+
+// The CPU_TRITPACK extra buffer type (tritpack-repack.cpp); NULL when GGML_TRITPACK_NO_REPACK is set
+// (to a value other than 0): then TP1/TP4 weights stay in the plain layout and go through vec_dot.
+ggml_backend_buffer_type_t ggml_backend_cpu_tritpack_buffer_type(void);
 
 #ifdef __cplusplus
 }
