@@ -95,14 +95,13 @@ void ggml_vec_dot_tp1_tpq16_generic(int n, float * GGML_RESTRICT s, size_t bs, c
     *s = sumf;
 }
 
-#if defined(__AVX2__)
-
-// Group g (g = 0..3) is elements 16g .. 16g+15 in order, one per 16-bit lane: lane j < 13 is trit g of
-// byte j, lanes 13..15 are trit 4 of bytes 3g..3g+2. The pshufb index puts that byte in the lane's high
-// half (0x80: zero low half); the low 128 bits (lanes 0..7, bytes 0..7) are the same for every group.
+// The AVX2 decode of a TP1 block, here and in the repacked kernels (tritpack-gemm.c). Group g
+// (g = 0..3) is elements 16g .. 16g+15 in order, one per 16-bit lane: lane j < 13 is trit g of byte j,
+// lanes 13..15 are trit 4 of bytes 3g..3g+2. The pshufb index puts that byte in the lane's high half
+// (0x80: zero low half); the low 128 bits (lanes 0..7, bytes 0..7) are the same for every group.
 #define Z 0x80
 #define TP1_LOW Z, 0, Z, 1, Z, 2, Z, 3, Z, 4, Z, 5, Z, 6, Z, 7
-static const uint8_t tp1_shuf[4][32] = {
+const uint8_t tritpack_tp1_shuf[4][32] = {
     { TP1_LOW,   Z, 8, Z, 9, Z,10, Z,11, Z,12, Z, 0, Z, 1, Z, 2 },
     { TP1_LOW,   Z, 8, Z, 9, Z,10, Z,11, Z,12, Z, 3, Z, 4, Z, 5 },
     { TP1_LOW,   Z, 8, Z, 9, Z,10, Z,11, Z,12, Z, 6, Z, 7, Z, 8 },
@@ -111,8 +110,10 @@ static const uint8_t tp1_shuf[4][32] = {
 #undef TP1_LOW
 #undef Z
 #define TP1_POW(p) p, p, p, p, p, p, p, p, p, p, p, p, p, 81, 81, 81
-static const uint16_t tp1_pow[4][16] = { { TP1_POW(1) }, { TP1_POW(3) }, { TP1_POW(9) }, { TP1_POW(27) } };
+const uint16_t tritpack_tp1_pow[4][16] = { { TP1_POW(1) }, { TP1_POW(3) }, { TP1_POW(9) }, { TP1_POW(27) } };
 #undef TP1_POW
+
+#if defined(__AVX2__)
 
 static inline float tp1_hsum_f32_8(const __m256 x) {
     __m128 r = _mm_add_ps(_mm256_extractf128_ps(x, 1), _mm256_castps256_ps128(x));
@@ -167,8 +168,8 @@ void ggml_vec_dot_tp1_tpq16(int n, float * GGML_RESTRICT s, size_t bs, const voi
 
     tp1_avx2_consts k;
     for (int g = 0; g < 4; ++g) {
-        k.shuf[g] = _mm256_loadu_si256((const __m256i *) tp1_shuf[g]);
-        k.pow[g]  = _mm256_loadu_si256((const __m256i *) tp1_pow[g]);
+        k.shuf[g] = _mm256_loadu_si256((const __m256i *) tritpack_tp1_shuf[g]);
+        k.pow[g]  = _mm256_loadu_si256((const __m256i *) tritpack_tp1_pow[g]);
     }
     k.k3    = _mm256_set1_epi16(3);
     k.one16 = _mm256_set1_epi16(1);

@@ -20,6 +20,10 @@ void ggml_vec_dot_tp1_tpq16(int n, float * GGML_RESTRICT s, size_t bs, const voi
 void ggml_vec_dot_tp4_q8_0(int n, float * GGML_RESTRICT s, size_t bs, const void * GGML_RESTRICT vx, size_t bx, const void * GGML_RESTRICT vy, size_t by, int nrc);
 void ggml_vec_dot_tpq16_tpq16(int n, float * GGML_RESTRICT s, size_t bs, const void * GGML_RESTRICT vx, size_t bx, const void * GGML_RESTRICT vy, size_t by, int nrc);
 
+// the AVX2 decode tables of TP1 (tp1-cpu.c): pshufb indices and trit powers of each 16-element group
+extern const uint8_t  tritpack_tp1_shuf[4][32];
+extern const uint16_t tritpack_tp1_pow[4][16];
+
 // portable versions, also used by the tests to check the SIMD ones
 void ggml_vec_dot_tp1_tpq16_generic(int n, float * GGML_RESTRICT s, size_t bs, const void * GGML_RESTRICT vx, size_t bx, const void * GGML_RESTRICT vy, size_t by, int nrc);
 void ggml_vec_dot_tp4_q8_0_generic(int n, float * GGML_RESTRICT s, size_t bs, const void * GGML_RESTRICT vx, size_t bx, const void * GGML_RESTRICT vy, size_t by, int nrc);

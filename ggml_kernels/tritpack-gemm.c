@@ -178,20 +178,7 @@ static const int16_t tp4_sv16[8][16] __attribute__((aligned(32))) = {
 #undef TP4_ROW
 #undef TP4_SV
 
-// TP1 decode constants, as in tp1-cpu.c: group g is elements 16g..16g+15, one per 16-bit lane
-#define Z 0x80
-#define TP1_LOW Z, 0, Z, 1, Z, 2, Z, 3, Z, 4, Z, 5, Z, 6, Z, 7
-static const uint8_t tp1x8_shuf[4][32] = {
-    { TP1_LOW,   Z, 8, Z, 9, Z,10, Z,11, Z,12, Z, 0, Z, 1, Z, 2 },
-    { TP1_LOW,   Z, 8, Z, 9, Z,10, Z,11, Z,12, Z, 3, Z, 4, Z, 5 },
-    { TP1_LOW,   Z, 8, Z, 9, Z,10, Z,11, Z,12, Z, 6, Z, 7, Z, 8 },
-    { TP1_LOW,   Z, 8, Z, 9, Z,10, Z,11, Z,12, Z, 9, Z,10, Z,11 },
-};
-#undef TP1_LOW
-#undef Z
-#define TP1_POW(p) p, p, p, p, p, p, p, p, p, p, p, p, p, 81, 81, 81
-static const uint16_t tp1x8_pow[4][16] = { { TP1_POW(1) }, { TP1_POW(3) }, { TP1_POW(9) }, { TP1_POW(27) } };
-#undef TP1_POW
+// TP1 decode constants: tritpack_tp1_shuf and tritpack_tp1_pow of tp1-cpu.c (tritpack-cpu.h)
 
 // row r of a TP4 tile block: four int16 vectors of 16 weights in order, each one sub-block times its scale
 static inline __attribute__((always_inline)) void tp4x8_decode_avx2(const block_tp4x8 * xb, int r, __m256i w[4]) {
@@ -215,8 +202,8 @@ static inline __attribute__((always_inline)) void tp1x8_decode_avx2(const block_
     const __m256i one = _mm256_set1_epi16(1);
 #pragma GCC unroll 4
     for (int g = 0; g < 4; ++g) {
-        const __m256i t = _mm256_shuffle_epi8(qq, _mm256_loadu_si256((const __m256i *) tp1x8_shuf[g]));
-        const __m256i c = _mm256_mulhi_epu16(_mm256_mullo_epi16(t, _mm256_loadu_si256((const __m256i *) tp1x8_pow[g])), k3);
+        const __m256i t = _mm256_shuffle_epi8(qq, _mm256_loadu_si256((const __m256i *) tritpack_tp1_shuf[g]));
+        const __m256i c = _mm256_mulhi_epu16(_mm256_mullo_epi16(t, _mm256_loadu_si256((const __m256i *) tritpack_tp1_pow[g])), k3);
         w[g] = _mm256_sub_epi16(c, one);
     }
 }
