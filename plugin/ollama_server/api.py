@@ -284,6 +284,14 @@ class _Writer:
         await self.resp.write_eof()
         return self.resp
 
+    async def end(self, last: dict) -> web.StreamResponse:
+        """The reply's last object: the one JSON body without streaming (status 500 for an error that
+        came before anything was sent), else the final NDJSON line."""
+        if not self.stream:
+            return _json(last, 500 if "error" in last else 200)
+        await self.send(last)
+        return await self.finish()
+
 
 async def generate(request: web.Request) -> web.StreamResponse:
     t0 = time.monotonic_ns()
@@ -353,10 +361,7 @@ async def generate(request: web.Request) -> web.StreamResponse:
             last = {"error": e.message}
         finally:
             resp.close()
-        if not stream:
-            return _json(last) if "error" not in last else _json(last, 500)
-        await out.send(last)
-        return await out.finish()
+        return await out.end(last)
 
 
 async def chat(request: web.Request) -> web.StreamResponse:
@@ -464,10 +469,7 @@ async def chat(request: web.Request) -> web.StreamResponse:
             last = {"error": e.message}
         finally:
             resp.close()
-        if not stream:
-            return _json(last) if "error" not in last else _json(last, 500)
-        await out.send(last)
-        return await out.finish()
+        return await out.end(last)
 
 
 # ------------------------------------------------------------------------------- embeddings
