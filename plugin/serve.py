@@ -291,6 +291,11 @@ def serve(model: str | Path, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PO
     if received:
         return 0 if code in (0, -signal.SIGINT, -signal.SIGTERM, 130, 143) else code
     if code != 0:
+        if server.log_file is None and code < 0:
+            # killed by a signal (an abort), perhaps in the middle of a line it was writing to our
+            # stderr: the error that follows starts a line of its own
+            sys.stderr.write("\n")
+            sys.stderr.flush()
         tail = server.log_tail()
         e = TritpackError(f"llama-server exited with code {code}" + (f":\n{tail}" if tail else ""),
                           path=server.model, exit_code=code if 0 < code < 256 else 1)
