@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from .errors import TritpackError
+from .programs import HelperWatch, program, run_program, tools_dir  # noqa: F401  (bench.tools_dir: callers)
 
 Progress = Callable[[str, int, int], None]
 OUR_TYPES = {"tp1", "tp4", "mixed"}
@@ -75,35 +76,16 @@ def prepare_types(source: str | Path, types: list[str], work_dir: Path, *, threa
 
 
 def _llama_quantize(lib_dir: Path, src: Path, dst: Path, type_: str, threads: int | None) -> None:
-    exe = lib_dir / "llama-quantize"
-    if not exe.is_file():
-        raise TritpackError("no llama-quantize in the build", path=lib_dir, hint="run `tritpack-gguf build`")
+    exe = program(lib_dir, "llama-quantize")
     tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
     cmd = [str(exe), "--allow-requantize", str(src), str(tmp), type_.upper(), str(threads or os.cpu_count() or 1)]
-    r = subprocess.run(cmd, capture_output=True, text=True, env=_env(lib_dir))
+    r = run_program(cmd, lib_dir)
     if r.returncode != 0 or not tmp.is_file():
         tmp.unlink(missing_ok=True)
-        tail = "\n".join((r.stderr or r.stdout).strip().splitlines()[-5:])
+        tail = "\n".join((r.stderr or r.stdout).decode("utf-8", "replace").strip().splitlines()[-5:])
         raise TritpackError(f"llama-quantize could not make {type_.upper()}: {tail}", path=src,
                             hint="stock type names are llama-quantize's (q4_0, q4_k_m, iq4_xs, q8_0, ...)")
     os.replace(tmp, dst)
-
-
-def tools_dir(ngl: int = 0) -> Path:
-    """The build whose programs to run: the CUDA one for --ngl > 0 (when there is one), else the CPU
-    one, else whichever exists."""
-    from .runtime import library_dir
-
-    try:
-        return library_dir(prefer_cuda=ngl != 0)
-    except TritpackError:
-        return library_dir(prefer_cuda=True)
-
-
-def _env(lib_dir: Path) -> dict:
-    env = dict(os.environ)
-    env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in (str(lib_dir), env.get("LD_LIBRARY_PATH", "")) if p)
-    return env
 
 
 # ----------------------------------------------------------------------------- board power
@@ -219,11 +201,12 @@ class BenchReport:
 
 
 def run_llama_bench(lib_dir: Path, files: list[Path], *, n_prompt: int, n_gen: int, ngl: int,
-                    threads: int | None, repetitions: int, extra: list[str] | None = None) -> list[dict]:
-    """llama-bench -o json over `files`; its records (one per file and test)."""
-    exe = lib_dir / "llama-bench"
-    if not exe.is_file():
-        raise TritpackError("no llama-bench in the build", path=lib_dir, hint="run `tritpack-gguf build`")
+                    threads: int | None, repetitions: int, extra: list[str] | None = None,
+                    watch: HelperWatch | None = None) -> list[dict]:
+    """llama-bench -o json over `files`; its records (one per file and test). `watch`: the RPC
+    helpers of a split run (programs.HelperWatch): llama-bench then reports its progress (--progress),
+    and a helper that dies or goes silent is an error naming it."""
+    exe = program(lib_dir, "llama-bench")
     cmd = [str(exe)]
     for f in files:
         cmd += ["-m", str(f)]
@@ -231,25 +214,32 @@ def run_llama_bench(lib_dir: Path, files: list[Path], *, n_prompt: int, n_gen: i
     if threads:
         cmd += ["-t", str(threads)]
     cmd += list(extra or [])
-    r = subprocess.run(cmd, capture_output=True, text=True, env=_env(lib_dir))
+    if watch:
+        cmd.append("--progress")
+    r = run_program(cmd, lib_dir, watch=watch)
+    stdout, stderr = r.stdout.decode("utf-8", "replace"), r.stderr.decode("utf-8", "replace")
     if r.returncode != 0:
-        tail = "\n".join(r.stderr.strip().splitlines()[-8:])
-        raise TritpackError(f"llama-bench failed (exit {r.returncode}): {tail}",
-                            hint="`tritpack-gguf verify` checks that a file loads and runs")
+        tail = "\n".join(ln for ln in stderr.strip().splitlines() if not ln.startswith("llama-bench: benchmark"))
+        tail = "\n".join(tail.splitlines()[-8:])
+        e = TritpackError(f"llama-bench failed (exit {r.returncode}): {tail}",
+                          hint="`tritpack-gguf verify` checks that a file loads and runs")
+        raise watch.explain(e) if watch else e
     try:
-        return json.loads(r.stdout)
+        return json.loads(stdout)
     except ValueError:
-        raise TritpackError(f"llama-bench printed no JSON: {r.stdout[-300:]!r}") from None
+        raise TritpackError(f"llama-bench printed no JSON: {stdout[-300:]!r}") from None
 
 
 def bench(files: list[BenchFile], *, n_prompt: int = 512, n_gen: int = 128, ngl: int = 0,
           threads: int | None = None, repetitions: int = 5, baseline: str | None = None,
           quality: dict[str, float] | None = None, quality_metric: str | None = None,
           energy: bool | None = None, progress: Progress = _quiet, rpc: str | list[str] | None = None,
-          tensor_split: str | list[float] | None = None) -> BenchReport:
+          tensor_split: str | list[float] | None = None, rpc_stall_s: float | None = None) -> BenchReport:
     """Benchmark `files` with the patched llama-bench. `energy`: sample GPU board power (default: when
     ngl > 0 and nvidia-smi is on PATH); each file's prompt and decode tests then run separately.
-    `rpc`: HOST:PORT of `tritpack-gguf rpc-server` helpers to split each model with (checked first)."""
+    `rpc`: HOST:PORT of `tritpack-gguf rpc-server` helpers to split each model with (checked first);
+    a helper that dies is an error naming it, and so is no progress of llama-bench for `rpc_stall_s`
+    (default programs.STALL_S: one repetition of a test must take less)."""
     from .runtime import gpu_backends
 
     if n_prompt < 0 or n_gen < 0 or (n_prompt == 0 and n_gen == 0):
@@ -289,7 +279,7 @@ def bench(files: list[BenchFile], *, n_prompt: int = 512, n_gen: int = 128, ngl:
     records: list[dict] = []
     for i, f in enumerate(files):
         progress(f"benchmarking {f.label}", i, len(files))
-        common = dict(ngl=ngl, threads=threads, repetitions=repetitions)
+        common = dict(ngl=ngl, threads=threads, repetitions=repetitions, watch=HelperWatch(endpoints, rpc_stall_s))
         if endpoints or tensor_split:
             from .rpc import llama_args, offload_plan, parse_tensor_split
 

@@ -24,7 +24,6 @@ import json
 import math
 import os
 import re
-import subprocess
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -146,20 +145,15 @@ def cache_key(base: Path, text: Path, *parts: object) -> str:
 # ----------------------------------------------------------------------------- llama-perplexity
 
 def _program(lib_dir: Path, name: str) -> Path:
-    exe = lib_dir / name
-    if not exe.is_file():
-        raise TritpackError(f"no {name} in the build", path=lib_dir, hint="run `tritpack-gguf build`")
-    return exe
+    from .programs import program
 
-
-def _env(lib_dir: Path) -> dict:
-    env = dict(os.environ)
-    env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in (str(lib_dir), env.get("LD_LIBRARY_PATH", "")) if p)
-    return env
+    return program(lib_dir, name)
 
 
 def _run(cmd: list[str], lib_dir: Path, what: str, path: Path, log: Path | None = None) -> str:
-    r = subprocess.run(cmd, capture_output=True, env=_env(lib_dir))
+    from .programs import run_program
+
+    r = run_program(cmd, lib_dir)
     out = (r.stdout + r.stderr).decode("utf-8", errors="replace")
     if log is not None:
         try:
@@ -332,8 +326,10 @@ def embed_sentences(model: str | Path, sentences: list[str], *, ctx: int = DEFAU
         req, out = Path(tmp) / "request.json", Path(tmp) / "out.npy"
         req.write_text(json.dumps({"model": str(model), "sentences": sentences, "ctx": ctx, "threads": threads,
                                    "out": str(out)}))
-        r = subprocess.run([sys.executable, "-m", "tritpack_gguf.evaluate", "--embed-request", str(req)],
-                           capture_output=True)
+        from .programs import run_program
+
+        r = run_program([sys.executable, "-m", "tritpack_gguf.evaluate", "--embed-request", str(req)], None,
+                        what="the embedding child")
         if r.returncode != 0 or not out.is_file():
             text = (r.stderr or r.stdout).decode("utf-8", errors="replace").strip().splitlines()
             msg = [ln for ln in text if "error" in ln.lower() or "unsupported" in ln.lower() or "abort" in ln.lower()]

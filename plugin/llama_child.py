@@ -2,9 +2,9 @@
 
 llama.cpp aborts on some hostile models (a SentencePiece vocabulary without byte tokens throws
 std::out_of_range out of llama_tokenize, through the C API: SIGABRT), and a segfault in a kernel
-takes its process down. `run` and `verify` therefore call llama.cpp in a child Python process, the
-way `serve` runs llama-server: started from an argument list (never a shell), in its own session
-(Ctrl-C reaches only us; we stop it), and on Linux it gets SIGTERM if this process dies. Its
+takes its process down. `run` and `verify` therefore call llama.cpp in a child Python process, started
+as every llama.cpp child is (programs.spawn: an argument list, never a shell, its own session so
+that Ctrl-C reaches only us and we stop it, SIGTERM on Linux if this process dies). Its
 stdout and stderr go to an unlinked temporary file; when it dies, the last lines of that file go
 into a TritpackError naming the model and what it was doing:
 
@@ -15,6 +15,10 @@ Requests and answers are pickled over a socket pair (multiprocessing.connection)
 function `tritpack_gguf.<module>:<name>`, called in the child with an `emit` keyword: emit(("stage",
 text)) says what it does now (for the crash message), emit(("text", piece)) streams generated text.
 `runtime.load()` and `activate()`, the library API, stay in-process.
+
+A split run (`--rpc`) passes a programs.HelperWatch: every event is progress, and none for its
+stall_s while the child is in a stage that reports each token (generating, decoding) is the
+dead-helper error; a child that dies is explained by it (the helper that went away, named).
 """
 
 from __future__ import annotations
@@ -26,15 +30,16 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 import traceback
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any, Callable
 
 from .errors import TritpackError
+from .programs import HelperWatch, program_env, spawn
 
 POLL_S = 0.1
+WATCHED_STAGES = ("generating", "decoding")   # stages whose every token is an event (HelperWatch applies)
 STOP_GRACE_S = 5.0
 TAIL_BYTES = 8192
 TAIL_LINES = 2
@@ -76,22 +81,17 @@ class LlamaChild:
 
     # --- lifetime
     def _start(self) -> None:
-        from .serve import _die_with_parent
-
         parent_sock, child_sock = socket.socketpair()
         self._log = tempfile.TemporaryFile(prefix="tritpack-llama-", suffix=".log")
-        env = dict(os.environ)
-        env["GGML_NO_BACKTRACE"] = "1"  # ggml's abort handler would attach gdb to print a backtrace
         argv = [sys.executable, "-m", __name__, str(child_sock.fileno())]
         try:
-            self._proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=self._log, stderr=self._log,
-                                          env=env, pass_fds=(child_sock.fileno(),), start_new_session=True,
-                                          preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None)
-        except OSError as e:
+            self._proc = spawn(argv, env=program_env(no_backtrace=True), what="a child process for llama.cpp",
+                               path=sys.executable, stdout=self._log, stderr=self._log,
+                               pass_fds=(child_sock.fileno(),))
+        except TritpackError:
             parent_sock.close()
             self._log.close()
-            raise TritpackError(f"cannot start a child process for llama.cpp: {e.strerror or e}",
-                                path=sys.executable) from None
+            raise
         finally:
             child_sock.close()
         self._conn = Connection(parent_sock.detach())
@@ -134,36 +134,40 @@ class LlamaChild:
 
     # --- calls
     def call(self, target: str, *args: Any, path: str | Path, stage: str = "starting",
-             on_text: Callable[[str], None] = _no_text, stall_s: float | None = None, **kwargs: Any) -> Any:
+             on_text: Callable[[str], None] = _no_text, watch: HelperWatch | None = None, **kwargs: Any) -> Any:
         """Run `target` ('tritpack_gguf.<module>:<function>') in the child with args, kwargs and
         `emit`; its return value, or its TritpackError, comes back here. If the child dies, a
         TritpackError naming `path` and the stage it was in. KeyboardInterrupt kills the child.
-        `stall_s`: while the stage is 'generating', no event for that long kills the child and is a
-        TritpackError (a split run whose RPC helper vanished without closing its connection)."""
+        `watch`: the RPC helpers of a split run (programs.HelperWatch): while the stage reports each
+        token, no event for its stall_s kills the child, and every failure names a helper gone."""
         if self._proc is None:
             self._start()
+        watch = watch or HelperWatch()
         try:
-            result, error = self._call(target, args, kwargs, Path(path), stage, on_text, stall_s)
-        except BaseException:  # the child died, Ctrl-C, or on_text failed: the child's state is unknown
+            result, error = self._call(target, args, kwargs, Path(path), stage, on_text, watch)
+        except TritpackError as e:  # the child died or stalled: its state is unknown
+            self.close(kill=True)
+            raise watch.explain(e) from None
+        except BaseException:  # Ctrl-C, or on_text failed
             self.close(kill=True)
             raise
         if error is not None:  # raised by the function in the child, which is ready for the next call
-            raise error
+            raise watch.explain(error)
         return result
 
     def _call(self, target: str, args: tuple, kwargs: dict, path: Path, stage: str,
-              on_text: Callable[[str], None], stall_s: float | None = None) -> tuple[Any, TritpackError | None]:
+              on_text: Callable[[str], None], watch: HelperWatch) -> tuple[Any, TritpackError | None]:
         conn, proc = self._conn, self._proc
         try:
             conn.send((target, args, kwargs))
         except OSError:
             raise self._died(path, stage) from None
-        last = time.monotonic()
+        watch.progress()
         while True:
-            if stall_s is not None and stage == "generating" and time.monotonic() - last > stall_s:
-                raise TritpackError(f"llama.cpp made no progress for {stall_s:g} s while {stage}", path=path)
+            if stage.startswith(WATCHED_STAGES) and (e := watch.stalled(stage, path)) is not None:
+                raise e
             if conn.poll(POLL_S):
-                last = time.monotonic()
+                watch.progress()
                 try:
                     kind, payload = conn.recv()
                 except (EOFError, OSError):
@@ -177,6 +181,7 @@ class LlamaChild:
                 elif kind == "error":
                     message, epath, tensor, hint, code = payload
                     return None, TritpackError(message, path=epath, tensor=tensor, hint=hint, exit_code=code)
+                # ("progress", ...): a token computed, nothing to show
             elif proc.poll() is not None:
                 raise self._died(path, stage)
 

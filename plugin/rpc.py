@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import ctypes as C
 import json
-import os
 import socket
 import struct
 import subprocess
@@ -46,7 +45,6 @@ RPC_CMD_DEVICE_COUNT = 15
 RPC_CONN_CAPS_SIZE = 24      # transport.h
 HELLO_TIMEOUT_S = 5.0
 PROBE_TIMEOUT_S = 120.0
-STALL_S = 120.0              # run --rpc: no generated token for this long is an error (a helper gone silent)
 PROBE_TOLERANCE = 1e-3       # max |remote - expected| / max |expected| (measured: 1e-5 on the CPU; a
                              # codebook table rotated by one: 0.15)
 PROBE_K, PROBE_M, PROBE_N = 1024, 32, 2  # weights K x M (16 blocks of 64 a row), activations K x N
@@ -279,10 +277,12 @@ def probe(info: ServerInfo, lib_dir: Path, timeout: float = PROBE_TIMEOUT_S) -> 
     """Step 2 for one server (see the module's docstring): a list of results, or a TritpackError
     naming the endpoint."""
     ep = info.endpoint
-    env = dict(os.environ, GGML_NO_BACKTRACE="1")
+    from .programs import run_program
+
     argv = [sys.executable, "-m", __name__, "probe", str(lib_dir), ep, str(info.devices)]
     try:
-        p = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=env, stdin=subprocess.DEVNULL)
+        p = run_program(argv, None, what="the probe", timeout=timeout, no_backtrace=True)
+        p.stdout, p.stderr = p.stdout.decode("utf-8", "replace"), p.stderr.decode("utf-8", "replace")
     except subprocess.TimeoutExpired:
         raise TritpackError(f"RPC server {ep}: the TP1/TP4 probe did not finish within {timeout:.0f} s",
                             hint="a ggml-rpc-server serves one client at a time: is another run or serve using it?") from None
@@ -449,9 +449,8 @@ def start_rpc_server(*, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, devi
     """Start the patched ggml-rpc-server; returns a serve.ServerProcess-like handle once it accepts
     connections (a TritpackError if it exits first). Binding another address than loopback needs
     `allow_network`: the protocol has no authentication or encryption."""
-    from .bench import tools_dir
-    from .serve import _check_port, _die_with_parent, free_port, is_loopback
     from .ggml_lib import tritpack_version_of
+    from .programs import check_port, free_port, is_loopback, program, program_env, spawn, tools_dir
 
     if not is_loopback(host) and not allow_network:
         raise TritpackError(f"--host {host} would expose the RPC server beyond this machine",
@@ -459,28 +458,22 @@ def start_rpc_server(*, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, devi
                                  "trusted network")
     # the CUDA build when there is one (ggml-rpc-server then serves the GPU), unless the CPU is asked for
     d = Path(lib_dir) if lib_dir else tools_dir(ngl=0 if (device or "").upper() == "CPU" else 1)
-    exe = d / "ggml-rpc-server"
-    if not exe.is_file():
-        raise TritpackError("no ggml-rpc-server in the build", path=d, hint="run `tritpack-gguf build`")
+    exe = program(d, "ggml-rpc-server")
     if tritpack_version_of(d) is None:
         raise TritpackError("this build is not patched by tritpack-gguf", path=d, hint="run `tritpack-gguf build`")
     if port == 0:
         port = free_port(host)
     else:
-        _check_port(host, port)
-    env = dict(os.environ)
-    env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in (str(d), env.get("LD_LIBRARY_PATH", "")) if p)
+        check_port(host, port)
+    extra = {}
     if cache_dir:
         Path(cache_dir).mkdir(parents=True, exist_ok=True)
-        env["LLAMA_CACHE"] = str(Path(cache_dir).resolve())  # ggml-rpc-server keeps tensors in $LLAMA_CACHE/rpc
+        extra["LLAMA_CACHE"] = str(Path(cache_dir).resolve())  # ggml-rpc-server keeps tensors in $LLAMA_CACHE/rpc
     argv = server_argv(d, host=host, port=port, device=device, threads=threads, cache=bool(cache_dir))
     out = open(log_file, "ab") if log_file else None
     try:
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT if out else None,
-                                env=env, start_new_session=True,
-                                preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None)
-    except OSError as e:
-        raise TritpackError(f"cannot start ggml-rpc-server: {e.strerror or e}", path=exe) from None
+        proc = spawn(argv, env=program_env(d, **extra), what="ggml-rpc-server", path=exe, stdout=out,
+                     stderr=subprocess.STDOUT if out else None)
     finally:
         if out:
             out.close()
@@ -511,33 +504,39 @@ class RpcServer:
         except OSError:
             return ""
 
-    def wait_listening(self, timeout: float = 30.0) -> None:
-        """Until the port accepts a connection (probed with connect + close: the server then goes
+    def listening(self) -> bool:
+        """Whether the port accepts a connection (probed with connect + close: the server then goes
         back to accept())."""
         host = "127.0.0.1" if self.host == "0.0.0.0" else self.host
-        t_end = time.monotonic() + timeout
-        while time.monotonic() < t_end:
-            if self.proc.poll() is not None:
-                tail = self.log_tail()
-                raise TritpackError(f"ggml-rpc-server exited with code {self.proc.returncode} before it listened"
-                                    + (f":\n{tail}" if tail else ""))
+        try:
+            socket.create_connection((host, self.port), timeout=1).close()
+            return True
+        except OSError:
+            return False
+
+    def wait_listening(self, timeout: float = 30.0) -> None:
+        """Until the port accepts a connection; a TritpackError if the server exits first."""
+        from .programs import wait_for
+
+        try:
+            wait_for(self.proc, self.listening, timeout=timeout, what="ggml-rpc-server", tail=self.log_tail,
+                     interval=0.1, until="it listened",
+                     late=f"ggml-rpc-server did not listen on {self.endpoint} within {timeout:.0f} s")
+        except TritpackError:
+            self.stop()
+            raise
+
+    def send(self, sig: int) -> None:
+        if self.proc.poll() is None:
             try:
-                socket.create_connection((host, self.port), timeout=1).close()
-                return
-            except OSError:
-                time.sleep(0.1)
-        self.stop()
-        raise TritpackError(f"ggml-rpc-server did not listen on {self.endpoint} within {timeout:.0f} s")
+                self.proc.send_signal(sig)
+            except ProcessLookupError:
+                pass
 
     def stop(self, grace: float = 5.0) -> int:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=grace)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        return self.proc.returncode
+        from .programs import stop
+
+        return stop(self.proc, grace=grace)
 
     def __enter__(self) -> "RpcServer":
         return self
@@ -547,25 +546,11 @@ class RpcServer:
 
 
 def serve_rpc(*, on_ready=lambda s: None, **kwargs) -> int:
-    """Run the RPC server in the foreground until it exits or SIGINT/SIGTERM (it is stopped then)."""
-    import signal
+    """Run the RPC server in the foreground until it exits or SIGINT/SIGTERM (forwarded to it; it is
+    killed 5 s later if still running). programs.foreground runs it."""
+    from .programs import foreground
 
-    received: list[int] = []
-    previous = {s: signal.signal(s, lambda sig, _f: received.append(sig)) for s in (signal.SIGINT, signal.SIGTERM)}
-    server = None
-    try:
-        server = start_rpc_server(**kwargs)
-        on_ready(server)
-        while server.proc.poll() is None and not received:
-            try:
-                server.proc.wait(timeout=0.2)
-            except subprocess.TimeoutExpired:
-                pass
-    finally:
-        for s, h in previous.items():
-            signal.signal(s, h)
-        if server is not None:
-            server.stop()
+    server, received = foreground(lambda: start_rpc_server(**kwargs), on_ready=on_ready, grace=5.0)
     if received:
         return 0
     code = server.proc.returncode

@@ -89,12 +89,14 @@ class Relay:
 
     def close(self) -> None:
         self._stop.set()
+        try:  # wakes the accepting thread: a plain close leaves the port listening while accept() waits
+            self._srv.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
         self._srv.close()
-        for s in list(self._socks):
-            try:
-                s.close()
-            except OSError:
-                pass
+        # shut down, not only closed: a thread blocked in recv() on a closed socket keeps the
+        # connection open, and the server behind it then serves that ghost client forever
+        self._shut(*list(self._socks))
 
     def counts(self) -> tuple[int, int]:
         with self._lock:

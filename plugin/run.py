@@ -119,8 +119,10 @@ def generate(model: str | Path, prompt: str | list[dict], *, n: int = 64, ngl: i
     `llm`: a model already opened in this process (runtime.load()), used here; else the file is
     checked, then opened and run in a child process (see llama_child.py). `rpc`: HOST:PORT of
     `tritpack-gguf rpc-server` helpers to split the layers with (checked first, see rpc.py); then
-    no token for `rpc_stall_s` seconds (default rpc.STALL_S) while generating is an error, not a hang."""
+    no token for `rpc_stall_s` seconds (default programs.STALL_S) while generating is an error, not a
+    hang (programs.HelperWatch)."""
     from .llama_child import LlamaChild
+    from .programs import HelperWatch
     from .runtime import check_model
 
     path = Path(model)
@@ -136,12 +138,9 @@ def generate(model: str | Path, prompt: str | list[dict], *, n: int = 64, ngl: i
         opened = dict(n_ctx=context_size(path, ctx, header=h), n_gpu_layers=ngl, n_threads=threads,
                       n_threads_batch=threads, seed=seed, **_rpc_opened(endpoints, tensor_split))
         with LlamaChild() as child:
-            try:
-                stats = child.call("tritpack_gguf.run:_generate_in_child", path, prompt, opened, sampling,
-                                   path=path, stage="loading the model", on_text=on_text,
-                                   stall_s=_rpc_stall(endpoints, rpc_stall_s))
-            except TritpackError as e:
-                raise _rpc_failure(e, endpoints) from None
+            stats = child.call("tritpack_gguf.run:_generate_in_child", path, prompt, opened, sampling,
+                               path=path, stage="loading the model", on_text=on_text,
+                               watch=HelperWatch(endpoints, rpc_stall_s))
     stats.gpu_layers, stats.gpu_note = ngl, note
     return stats
 
@@ -164,22 +163,6 @@ def _rpc_opened(endpoints: list[str], tensor_split: str | list[float] | None) ->
     from .rpc import parse_tensor_split
 
     return dict(rpc=endpoints, tensor_split=parse_tensor_split(tensor_split), rpc_check=False)
-
-
-def _rpc_stall(endpoints: list[str], stall_s: float | None) -> float | None:
-    if not endpoints:
-        return None
-    from .rpc import STALL_S
-
-    return stall_s or STALL_S
-
-
-def _rpc_failure(e: TritpackError, endpoints: list[str]) -> TritpackError:
-    if not endpoints:
-        return e
-    from .rpc import explain_failure
-
-    return explain_failure(e, endpoints)
 
 
 def _generate_in_child(path: Path, prompt: str | list[dict], opened: dict, sampling: dict, *,
@@ -271,13 +254,12 @@ class ChatSession:
     def generate(self, messages: list[dict], *, on_text: Callable[[str], None] = lambda s: None, n: int = 64,
                  ngl: int = 0, seed: int | None = None, temp: float = 0.8, top_k: int = 40, top_p: float = 0.95,
                  **_ignored: Any) -> RunStats:
+        from .programs import HelperWatch
+
         sampling = dict(n=n, chat=True, seed=seed, temp=temp, top_k=top_k, top_p=top_p)
-        try:
-            stats = self._child.call("tritpack_gguf.run:_chat_turn", self.path, messages, sampling, path=self.path,
-                                     stage="reading the conversation", on_text=on_text,
-                                     stall_s=_rpc_stall(self._endpoints, None))
-        except TritpackError as e:
-            raise _rpc_failure(e, self._endpoints) from None
+        stats = self._child.call("tritpack_gguf.run:_chat_turn", self.path, messages, sampling, path=self.path,
+                                 stage="reading the conversation", on_text=on_text,
+                                 watch=HelperWatch(self._endpoints))
         stats.load_s, stats.gpu_layers = self.load_s, ngl
         stats.gpu_note = None if self._endpoints else gpu_note(ngl)
         return stats

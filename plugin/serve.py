@@ -1,21 +1,20 @@
 """`serve`: the patched llama-server (OpenAI-compatible HTTP API) on a model.
 
-The server runs as a child in its own session, started from an argument list (never a shell). It
-binds to loopback unless told otherwise. `serve()` forwards SIGINT and SIGTERM to it and waits for it
-to stop (SIGKILL after a grace period); on Linux the child also gets SIGTERM if this process dies.
+The server is a child started by programs.py (its own session, an argument list, never a shell;
+SIGTERM if this process dies). It binds to loopback unless told otherwise. `serve()` runs it in the
+foreground (programs.foreground: SIGINT and SIGTERM forwarded, SIGKILL after a grace period) and, with
+`--rpc` helpers, applies the dead-helper rule: a helper killed mid-request aborts llama-server and
+serve exits with an error naming it; one gone silent is found by asking llama-server's main loop
+(/slots, answered between two batches) and is the same error after programs.STALL_S.
 """
 
 from __future__ import annotations
 
-import ctypes
-import ipaddress
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -23,38 +22,11 @@ from pathlib import Path
 from typing import Callable
 
 from .errors import TritpackError
+from .programs import check_port, free_port, is_loopback  # noqa: F401  (serve.is_loopback, free_port: callers)
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8080
 STOP_GRACE_S = 15.0
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def free_port(host: str = DEFAULT_HOST) -> int:
-    """A port nobody listens on now (for --port 0)."""
-    fam = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(fam, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
-
-
-def _check_port(host: str, port: int) -> None:
-    fam = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(fam, socket.SOCK_STREAM) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind((host, port))
-        except OSError as e:
-            raise TritpackError(f"cannot listen on {host}:{port}: {e.strerror or e}",
-                                hint="choose another --port (0 picks a free one)" if e.errno == 98 else None) from None
 
 
 def server_argv(lib_dir: Path, model: Path, *, host: str, port: int, ngl: int = 0, ctx: int | None = None,
@@ -72,13 +44,6 @@ def server_argv(lib_dir: Path, model: Path, *, host: str, port: int, ngl: int = 
     return argv + list(extra)
 
 
-def _die_with_parent() -> None:  # runs in the child between fork and exec
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except Exception:
-        pass
-
-
 @dataclass
 class ServerProcess:
     proc: subprocess.Popen
@@ -89,6 +54,7 @@ class ServerProcess:
     log_file: Path | None = None
     key_file: Path | None = None   # removed once the server has read it, or when it stops
     rpc: tuple[str, ...] = ()      # RPC helpers holding layers (--rpc), named when the server dies
+    api_key: str | None = None     # for the main-loop check of a split server (/slots needs it)
 
     def forget_key_file(self) -> None:
         if self.key_file:
@@ -123,18 +89,25 @@ class ServerProcess:
 
     def wait_ready(self, timeout: float = 300.0) -> None:
         """Until /health answers 200 (the model is loaded); a TritpackError if the server exits first."""
-        t_end = time.monotonic() + timeout
-        while time.monotonic() < t_end:
-            if self.proc.poll() is not None:
-                tail = self.log_tail()
-                raise TritpackError(f"llama-server exited with code {self.proc.returncode} before it was ready"
-                                    + (f":\n{tail}" if tail else ""), path=self.model,
-                                    hint="its log above says why (a port in use, a file it cannot load, ...)")
-            if self.ready():
-                self.forget_key_file()
-                return
-            time.sleep(0.2)
-        raise TritpackError(f"llama-server was not ready after {timeout:.0f} s", path=self.model)
+        from .programs import wait_for
+
+        wait_for(self.proc, self.ready, timeout=timeout, what="llama-server", tail=self.log_tail, path=self.model,
+                 hint="its log above says why (a port in use, a file it cannot load, ...)")
+        self.forget_key_file()
+
+    def main_loop_answers(self, timeout: float = 5.0) -> bool:
+        """Whether llama-server's main loop answers now: /slots is a task on its queue, answered
+        between two batches, so a server stuck in a graph compute (a helper gone silent) does not.
+        Any answer counts (a server started with --no-slots answers at once, unchecked)."""
+        req = urllib.request.Request(self.url + "/slots",
+                                     headers={"Authorization": f"Bearer {self.api_key}"} if self.api_key else {})
+        try:
+            with urllib.request.urlopen(req, timeout=timeout):
+                return True
+        except urllib.error.HTTPError:
+            return True
+        except (urllib.error.URLError, OSError, ValueError):
+            return False
 
     def send(self, sig: int) -> None:
         if self.proc.poll() is None:
@@ -145,12 +118,10 @@ class ServerProcess:
 
     def stop(self, sig: int = signal.SIGTERM, grace: float = STOP_GRACE_S) -> int:
         """Ask the server to stop, wait up to `grace` seconds, then kill it. Its exit code."""
-        self.send(sig)
+        from .programs import stop
+
         try:
-            return self.proc.wait(timeout=grace)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            return self.proc.wait()
+            return stop(self.proc, sig, grace)
         finally:
             self.forget_key_file()
 
@@ -183,18 +154,12 @@ def start_server(model: str | Path, *, host: str = DEFAULT_HOST, port: int = DEF
     `parallel`: that many slots (-np), each with the whole context (-c is the context times it).
     `rpc`: HOST:PORT of `tritpack-gguf rpc-server` helpers to split the layers with (each checked
     first, see rpc.py); `tensor_split` as llama.cpp's."""
-    from .bench import tools_dir
+    from .programs import check_model_for, program, program_env, spawn, tools_dir
     from .run import DEFAULT_CTX, context_size
-    from .runtime import check_types_supported
 
-    path = Path(model)
-    if not path.is_file():
-        raise TritpackError("no such file", path=path)
     lib_dir = tools_dir(ngl)
-    check_types_supported(path, lib_dir)
-    exe = lib_dir / "llama-server"
-    if not exe.is_file():
-        raise TritpackError("no llama-server in the build", path=lib_dir, hint="run `tritpack-gguf build`")
+    path = check_model_for(model, lib_dir)
+    exe = program(lib_dir, "llama-server")
     endpoints: list[str] = []
     if rpc or tensor_split:
         from .rpc import check_servers, llama_args, offload_plan, parse_endpoints, parse_tensor_split
@@ -207,7 +172,7 @@ def start_server(model: str | Path, *, host: str = DEFAULT_HOST, port: int = DEF
     if port == 0:
         port = free_port(host)
     else:
-        _check_port(host, port)
+        check_port(host, port)
     key_file = None
     if api_key:
         fd, name = tempfile.mkstemp(prefix="tritpack-serve-", suffix=".key")  # mode 0600
@@ -219,24 +184,21 @@ def start_server(model: str | Path, *, host: str = DEFAULT_HOST, port: int = DEF
                        ctx=slot_ctx * parallel if parallel else slot_ctx, threads=threads,
                        api_key_file=key_file, alias=alias,
                        extra=(["-np", str(parallel)] if parallel else []) + list(extra))
-    env = dict(os.environ)
-    env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in (str(lib_dir), env.get("LD_LIBRARY_PATH", "")) if p)
-    if endpoints:  # a helper that dies aborts llama-server: no gdb backtrace, the error comes at once
-        env["GGML_NO_BACKTRACE"] = "1"
+    # a helper that dies aborts llama-server: no gdb backtrace, the error comes at once
+    env = program_env(lib_dir, no_backtrace=bool(endpoints))
     log = Path(log_file) if log_file else None
     out = open(log, "ab") if log else None
     try:
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT if out else None,
-                                env=env, start_new_session=True,
-                                preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None)
-    except OSError as e:
+        proc = spawn(argv, env=env, what="llama-server", path=exe, stdout=out,
+                     stderr=subprocess.STDOUT if out else None)
+    except TritpackError:
         if key_file:
             key_file.unlink(missing_ok=True)
-        raise TritpackError(f"cannot start llama-server: {e.strerror or e}", path=exe) from None
+        raise
     finally:
         if out:
             out.close()
-    return ServerProcess(proc, host, port, str(path), argv, log, key_file, tuple(endpoints))
+    return ServerProcess(proc, host, port, str(path), argv, log, key_file, tuple(endpoints), api_key)
 
 
 def serve(model: str | Path, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, ngl: int = 0,
@@ -244,49 +206,41 @@ def serve(model: str | Path, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PO
           extra: list[str] | tuple[str, ...] = (), log_file: str | Path | None = None,
           on_ready: Callable[[ServerProcess], None] = lambda s: None,
           on_start: Callable[[ServerProcess], None] = lambda s: None, rpc: str | list[str] | None = None,
-          tensor_split: str | list[float] | None = None) -> int:
+          tensor_split: str | list[float] | None = None, rpc_stall_s: float | None = None) -> int:
     """Run llama-server until it exits or SIGINT/SIGTERM arrives (forwarded to it). The exit code:
-    0 after a clean stop on a signal, else the server's own."""
-    received: list[int] = []
-    holder: list[ServerProcess] = []
+    0 after a clean stop on a signal, else the server's own. With `rpc` helpers, one that dies is an
+    error naming it: serve stops llama-server and exits (at once when the helper closed its
+    connection, after `rpc_stall_s` (default programs.STALL_S) when it went silent)."""
+    from .programs import HelperWatch, foreground
 
-    def forward(sig: int, _frame) -> None:
-        received.append(sig)
-        for server in holder:  # a second Ctrl-C is passed on too: llama-server then stops at once
-            server.send(sig)
+    watch = HelperWatch(stall_s=rpc_stall_s)
 
-    previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
-    server: ServerProcess | None = None
-    try:
+    def start() -> ServerProcess:
         server = start_server(model, host=host, port=port, ngl=ngl, ctx=ctx, threads=threads, api_key=api_key,
                               alias=alias, extra=extra, log_file=log_file, rpc=rpc, tensor_split=tensor_split)
-        holder.append(server)
-        if received:
-            server.send(received[-1])
-        on_start(server)
-        ready = False
-        stop_t0: float | None = None
-        while server.proc.poll() is None:
-            if received:
-                stop_t0 = stop_t0 or time.monotonic()
-                if time.monotonic() - stop_t0 > STOP_GRACE_S:
-                    server.proc.kill()
-            elif not ready and server.ready():
-                ready = True
-                server.forget_key_file()
-                on_ready(server)
-                continue
-            try:
-                server.proc.wait(timeout=0.2)
-            except subprocess.TimeoutExpired:
-                pass
-    finally:
-        for s, h in previous.items():
-            signal.signal(s, h)
-        if server is not None:
-            if server.proc.poll() is None:
-                server.stop()
+        watch.endpoints = list(server.rpc)
+        return server
+
+    def ready(server: ServerProcess) -> bool:
+        if server.ready():
             server.forget_key_file()
+            return True
+        return False
+
+    def cleanup(server: ServerProcess) -> None:
+        if server.proc.poll() is None:
+            server.stop()
+        server.forget_key_file()
+
+    try:
+        server, received = foreground(start, on_start=on_start, ready=ready, on_ready=on_ready, grace=STOP_GRACE_S,
+                                      alive=ServerProcess.main_loop_answers, watch=watch,
+                                      doing="serving a request", cleanup=cleanup)
+    except TritpackError:
+        if watch and log_file is None:
+            sys.stderr.write("\n")  # llama-server may have been killed in the middle of a log line
+            sys.stderr.flush()
+        raise
     code = server.proc.returncode
     if received:
         return 0 if code in (0, -signal.SIGINT, -signal.SIGTERM, 130, 143) else code

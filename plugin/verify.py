@@ -247,37 +247,39 @@ class GreedyRun:
 
 def greedy_run(path: str | Path, prompt_tokens: list[int], n: int, *, follow: list[int] | None = None, ngl: int = 0,
                threads: int | None = None, child=None, rpc: list[str] | None = None,
-               tensor_split: list[float] | None = None) -> GreedyRun:
+               tensor_split: list[float] | None = None, rpc_stall_s: float | None = None) -> GreedyRun:
     """Feed `prompt_tokens`, then n tokens: the argmax ones, or those of `follow` (teacher forcing:
     the model reads the given path and its logits along it are kept). Runs in `child` (a
     llama_child.LlamaChild), else in a child process of its own. `rpc`: endpoints of RPC helpers to
     split the layers with (checked first, see rpc.check_servers)."""
     return greedy_runs(path, [prompt_tokens], n, follow=None if follow is None else [follow], ngl=ngl,
-                       threads=threads, child=child, rpc=rpc, tensor_split=tensor_split)[0]
+                       threads=threads, child=child, rpc=rpc, tensor_split=tensor_split, rpc_stall_s=rpc_stall_s)[0]
 
 
 def greedy_runs(path: str | Path, prompts: list[list[int]], n: int, *, follow: list[list[int]] | None = None,
                 ngl: int = 0, threads: int | None = None, child=None, rpc: list[str] | None = None,
-                tensor_split: list[float] | None = None) -> list[GreedyRun]:
-    """greedy_run() for several prompts with the model loaded once."""
+                tensor_split: list[float] | None = None, rpc_stall_s: float | None = None) -> list[GreedyRun]:
+    """greedy_run() for several prompts with the model loaded once. With `rpc`, the dead-helper
+    rule (programs.HelperWatch): a helper that dies is an error naming it, and no decoded token for
+    `rpc_stall_s` (default programs.STALL_S) is that error too, not a hang."""
     if child is None:
         from .llama_child import LlamaChild
 
         with LlamaChild() as c:
             return greedy_runs(path, prompts, n, follow=follow, ngl=ngl, threads=threads, child=c, rpc=rpc,
-                               tensor_split=tensor_split)
+                               tensor_split=tensor_split, rpc_stall_s=rpc_stall_s)
+    from .programs import HelperWatch
+
     split = {}
     if rpc:
-        from .rpc import check_servers, explain_failure, parse_endpoints
+        from .rpc import check_servers, parse_endpoints
 
         rpc = parse_endpoints(rpc)
         check_servers(rpc)
         split = dict(rpc=rpc, tensor_split=tensor_split)
-    try:
-        return child.call("tritpack_gguf.verify:_greedy_runs_here", Path(path), [list(p) for p in prompts], n,
-                          follow=follow, ngl=ngl, threads=threads, path=path, stage="loading the model", **split)
-    except TritpackError as e:
-        raise explain_failure(e, rpc) if rpc else e
+    return child.call("tritpack_gguf.verify:_greedy_runs_here", Path(path), [list(p) for p in prompts], n,
+                      follow=follow, ngl=ngl, threads=threads, path=path, stage="loading the model",
+                      watch=HelperWatch(list(rpc or []), rpc_stall_s), **split)
 
 
 def _greedy_runs_here(path: Path, prompts: list[list[int]], n: int, *, follow: list[list[int]] | None = None,
@@ -318,6 +320,7 @@ def _greedy_runs_here(path: Path, prompts: list[list[int]], n: int, *, follow: l
                 if i + 1 < n:
                     llm.eval([tok])
                     last = np.array(llm.scores[llm.n_tokens - 1], dtype=np.float32)
+                    emit(("progress", i))  # a token decoded (a split run's watch counts it)
             eval_s = time.perf_counter() - t0
             emit(("stage", "detokenizing the continuation"))
             text = llm.detokenize(tokens, prev_tokens=prompt_tokens).decode("utf-8", "replace")
@@ -527,7 +530,8 @@ def compare(models: list[GreedyRun], refs: list[GreedyRun], prompts: list[str], 
 def verify(model: str | Path, *, reference: str | Path | None = None, prompt: str | list[str] | None = None,
            n: int = 16, strict: bool = False, ngl: int = 0, threads: int | None = None, check_data: bool = False,
            all_f32: bool = False, save_reference: str | Path | None = None, progress: Progress = _quiet,
-           rpc: str | list[str] | None = None, tensor_split: str | list[float] | None = None) -> VerifyReport:
+           rpc: str | list[str] | None = None, tensor_split: str | list[float] | None = None,
+           rpc_stall_s: float | None = None) -> VerifyReport:
     """Compare `model` with `reference` (default: its own F32 reference, made in a temporary folder,
     kept at `save_reference` when given) on `prompt` (a text or a list; default: the shipped
     prompts, default_prompts()). The report's `failures` is empty when it passes."""
@@ -573,7 +577,8 @@ def verify(model: str | Path, *, reference: str | Path | None = None, prompt: st
         if rpc:  # both models split over the RPC helpers (`verify --rpc`)
             from .rpc import parse_endpoints, parse_tensor_split
 
-            split = dict(rpc=parse_endpoints(rpc), tensor_split=parse_tensor_split(tensor_split))
+            split = dict(rpc=parse_endpoints(rpc), tensor_split=parse_tensor_split(tensor_split),
+                         rpc_stall_s=rpc_stall_s)
         refs = greedy_runs(ref_path, tokens, n, ngl=ngl, threads=threads, child=child, **split)
         progress("model: evaluating", 1, 2)
         got = greedy_runs(model, tokens, n, follow=None if strict else [r.tokens for r in refs], ngl=ngl,

@@ -24,6 +24,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pytest
@@ -293,6 +294,102 @@ def test_silent_helper_mid_generation_run(models, servers):
     assert "stopped answering" in msg and f"no progress for {stall:g} s while generating" in msg, msg
 
 
+def _after_computes(n: int, then) -> Callable[[int, bytes], bytes]:
+    """A Relay inspect that calls then() once, as the n-th graph computation reaches the helper."""
+    seen = [0]
+
+    def inspect(cmd: int, payload: bytes) -> bytes:
+        if cmd in (CMD["GRAPH_COMPUTE"], CMD["GRAPH_RECOMPUTE"]):
+            seen[0] += 1
+            if seen[0] == n:
+                then()
+        return payload
+    return inspect
+
+
+@pytest.fixture
+def fresh(lib_dir, tmp_path):
+    """Two helpers of this test's own: a test that kills or freezes one leaves the shared ones alone."""
+    started = []
+    try:
+        for i in range(2):
+            started.append(_one_server(lib_dir, tmp_path, f"fresh{i}"))
+        yield started
+    finally:
+        for srv in started:
+            srv.stop()
+
+
+def test_killed_helper_mid_generation_verify(models, lib_dir, tmp_path, fresh):
+    """verify's greedy runs (its --rpc): a helper killed while the continuation is decoded is one
+    error naming it, in bounded time (llama.cpp aborts in the child; the watch names who went)."""
+    victim = fresh[1]
+    state: dict = {}
+
+    def kill() -> None:
+        state["t"] = time.monotonic()
+        os.kill(victim.pid, signal.SIGKILL)
+        relay.close()  # the helper's port is gone with it
+
+    m = models["tp4"]
+    tokens = tokenize(m, PROMPT)
+    relay = Relay(victim.endpoint, inspect=_after_computes(6, kill))
+    with relay, pytest.raises(TritpackError) as e:
+        greedy_run(m, tokens, 64, rpc=[fresh[0].endpoint, relay.endpoint])
+    assert "t" in state, "the decoding never reached the helper"
+    took = time.monotonic() - state["t"]
+    msg = str(e.value)
+    assert took < KILL_BOUND_S, took
+    assert f"RPC server {relay.endpoint} stopped answering" in msg and fresh[0].endpoint not in msg, msg
+
+
+def test_silent_helper_mid_generation_verify(models, fresh):
+    """verify's greedy runs: a helper gone silent (connections left open) while decoding is an error
+    after rpc_stall_s without a decoded token, not a hang."""
+    stall = 3.0
+    m = models["tp4"]
+    tokens = tokenize(m, PROMPT)
+    state: dict = {}
+    relay = Relay(fresh[1].endpoint)
+
+    def freeze() -> None:
+        state["t"] = time.monotonic()
+        relay.frozen.set()
+
+    relay.inspect = _after_computes(6, freeze)
+    with relay, pytest.raises(TritpackError) as e:
+        greedy_run(m, tokens, 64, rpc=[fresh[0].endpoint, relay.endpoint], rpc_stall_s=stall)
+    assert "t" in state, str(e.value)
+    took = time.monotonic() - state["t"]
+    msg = str(e.value)
+    assert stall <= took < stall + 10, took
+    assert "stopped answering" in msg and f"no progress for {stall:g} s while decoding" in msg, msg
+
+
+def test_silent_helper_bench(models, fresh):
+    """bench --rpc: a helper gone silent during llama-bench's tests is an error after rpc_stall_s
+    without progress of llama-bench, not a hang."""
+    from tritpack_gguf.bench import BenchFile, bench
+
+    stall = 3.0
+    state: dict = {}
+    relay = Relay(fresh[1].endpoint)
+
+    def freeze() -> None:
+        state["t"] = time.monotonic()
+        relay.frozen.set()
+
+    relay.inspect = _after_computes(3, freeze)
+    with relay, pytest.raises(TritpackError) as e:
+        bench([BenchFile("tp4", models["tp4"])], n_prompt=8, n_gen=64, repetitions=1, threads=1,
+              rpc=[fresh[0].endpoint, relay.endpoint], rpc_stall_s=stall)
+    assert "t" in state, str(e.value)
+    took = time.monotonic() - state["t"]
+    msg = str(e.value)
+    assert stall <= took < stall + 10, took
+    assert "stopped answering" in msg and f"no progress for {stall:g} s while running llama-bench" in msg, msg
+
+
 def _post(port: int, n: int) -> str:
     body = json.dumps({"prompt": "Hello", "max_tokens": n, "temperature": 0}).encode()
     req = urllib.request.Request(f"http://127.0.0.1:{port}/v1/completions", body, {"Content-Type": "application/json"})
@@ -334,6 +431,54 @@ def test_killed_helper_serve_exits_cleanly(models, lib_dir, tmp_path):
     assert p.returncode == 1 and took < KILL_BOUND_S + 15, (p.returncode, took)
     last = err.strip().splitlines()[-1]
     assert last.startswith("tritpack-gguf: error:") and f"RPC server {victim.endpoint} stopped answering" in last, err[-2000:]
+
+
+def test_silent_helper_serve_exits_cleanly(models, lib_dir, tmp_path):
+    """`serve --rpc`: a helper gone silent (connections left open) while a request is computed: the
+    watch finds llama-server's main loop stuck for rpc_stall_s, stops it, and serve exits (code 1)
+    with one error naming the helpers, not a hang."""
+    from tritpack_gguf.serve import free_port
+
+    stall = 3.0
+    victim = _one_server(lib_dir, tmp_path, "victim")
+    port = free_port()
+    code = ("import sys\n"
+            "from tritpack_gguf.errors import TritpackError\n"
+            "from tritpack_gguf.serve import serve\n"
+            "try:\n"
+            "    sys.exit(serve(sys.argv[1], port=int(sys.argv[2]), rpc=sys.argv[3], threads=1, rpc_stall_s=3.0,\n"
+            "                   log_file=sys.argv[4]))\n"
+            "except TritpackError as e:\n"
+            "    print(f'error: {e}', file=sys.stderr)\n"
+            "    sys.exit(1)\n")
+    with Relay(victim.endpoint) as relay:
+        p = subprocess.Popen([sys.executable, "-c", code, str(models["tp4"]), str(port), relay.endpoint,
+                              str(tmp_path / "server.log")], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True, stdin=subprocess.DEVNULL)
+        try:
+            t_end = time.monotonic() + 240
+            while time.monotonic() < t_end and p.poll() is None:
+                try:
+                    urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2).close()
+                    break
+                except (urllib.error.URLError, OSError):
+                    time.sleep(0.2)
+            assert p.poll() is None, p.communicate()[1][-2000:]
+            assert _post(port, 8)
+            relay.frozen.set()
+            t0 = time.monotonic()
+            with pytest.raises((urllib.error.URLError, OSError, ConnectionError)):
+                _post(port, 8)
+            _, err = p.communicate(timeout=stall + 30)
+            took = time.monotonic() - t0
+        finally:
+            if p.poll() is None:
+                p.terminate()
+                p.communicate(timeout=30)
+            victim.stop()
+    assert p.returncode == 1 and stall <= took < stall + 20, (p.returncode, took)
+    last = err.strip().splitlines()[-1]
+    assert "stopped answering" in last and f"no progress for {stall:g} s while serving a request" in last, err[-2000:]
 
 
 # ----------------------------------------------------------------------------- the server command

@@ -41,6 +41,6 @@ def rpc_server_command(
 
 
 def _rpc_is_loopback(host: str) -> bool:
-    from ..serve import is_loopback
+    from ..programs import is_loopback
 
     return is_loopback(host)

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..errors import TritpackError
-from ..serve import is_loopback
+from ..programs import is_loopback
 from .api import OLLAMA_API_VERSION, ServerConfig, keep_alive_seconds, make_app
 from .registry import ApiError, Registry, default_models_dir
 
