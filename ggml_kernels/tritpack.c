@@ -14,6 +14,13 @@ const char * tritpack_version(void) {
     return TRITPACK_VERSION;
 }
 
+// GGML_TYPE_COUNT of this build (ggml has no getter for it): the Python binding reads the type range
+// from here instead of assuming one. Declared here only; nothing in C calls it.
+GGML_API int tritpack_type_count(void);
+int tritpack_type_count(void) {
+    return GGML_TYPE_COUNT;
+}
+
 bool tritpack_validate_row_data(enum ggml_type type, const void * data, size_t nbytes) {
     size_t block_size, scale_offset;
     switch ((int) type) {

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import ctypes as C
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -104,9 +104,15 @@ class GGML:
             raise TritpackError(f"ggml type {t} is out of range for this library")
         return self.base.ggml_get_type_traits(t).contents
 
-    @property
+    @cached_property
     def type_count(self) -> int:
-        # ggml has no getter for GGML_TYPE_COUNT; the patched library has 83 (TP1=80, TP4=81, TPQ16=82)
+        """GGML_TYPE_COUNT of this library, from tritpack_type_count() (tritpack.c). ggml itself has
+        no getter: a stock library (or a patched one older than the getter) is taken to have the
+        pinned llama.cpp's 43 types, or our 83 (TP1=80, TP4=81, TPQ16=82) when patched."""
+        fn = getattr(self.base, "tritpack_type_count", None)
+        if fn is not None:
+            fn.restype, fn.argtypes = C.c_int, []
+            return int(fn())
         return 83 if self.is_patched else 43
 
     @property
@@ -207,3 +213,49 @@ def load_ggml(lib_dir: str | Path | None = None) -> GGML:
     base = C.CDLL(str(d / "libggml-base.so"), mode=mode)
     cpu = C.CDLL(str(d / "libggml-cpu.so"), mode=mode)
     return GGML(d, base, cpu)
+
+
+# ----------------------------------------------------------------------------- graphs and the RPC backend
+
+class InitParams(C.Structure):
+    """struct ggml_init_params"""
+    _fields_ = [("mem_size", C.c_size_t), ("mem_buffer", C.c_void_p), ("no_alloc", C.c_bool)]
+
+
+_S, _I64 = C.c_size_t, C.c_int64
+_GRAPH_SIGS = {   # libggml-base: name -> (argtypes, restype); a graph computed on a backend
+    "ggml_tensor_overhead": ([], _S), "ggml_graph_overhead": ([], _S),
+    "ggml_init": ([InitParams], _P), "ggml_free": ([_P], None),
+    "ggml_new_tensor_2d": ([_P, C.c_int, _I64, _I64], _P), "ggml_mul_mat": ([_P, _P, _P], _P),
+    "ggml_new_graph": ([_P], _P), "ggml_build_forward_expand": ([_P, _P], None), "ggml_nbytes": ([_P], _S),
+    "ggml_backend_alloc_ctx_tensors": ([_P, _P], _P), "ggml_backend_buffer_free": ([_P], None),
+    "ggml_backend_tensor_set": ([_P, _P, _S, _S], None), "ggml_backend_tensor_get": ([_P, _P, _S, _S], None),
+    "ggml_backend_graph_compute": ([_P, _P], C.c_int), "ggml_backend_free": ([_P], None),
+}
+
+
+@dataclass
+class Backends:
+    """ggml's graph and backend API and the RPC client, with their signatures: `base` (libggml-base:
+    graphs, backend buffers and compute), `ggml` (libggml: the backend registry) and `rpc`
+    (libggml-rpc: ggml_backend_rpc_init, ggml_backend_rpc_add_server)."""
+    lib_dir: Path
+    base: C.CDLL
+    ggml: C.CDLL
+    rpc: C.CDLL
+
+
+@lru_cache(maxsize=None)
+def load_backends(lib_dir: str | Path) -> Backends:
+    """The libraries of `lib_dir` for graphs on a backend (rpc.py's probe) and RPC devices."""
+    d = Path(lib_dir).resolve()
+    base = C.CDLL(str(d / "libggml-base.so"), mode=C.RTLD_GLOBAL)
+    ggml = C.CDLL(str(d / "libggml.so"), mode=C.RTLD_GLOBAL)
+    rpc = C.CDLL(str(d / "libggml-rpc.so"), mode=C.RTLD_GLOBAL)
+    for name, (args, res) in _GRAPH_SIGS.items():
+        fn = getattr(base, name)
+        fn.argtypes, fn.restype = args, res
+    rpc.ggml_backend_rpc_init.argtypes, rpc.ggml_backend_rpc_init.restype = [C.c_char_p, C.c_uint32], _P
+    rpc.ggml_backend_rpc_add_server.argtypes, rpc.ggml_backend_rpc_add_server.restype = [C.c_char_p], _P
+    ggml.ggml_backend_register.argtypes, ggml.ggml_backend_register.restype = [_P], None
+    return Backends(d, base, ggml, rpc)

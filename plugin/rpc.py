@@ -25,7 +25,6 @@ So before a model is sent, `check_servers()` checks each endpoint in two steps:
 
 from __future__ import annotations
 
-import ctypes as C
 import json
 import socket
 import struct
@@ -182,41 +181,17 @@ def probe_weights(seed: int = 0x7217):
     return w, x
 
 
-class _InitParams(C.Structure):
-    _fields_ = [("mem_size", C.c_size_t), ("mem_buffer", C.c_void_p), ("no_alloc", C.c_bool)]
-
-
-def _bind(lib_dir: Path):
-    """libggml-base (graphs, backend calls) and libggml-rpc (the RPC client), with signatures."""
-    g = C.CDLL(str(lib_dir / "libggml-base.so"), mode=C.RTLD_GLOBAL)
-    r = C.CDLL(str(lib_dir / "libggml-rpc.so"), mode=C.RTLD_GLOBAL)
-    P, S, I64 = C.c_void_p, C.c_size_t, C.c_int64
-    sigs = {
-        "ggml_tensor_overhead": ([], S), "ggml_graph_overhead": ([], S),
-        "ggml_init": ([_InitParams], P), "ggml_free": ([P], None),
-        "ggml_new_tensor_2d": ([P, C.c_int, I64, I64], P), "ggml_mul_mat": ([P, P, P], P),
-        "ggml_new_graph": ([P], P), "ggml_build_forward_expand": ([P, P], None), "ggml_nbytes": ([P], S),
-        "ggml_backend_alloc_ctx_tensors": ([P, P], P), "ggml_backend_buffer_free": ([P], None),
-        "ggml_backend_tensor_set": ([P, P, S, S], None), "ggml_backend_tensor_get": ([P, P, S, S], None),
-        "ggml_backend_graph_compute": ([P, P], C.c_int), "ggml_backend_free": ([P], None),
-    }
-    for name, (args, res) in sigs.items():
-        fn = getattr(g, name)
-        fn.argtypes, fn.restype = args, res
-    r.ggml_backend_rpc_init.argtypes, r.ggml_backend_rpc_init.restype = [C.c_char_p, C.c_uint32], P
-    return g, r
-
-
 def _probe_device(lib_dir: Path, endpoint: str, device: int, say) -> list[dict]:
     """In the probe child: the TP1 and TP4 mul_mat on `device` of `endpoint`, against the expected
     product of the same bytes dequantized by this library."""
     import numpy as np
 
     from .converters.gguf_types import TP1, TP4
-    from .ggml_lib import load_ggml
+    from .ggml_lib import InitParams, load_backends, load_ggml
 
     gl = load_ggml(lib_dir)
-    g, r = _bind(lib_dir)
+    lib = load_backends(lib_dir)
+    g, r = lib.base, lib.rpc
     w, x = probe_weights()
     out = []
     for name, t in (("TP1", TP1.id), ("TP4", TP4.id)):
@@ -224,7 +199,7 @@ def _probe_device(lib_dir: Path, endpoint: str, device: int, say) -> list[dict]:
         expected = (x.astype(np.float64) @ gl.dequantize(t, q).astype(np.float64).T)  # N x M
         say(f"{name} on device {device}")
         t0 = time.perf_counter()
-        ctx = g.ggml_init(_InitParams(g.ggml_tensor_overhead() * 8 + g.ggml_graph_overhead(), None, True))
+        ctx = g.ggml_init(InitParams(g.ggml_tensor_overhead() * 8 + g.ggml_graph_overhead(), None, True))
         backend = buf = None
         try:
             wt = g.ggml_new_tensor_2d(ctx, t, PROBE_K, PROBE_M)
@@ -381,16 +356,14 @@ def attach(endpoints: list[str], lib_dir: Path | None = None) -> None:
     todo = [ep for ep in endpoints if ep not in _ATTACHED]
     if not todo:
         return
-    d = Path(lib_dir) if lib_dir else library_dir()
-    ggml = C.CDLL(str(d / "libggml.so"), mode=C.RTLD_GLOBAL)
-    rpc = C.CDLL(str(d / "libggml-rpc.so"), mode=C.RTLD_GLOBAL)
-    rpc.ggml_backend_rpc_add_server.argtypes, rpc.ggml_backend_rpc_add_server.restype = [C.c_char_p], C.c_void_p
-    ggml.ggml_backend_register.argtypes, ggml.ggml_backend_register.restype = [C.c_void_p], None
+    from .ggml_lib import load_backends
+
+    lib = load_backends(lib_dir or library_dir())
     for ep in todo:
-        reg = rpc.ggml_backend_rpc_add_server(ep.encode())
+        reg = lib.rpc.ggml_backend_rpc_add_server(ep.encode())
         if not reg:
             raise TritpackError(f"RPC server {ep}: no devices", hint=RPC_HINT)
-        ggml.ggml_backend_register(reg)
+        lib.ggml.ggml_backend_register(reg)
         _ATTACHED.add(ep)
 
 

@@ -34,6 +34,25 @@ def test_c_library_agrees_with_python(ggml, t):
     assert t.bpw <= 4.5
 
 
+def test_type_count_comes_from_the_library(ggml):
+    """GGML_TYPE_COUNT is read from C (tritpack_type_count), not assumed: our types are its last ones;
+    a library without the getter (stock, or an older patched build) falls back to the pinned counts."""
+    from tritpack_gguf.ggml_lib import GGML
+
+    assert ggml.type_count == ggml.base.tritpack_type_count() == max(t.id for t in TRITPACK_TYPES) + 2  # + TPQ16
+    assert ggml.knows(ggml.type_count - 1) and not ggml.knows(ggml.type_count)
+
+    class NoGetter:  # a libggml-base without tritpack_type_count
+        def __getattr__(self, name):
+            if name == "tritpack_type_count":
+                raise AttributeError(name)
+            return getattr(ggml.base, name)
+
+    older = object.__new__(GGML)  # the same library seen without the getter (no second ggml_cpu_init)
+    older.lib_dir, older.base, older.cpu = ggml.lib_dir, NoGetter(), ggml.cpu
+    assert older.type_count == 83 and older.is_patched
+
+
 def test_unused_ids_have_a_name_not_null(ggml):
     # ids between mainline's last type and our range have no traits; their name must not be NULL
     assert ggml.type_name(60) == "unknown" and ggml.block_size(60) == 0
