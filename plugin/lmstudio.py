@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import TritpackError
-from .ollama import Exporter, Progress, _call_exporter, _default_exporter, _no_progress, plan_compat, read_gguf_summary
+from .ollama import Exporter, Progress, _call_exporter, _default_exporter, _no_progress, plan_compat
 
 ENV_MODELS_DIR = "LMSTUDIO_MODELS_DIR"
 MODES = ("copy", "symlink", "hardlink", "move")
@@ -184,7 +184,9 @@ def import_to_lmstudio(
     mode = (mode or "copy").lower()
     if mode not in MODES:
         raise TritpackError(f"the mode must be one of {', '.join(MODES)}, not {mode!r}")
-    summary = read_gguf_summary(src)
+    from .converters.header import read_header
+
+    summary = read_header(src)
     to, note = plan_compat(summary, compat, allowed=("auto", "native"))
     if to is not None and mode in ("symlink", "hardlink"):
         raise TritpackError(f"cannot {mode} a {to.upper()} export: it is a new file",

@@ -10,10 +10,10 @@ server already has it), then `/api/create` gets the files map and the stop token
 parameters from the GGUF metadata. Stock Ollama rejects tensor types it does not know, so
 `compat="auto"` registers a stock-type export (TP1 -> Q4_0 exactly, TP4 -> Q8_0) instead.
 
-GGUF headers are read by the bounds-checked reader of converters/reader.py (`read_gguf_summary` is a
-thin view of it) rather than gguf.GGUFReader, which decodes every key (a 150k-entry vocabulary costs
-seconds per file): listing a store of many models stays fast, and only the header pages of each blob
-are touched.
+GGUF headers are read through converters/header.py (the one header view of the bounds-checked
+reader) rather than gguf.GGUFReader, which decodes every key (a 150k-entry vocabulary costs seconds
+per file): listing a store of many models stays fast, and only the header pages of each blob are
+touched. Sizes after conversion are converters/estimate.py's, the converter's policy.
 """
 
 from __future__ import annotations
@@ -25,11 +25,14 @@ import json
 import os
 import re
 import tempfile
-from dataclasses import asdict, dataclass, field, is_dataclass
+from dataclasses import asdict, dataclass, is_dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from .errors import TritpackError
+
+if TYPE_CHECKING:  # the CLI imports this module: numpy and gguf load only when a file is read
+    from .converters.header import GGUFHeader
 
 Progress = Callable[..., None]  # progress(message, done=0, total=0)
 Exporter = Callable[..., Any]    # exporter(src, dst, to) -> report (the lead's tritpack_gguf.export.export_gguf)
@@ -39,186 +42,23 @@ def _no_progress(*_: Any, **__: Any) -> None:
     pass
 
 
-# ---------------------------------------------------------------------------------------------
-# GGUF header reader
-# ---------------------------------------------------------------------------------------------
+# the header view and the size estimate are converters/header.py's and converters/estimate.py's
 
-TP1_ID, TP4_ID = 80, 81
-Q8_0_ID = 8
-_STRING, _ARRAY = 8, 9  # GGUF value types
-_SMALL_ARRAY = 64  # arrays up to this many items are decoded; longer ones are kept lazy
+def __getattr__(name: str) -> Any:  # ESTIMATE_METHOD: estimate.METHOD, imported when asked (it loads gguf)
+    if name == "ESTIMATE_METHOD":
+        from .converters.estimate import METHOD
 
-
-@dataclass(frozen=True)
-class GGUFTensor:
-    name: str
-    ne: tuple[int, ...]   # ggml order: ne[0] is the row length
-    type_id: int
-    offset: int           # relative to the start of the data section
-
-    @property
-    def n_elements(self) -> int:
-        n = 1
-        for d in self.ne:
-            n *= d
-        return n
-
-    @property
-    def row_length(self) -> int:
-        return self.ne[0] if self.ne else 1
-
-    @property
-    def is_1d(self) -> bool:
-        return sum(1 for d in self.ne if d > 1) <= 1
-
-
-@dataclass(frozen=True)
-class _LazyArray:
-    type_id: int
-    count: int
-
-
-@dataclass
-class GGUFSummary:
-    """Key/values and tensor infos of a GGUF; long arrays (the vocabulary) stay in the file."""
-
-    path: Path
-    size: int
-    version: int
-    kv: dict[str, Any]
-    tensors: list[GGUFTensor]
-    data_offset: int
-    _file: Any = field(default=None, repr=False, compare=False)  # the GGUFFile, for strings_at
-
-    def get(self, key: str, default: Any = None) -> Any:
-        v = self.kv.get(key, default)
-        return default if isinstance(v, _LazyArray) else v
-
-    @property
-    def type_ids(self) -> set[int]:
-        return {t.type_id for t in self.tensors}
-
-    @property
-    def has_tp1(self) -> bool:
-        return TP1_ID in self.type_ids
-
-    @property
-    def has_tp4(self) -> bool:
-        return TP4_ID in self.type_ids
-
-    def strings_at(self, key: str, indices: Iterable[int]) -> dict[int, str]:
-        """Items `indices` of the string array `key` (e.g. token texts)."""
-        arr = self.kv.get(key)
-        wanted = {i for i in indices if isinstance(i, int) and i >= 0}
-        if isinstance(arr, _LazyArray) and self._file is not None:
-            arr = self._file.fields[key].contents() if arr.type_id == _STRING else None
-        if not isinstance(arr, list) or not wanted:
-            return {}
-        return {i: arr[i] for i in wanted if i < len(arr) and isinstance(arr[i], str)}
-
-
-def read_gguf_summary(path: str | Path) -> GGUFSummary:
-    """The key/values and tensor infos of a GGUF, from converters/reader.py's bounds-checked GGUFFile.
-
-    Raises TritpackError (naming the file, and the key or tensor) for a missing file, a non-GGUF, a
-    truncated or malformed header, or a tensor type nobody knows.
-    """
-    from .converters.reader import GGUFFile
-
-    f = GGUFFile(path)
-    kv: dict[str, Any] = {}
-    for key, fld in f.fields.items():
-        if fld.types[0] != _ARRAY or fld.count <= _SMALL_ARRAY:
-            kv[key] = fld.contents()
-        else:
-            kv[key] = _LazyArray(int(fld.types[-1]), fld.count)
-    tensors = [GGUFTensor(t.name, tuple(reversed(t.shape)), int(t.type), t.offset - f.data_offset) for t in f.tensors]
-    return GGUFSummary(f.path, f.size, int(f.get("GGUF.version")), kv, tensors, f.data_offset, f)
-
-
-def _type_sizes() -> dict[int, tuple[int, int]]:
-    import gguf
-
-    from .converters import gguf_types  # noqa: F401  (registers TP1/TP4 sizes)
-
-    return {int(k): v for k, v in gguf.GGML_QUANT_SIZES.items()}
-
-
-def _type_name(type_id: int) -> str:
-    import gguf
-
-    from .converters import gguf_types  # noqa: F401
-
-    try:
-        return gguf.GGMLQuantizationType(type_id).name
-    except ValueError:
-        return f"type{type_id}"
-
-
-def _nbytes(t: GGUFTensor, sizes: dict[int, tuple[int, int]], path: Path) -> int:
-    if t.type_id not in sizes:
-        raise TritpackError(f"unknown tensor type {t.type_id}", path=path, tensor=t.name)
-    block, tsize = sizes[t.type_id]
-    rows = t.n_elements // t.row_length if t.row_length else 0
-    return rows * (-(-t.row_length // block)) * tsize
-
-
-# ---------------------------------------------------------------------------------------------
-# Size estimate
-# ---------------------------------------------------------------------------------------------
-
-KEEP_AT_Q8_0 = ("token_embd.weight", "output.weight")
-ESTIMATE_METHOD = (
-    "an estimate from tensor shapes: 1-D tensors kept as they are; token_embd/output at Q8_0 size (34 bytes per 32); other "
-    "tensors whose row length is a multiple of 64 at TP4 (36 bytes per 64) or TP1 (15 bytes per 64); "
-    "the rest kept; metadata kept"
-)
+        return METHOD
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def estimate_sizes(path: str | Path) -> dict:
-    """An ESTIMATE of the file size after conversion to TP4 and to TP1, from tensor shapes alone.
+    """An ESTIMATE of the file size after conversion to TP4 and to TP1, from tensor shapes alone, by
+    the converter's policy (converters/estimate.py, what `tritpack-gguf estimate` says)."""
+    from .converters.estimate import file_sizes
+    from .converters.reader import GGUFFile
 
-    Rules: 1-D tensors are kept as they are; token_embd/output are counted at Q8_0 size (34 bytes per
-    32 weights); other tensors whose row length (ne[0]) is a multiple of 64 become TP4 (36 bytes per
-    64 weights) or TP1 (15 bytes per 64); everything else is kept. Metadata is kept. It is not the
-    converter's plan (which may keep more tensors), only a quick figure for listings.
-    """
-    return _estimate(read_gguf_summary(path))
-
-
-def _estimate(s: GGUFSummary) -> dict:
-    sizes = _type_sizes()
-    current = tp4 = tp1 = params = 0
-    packed = 0
-    for t in s.tensors:
-        nb = _nbytes(t, sizes, s.path)
-        current += nb
-        params += t.n_elements
-        if t.is_1d:
-            a = b = nb
-        elif t.name in KEEP_AT_Q8_0:
-            a = b = (t.n_elements // t.row_length) * (t.row_length // 32) * 34 if t.row_length % 32 == 0 else nb
-        elif t.row_length % 64 == 0:
-            blocks = t.n_elements // 64
-            a, b = blocks * 36, blocks * 15
-            packed += 1
-        else:
-            a = b = nb
-        tp4 += a
-        tp1 += b
-    overhead = max(s.size - current, 0)
-    return {
-        "path": str(s.path),
-        "estimate": True,
-        "method": ESTIMATE_METHOD,
-        "file_bytes": s.size,
-        "tensor_bytes": current,
-        "n_tensors": len(s.tensors),
-        "n_packed": packed,
-        "n_params": params,
-        "tp4_bytes": overhead + tp4,
-        "tp1_bytes": overhead + tp1,
-    }
+    return file_sizes(GGUFFile(path))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -460,9 +300,12 @@ def list_ollama_models(models_dir: Path | None = None, *, estimate: bool = True)
                 else:
                     row["size"] = blob.stat().st_size
                     if estimate:
-                        s = read_gguf_summary(blob)
-                        row["file_type"] = _dominant_type(s)
-                        est = _estimate(s)
+                        from .converters.estimate import dominant_type, file_sizes
+                        from .converters.reader import GGUFFile
+
+                        f = GGUFFile(blob)
+                        row["file_type"] = dominant_type(f)
+                        est = file_sizes(f)
                         row["tp4_bytes"], row["tp1_bytes"] = est["tp4_bytes"], est["tp1_bytes"]
         except TritpackError as e:
             row["error"] = e.message
@@ -470,20 +313,11 @@ def list_ollama_models(models_dir: Path | None = None, *, estimate: bool = True)
     return out
 
 
-def _dominant_type(s: GGUFSummary) -> str | None:
-    sizes = _type_sizes()
-    by_type: dict[int, int] = {}
-    for t in s.tensors:
-        if not t.is_1d and t.type_id in sizes:
-            by_type[t.type_id] = by_type.get(t.type_id, 0) + t.n_elements
-    return _type_name(max(by_type, key=by_type.__getitem__)) if by_type else None
-
-
 # ---------------------------------------------------------------------------------------------
 # Compatibility (shared with LM Studio) and the metadata Ollama gets
 # ---------------------------------------------------------------------------------------------
 
-def plan_compat(s: GGUFSummary, compat: str, *, allowed: tuple[str, ...] = ("auto", "native", "q4_0", "q8_0")) -> tuple[str | None, str]:
+def plan_compat(s: GGUFHeader, compat: str, *, allowed: tuple[str, ...] = ("auto", "native", "q4_0", "q8_0")) -> tuple[str | None, str]:
     """(stock type to export to or None to send the file as it is, a sentence saying why)."""
     compat = (compat or "auto").lower()
     if compat not in allowed:
@@ -520,7 +354,7 @@ _SAMPLING = {
 _STOP_KEYS = ("tokenizer.ggml.eos_token_id", "tokenizer.ggml.eot_token_id", "tokenizer.ggml.eom_token_id")
 
 
-def ollama_settings(s: GGUFSummary) -> dict:
+def ollama_settings(s: GGUFHeader) -> dict:
     """What `/api/create` gets from the GGUF metadata: `parameters` (stop tokens = the texts of the
     eos/eot/eom tokens; sampling defaults from general.sampling.*) and whether a chat template is there.
 
@@ -685,7 +519,9 @@ def create_ollama_model(
 
     name = validate_create_name(name)
     src = Path(gguf_path)
-    summary = read_gguf_summary(src)
+    from .converters.header import read_header
+
+    summary = read_header(src)
     to, note = plan_compat(summary, compat)
     settings = ollama_settings(summary)
     if client is None:

@@ -9,11 +9,15 @@ from __future__ import annotations
 import os
 import sys
 import warnings
-from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .errors import TritpackError
 from .paths import BUILD_HINT, latest_build, library_dir, tritpack_home  # noqa: F401  (runtime.library_dir: used by callers)
+
+if TYPE_CHECKING:
+    from .converters.header import GGUFHeader
+
 
 def activate(lib_dir: str | Path | None = None) -> Path:
     """Point llama-cpp-python at the patched library. After it, plain `from llama_cpp import Llama`
@@ -86,59 +90,22 @@ def gpu_backends(lib_dir: Path) -> list[str]:
             if (Path(lib_dir) / f"libggml-{name}.so").is_file()]
 
 
-@dataclass(frozen=True)
-class HeaderTensor:
-    name: str
-    dims: tuple[int, ...]   # ggml order: dims[0] is the row length
-    type: int               # ggml type id
-    offset: int             # from the start of the data section
-
-
-@dataclass
-class GGUFHeader:
-    """A GGUF header as the runtime commands use it, read by the bounds-checked reader
-    (converters/reader.py): arrays are not decoded (a large vocabulary costs nothing)."""
-    path: Path
-    version: int
-    values: dict[str, object]            # scalars and strings decoded; arrays as None
-    spans: dict[str, tuple[int, int]]    # key -> (start, end) of its whole key/value record
-    tensors: list[HeaderTensor]
-    alignment: int
-    data_start: int
-    source: object = field(default=None, repr=False, compare=False)  # the GGUFFile it was read from (its data)
-
-    def get(self, key: str, default=None):
-        v = self.values.get(key)
-        return default if v is None else v
-
-    @property
-    def architecture(self) -> str | None:
-        a = self.values.get("general.architecture")
-        return a if isinstance(a, str) else None
-
-
 UNKNOWN_TYPE_HINT = ("not a type of this llama.cpp: a file of a newer or forked llama.cpp needs that build; "
                      "TP1 (80) and TP4 (81) files need `tritpack-gguf build`")
 
 
 def read_header(path: str | Path) -> GGUFHeader:
-    """The header of `path`, checked by converters/reader.py (GGUFFile): a missing, truncated or
-    malformed file, or a tensor type nobody knows, is a TritpackError naming the file (and tensor)."""
-    from gguf import GGUFValueType
-
-    from .converters.reader import GGUFFile, UnknownTensorType
+    """The header of `path` (converters/header.py: the one header view, checked by the bounds-checked
+    reader): a missing, truncated or malformed file, or a tensor type nobody knows, is a TritpackError
+    naming the file (and tensor), the last with a hint saying which build reads it."""
+    from .converters.header import read_header as read
+    from .converters.reader import UnknownTensorType
 
     try:
-        f = GGUFFile(path)
+        return read(path)
     except UnknownTensorType as e:
         e.hint = e.hint or UNKNOWN_TYPE_HINT
         raise
-    fields = f.fields
-    values = {k: None if fld.types[0] == GGUFValueType.ARRAY else fld.contents() for k, fld in fields.items()}
-    spans = {k: (fld.offset, fld.end) for k, fld in fields.items()}
-    tensors = [HeaderTensor(t.name, tuple(reversed(t.shape)), int(t.type), t.offset - f.data_offset)
-               for t in f.tensors]
-    return GGUFHeader(f.path, int(f.get("GGUF.version")), values, spans, tensors, f.alignment, f.data_offset, f)
 
 
 def gguf_tensor_types(path: str | Path) -> list[tuple[str, int]]:

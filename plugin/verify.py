@@ -34,7 +34,7 @@ from .converters.gguf_types import BY_NAME
 from .errors import TritpackError
 
 if TYPE_CHECKING:
-    from .runtime import GGUFHeader
+    from .converters.header import GGUFHeader
 
 Progress = Callable[[str, int, int], None]
 ROWS_PER_CHUNK_VALUES = 1 << 22  # floats dequantized at a time while writing a reference
@@ -173,9 +173,9 @@ def check_tensor_data(model: str | Path, *, progress: Progress = _quiet, max_iss
         if not g.knows(t.type):
             issues.append(DataIssue(t.name, _type_name(t.type), -1, -1, "type unknown to the library"))
             continue
-        rows = int(np.prod(t.dims[1:], dtype=np.int64)) if len(t.dims) > 1 else 1
-        row_bytes = g.row_size(t.type, t.dims[0] if t.dims else 1)
-        start = h.data_start + t.offset
+        rows = int(np.prod(t.ne[1:], dtype=np.int64)) if len(t.ne) > 1 else 1
+        row_bytes = g.row_size(t.type, t.ne[0] if t.ne else 1)
+        start = h.data_offset + t.offset
         if start + rows * row_bytes > size:
             issues.append(DataIssue(t.name, _type_name(t.type), -1, -1, "data runs past the end of the file"))
             continue

@@ -23,6 +23,7 @@ from typer.testing import CliRunner
 import tritpack_gguf.converters.gguf_types  # noqa: F401  (TP1/TP4 known to gguf)
 from tritpack_gguf import ollama as ol
 from tritpack_gguf.cli import ollama as ol_cli
+from tritpack_gguf.converters.header import read_header
 from tritpack_gguf.errors import TritpackError
 
 Q = gguf.GGMLQuantizationType
@@ -455,9 +456,9 @@ def test_list_cli(store, tmp_path):
 
 def test_header_reader_matches_gguf_reader(tmp_path):
     p = write_gguf(tmp_path / "m.gguf", "mixed", n_vocab=5000, sampling={"general.sampling.temp": 0.6})
-    s = ol.read_gguf_summary(p)
+    s = read_header(p)
     r = gguf.GGUFReader(p)
-    assert [(t.name, t.ne, t.type_id) for t in s.tensors] == \
+    assert [(t.name, t.ne, t.type) for t in s.tensors] == \
            [(t.name, tuple(int(d) for d in t.shape), int(t.tensor_type)) for t in r.tensors]
     assert [s.data_offset + t.offset for t in s.tensors] == [int(t.data_offset) for t in r.tensors]
     assert s.get("general.architecture") == "llama"
@@ -473,34 +474,40 @@ def test_header_reader_rejects_bad_files(tmp_path):
     data = p.read_bytes()
     (tmp_path / "trunc.gguf").write_bytes(data[:200])
     with pytest.raises(TritpackError, match="runs past the end of the file") as e:
-        ol.read_gguf_summary(tmp_path / "trunc.gguf")
+        read_header(tmp_path / "trunc.gguf")
     assert str(e.value).startswith(f"{tmp_path / 'trunc.gguf'}: ")  # names the file
     (tmp_path / "notgguf.gguf").write_bytes(b"PK\x03\x04" + b"\x00" * 100)
     with pytest.raises(TritpackError, match="not a GGUF"):
-        ol.read_gguf_summary(tmp_path / "notgguf.gguf")
+        read_header(tmp_path / "notgguf.gguf")
     with pytest.raises(TritpackError, match="no such file"):
-        ol.read_gguf_summary(tmp_path / "missing.gguf")
+        read_header(tmp_path / "missing.gguf")
     huge = bytearray(data)
     huge[8:16] = (10**15).to_bytes(8, "little")  # tensor count
     (tmp_path / "huge.gguf").write_bytes(bytes(huge))
     with pytest.raises(TritpackError, match="cannot fit"):
-        ol.read_gguf_summary(tmp_path / "huge.gguf")
+        read_header(tmp_path / "huge.gguf")
 
 
 def test_estimate_sizes_by_hand(tmp_path):
+    """ollama list's sizes are the converter's policy (converters/estimate.py), what `estimate` says."""
+    from tritpack_gguf.converters.estimate import estimate_file
+
     p = write_gguf(tmp_path / "m.gguf", "stock")
     est = ol.estimate_sizes(p)
-    # token_embd (32 x 64, F16) -> Q8_0; attn_q (64 x 64, F32) and attn_k (16 x 64, Q8_0) -> TP;
-    # ffn_down (ne0 = 96) and output_norm (1-D) kept
+    # token_embd (32 x 64, F16; tied: it is the output) -> Q8_0 (Q6_K needs rows of 256); attn_q
+    # (64 x 64, F32) and attn_k (16 x 64, Q8_0) -> TP; ffn_down (ne0 = 96) -> IQ4_NL for TP4, Q4_0 for
+    # TP1 (both 18 bytes per 32); output_norm (1-D) kept
     current = 32 * 64 * 2 + 64 * 64 * 4 + 16 * 68 + 64 * 96 * 4 + 64 * 4
-    tp4 = 32 * 2 * 34 + 64 * 36 + 16 * 36 + 64 * 96 * 4 + 64 * 4
-    tp1 = 32 * 2 * 34 + 64 * 15 + 16 * 15 + 64 * 96 * 4 + 64 * 4
+    tp4 = 32 * 2 * 34 + 64 * 36 + 16 * 36 + 64 * 3 * 18 + 64 * 4
+    tp1 = 32 * 2 * 34 + 64 * 15 + 16 * 15 + 64 * 3 * 18 + 64 * 4
     size = p.stat().st_size
     assert est["tensor_bytes"] == current
     assert est["tp4_bytes"] == size - current + tp4
     assert est["tp1_bytes"] == size - current + tp1
     assert est["n_packed"] == 2 and est["estimate"] is True and est["file_bytes"] == size
     assert est["tp1_bytes"] < est["tp4_bytes"] < size
+    one = estimate_file(p, ["TP4", "TP1"])["estimates"]
+    assert (one["TP4"]["bytes"], one["TP1"]["bytes"]) == (tp4, tp1)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -508,13 +515,13 @@ def test_estimate_sizes_by_hand(tmp_path):
 # ------------------------------------------------------------------------------------------------
 
 def test_ollama_settings_from_metadata(tmp_path):
-    s = ol.read_gguf_summary(write_gguf(tmp_path / "m.gguf", sampling={"general.sampling.temp": 0.7,
+    s = read_header(write_gguf(tmp_path / "m.gguf", sampling={"general.sampling.temp": 0.7,
                                                                       "general.sampling.top_k": 20}))
     got = ol.ollama_settings(s)
     assert got["parameters"]["stop"] == ["<|im_end|>", "<|endoftext|>"]
     assert got["parameters"]["temperature"] == pytest.approx(0.7) and got["parameters"]["top_k"] == 20
     assert got["chat_template"] is True
-    s = ol.read_gguf_summary(write_gguf(tmp_path / "n.gguf", eos=None, eot=None, chat_template=None))
+    s = read_header(write_gguf(tmp_path / "n.gguf", eos=None, eot=None, chat_template=None))
     assert ol.ollama_settings(s) == {"parameters": {}, "chat_template": False}
 
 
@@ -523,7 +530,7 @@ def test_ollama_settings_from_metadata(tmp_path):
     ("tp4", "q4_0", "q4_0"), ("tp1", "q8_0", "q8_0"), ("tp4", "native", None), ("stock", "q8_0", None),
 ])
 def test_plan_compat(tmp_path, kind, compat, to):
-    got, note = ol.plan_compat(ol.read_gguf_summary(write_gguf(tmp_path / "m.gguf", kind)), compat)
+    got, note = ol.plan_compat(read_header(write_gguf(tmp_path / "m.gguf", kind)), compat)
     assert got == to and note
     if kind == "tp1" and compat == "auto":
         assert "exact" in note

@@ -75,8 +75,8 @@ def damaged(src: Path, dst: Path, name: str, how: str) -> Path:
     h = read_header(dst)
     t = {t.name: t for t in h.tensors}[name]
     size, codes, scale = LAYOUT[t.type]
-    blocks = np.memmap(dst, dtype=np.uint8, mode="r+", offset=h.data_start + t.offset,
-                       shape=(int(np.prod(t.dims)) // 64, size))
+    blocks = np.memmap(dst, dtype=np.uint8, mode="r+", offset=h.data_offset + t.offset,
+                       shape=(int(np.prod(t.ne)) // 64, size))
     if how == "shuffle":
         blocks[:, codes] = np.random.default_rng(0).permuted(np.array(blocks[:, codes]), axis=1)
     else:

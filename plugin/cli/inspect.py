@@ -20,7 +20,7 @@ def inspect_command(
     json_out: JsonOpt = False,
 ) -> None:
     """Show tensors, types and sizes (and quality against the original)."""
-    from ..inspect import inspect_file
+    from ..describe import inspect_file
 
     doc = inspect_file(model, against)
     if json_out:
@@ -51,7 +51,7 @@ def estimate_command(
     json_out: JsonOpt = False,
 ) -> None:
     """The sizes a conversion would give, for TP4, TP1 and the stock types, without converting."""
-    from ..inspect import estimate_file
+    from ..converters.estimate import estimate_file
 
     path, _ = resolve_model_arg(model)
     doc = estimate_file(path, type_)

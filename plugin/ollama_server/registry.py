@@ -7,7 +7,7 @@ them. Writes go to a temporary file in the same folder and are renamed into plac
 sees a half-written blob or manifest. The reading side reuses plugin/ollama.py's store reader.
 
 What a client sees of a model (`details`, `model_info`, `capabilities`) comes from the GGUF header,
-read by converters/reader.py's bounds-checked parser (through ollama.read_gguf_summary), cached per
+read through converters/header.py (the one header view of the bounds-checked parser), cached per
 file and modification time.
 """
 
@@ -25,6 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from .. import ollama as _ol
+from ..converters.estimate import dominant_type
+from ..converters.header import LazyArray, read_header
 from ..errors import TritpackError
 
 PARAMS_MEDIA = "application/vnd.ollama.image.params"
@@ -156,17 +158,17 @@ def _kv_bytes_per_token(s: Any, arch: str) -> int:
 
 def read_facts(path: Path, *, verbose: bool = False) -> ModelFacts:
     """details, model_info and capabilities of the GGUF at `path` (TritpackError for a bad file)."""
-    s = _ol.read_gguf_summary(path)
+    s = read_header(path)
     arch = s.get("general.architecture") or "unknown"
     n_params = sum(t.n_elements for t in s.tensors)
     tp = s.get("tritpack.type")
-    quant = tp.upper() if isinstance(tp, str) and tp else (_ol._dominant_type(s) or "unknown")
+    quant = tp.upper() if isinstance(tp, str) and tp else (dominant_type(s.source) or "unknown")
     info: dict[str, Any] = {}
-    for key, v in s.kv.items():
+    for key, v in s.values.items():
         if key == "tokenizer.chat_template" or key.startswith("GGUF."):
             continue
-        if isinstance(v, _ol._LazyArray) or (isinstance(v, list) and len(v) > _VERBOSE_ONLY_ARRAY):
-            info[key] = _plain(s._file.fields[key].contents()) if verbose else None
+        if isinstance(v, LazyArray) or (isinstance(v, list) and len(v) > _VERBOSE_ONLY_ARRAY):
+            info[key] = _plain(s.array(key)) if verbose else None
         else:
             info[key] = _plain(v)
     info.setdefault("general.parameter_count", n_params)
