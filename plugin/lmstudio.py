@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import TritpackError
-from .ollama import Exporter, Progress, _call_exporter, _default_exporter, _no_progress, plan_compat
+from .apps import Exporter, Progress, call_exporter, default_exporter, no_progress, plan_compat
 
 ENV_MODELS_DIR = "LMSTUDIO_MODELS_DIR"
 MODES = ("copy", "symlink", "hardlink", "move")
@@ -169,7 +169,7 @@ def import_to_lmstudio(
     dry_run: bool = False,
     exporter: Exporter | None = None,
     home: Path | None = None,
-    progress: Progress = _no_progress,
+    progress: Progress = no_progress,
 ) -> dict:
     """Place `src` in LM Studio's models folder as `<models>/<publisher>/<name>/<file>.gguf`.
 
@@ -291,7 +291,7 @@ def _place(src: Path, dst: Path, dir_fd: int, mode: str, to: str | None, exporte
             os.mkdir(tmp_name, 0o700, dir_fd=dir_fd)
             tmp_dir = dst.parent / tmp_name  # the folder was opened without following links just above
             out = tmp_dir / final
-            result["export_report"] = _call_exporter(exporter or _default_exporter(), src, out, to, progress)
+            result["export_report"] = call_exporter(exporter or default_exporter(), src, out, to, progress)
             st = os.lstat(out) if os.path.lexists(out) else None
             if st is None or not stat.S_ISREG(st.st_mode):
                 raise TritpackError(f"the {to.upper()} export wrote no file", path=out)

@@ -327,7 +327,7 @@ def test_cli_import(tmp_path, model, monkeypatch):
     # auto with a TritPack file says it imports a stock export
     src = write_gguf(tmp_path / "packed.gguf", "tp1")
     exp = FakeExporter()
-    monkeypatch.setattr(lm, "_default_exporter", lambda: exp)
+    monkeypatch.setattr(lm, "default_exporter", lambda: exp)
     monkeypatch.setenv(lm.ENV_MODELS_DIR, str(models))
     res = runner.invoke(lm_cli.app, ["import", str(src), "--name", "packed"])
     assert res.exit_code == 0, res.output

@@ -21,7 +21,9 @@ import pytest
 from typer.testing import CliRunner
 
 import tritpack_gguf.converters.gguf_types  # noqa: F401  (TP1/TP4 known to gguf)
+from tritpack_gguf import apps
 from tritpack_gguf import ollama as ol
+from tritpack_gguf import ollama_store as ost
 from tritpack_gguf.cli import ollama as ol_cli
 from tritpack_gguf.converters.header import read_header
 from tritpack_gguf.errors import TritpackError
@@ -296,7 +298,7 @@ def closed_port() -> int:
     ("https://example.com/ns/m", ("example.com", "ns", "m", "latest")),
 ])
 def test_parse_ollama_name(ref, parts):
-    assert ol.parse_ollama_name(ref).parts == parts
+    assert ost.parse_ollama_name(ref).parts == parts
 
 
 @pytest.mark.parametrize("ref", ["", "../x", "a/../b", "/abs/model", "x\x00y", "x\ny", "tab\tname", "a/b/c/d",
@@ -304,21 +306,21 @@ def test_parse_ollama_name(ref, parts):
                                  "a//b", "x" * 81])
 def test_invalid_ollama_names_refused(ref):
     with pytest.raises(TritpackError, match="invalid Ollama model name"):
-        ol.parse_ollama_name(ref)
-    assert not ol.looks_like_ollama_ref(ref)
+        ost.parse_ollama_name(ref)
+    assert not ost.looks_like_ollama_ref(ref)
 
 
 def test_looks_like_ollama_ref(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    assert ol.looks_like_ollama_ref("llama3.2:1b")
-    assert ol.looks_like_ollama_ref("user/model:tag")
-    assert ol.looks_like_ollama_ref("qwen2.5")
+    assert ost.looks_like_ollama_ref("llama3.2:1b")
+    assert ost.looks_like_ollama_ref("user/model:tag")
+    assert ost.looks_like_ollama_ref("qwen2.5")
     (tmp_path / "qwen2.5").write_bytes(b"x")          # an existing file is a file, not a model name
-    assert not ol.looks_like_ollama_ref("qwen2.5")
-    assert not ol.looks_like_ollama_ref("model.gguf")  # a missing .gguf is a missing file
-    assert not ol.looks_like_ollama_ref("dir/model.GGUF")
-    assert not ol.looks_like_ollama_ref(str(tmp_path / "nothing"))
-    assert not ol.looks_like_ollama_ref("./model")
+    assert not ost.looks_like_ollama_ref("qwen2.5")
+    assert not ost.looks_like_ollama_ref("model.gguf")  # a missing .gguf is a missing file
+    assert not ost.looks_like_ollama_ref("dir/model.GGUF")
+    assert not ost.looks_like_ollama_ref(str(tmp_path / "nothing"))
+    assert not ost.looks_like_ollama_ref("./model")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -343,57 +345,57 @@ def _blob_of(store: Path, gguf_file: Path) -> Path:
 
 def test_resolve_ollama_model(store, tmp_path):
     before = snapshot(store)
-    assert ol.resolve_ollama_model("llama3.2:1b", store) == _blob_of(store, tmp_path / "a.gguf")
-    assert ol.resolve_ollama_model("library/qwen2.5:0.5b", store) == _blob_of(store, tmp_path / "c.gguf")
-    assert ol.resolve_ollama_model("registry.ollama.ai/library/llama3.2:3b", store) == _blob_of(store, tmp_path / "b.gguf")
-    assert ol.resolve_ollama_model("someuser/mymodel:q8", store) == _blob_of(store, tmp_path / "d.gguf")
-    assert ol.resolve_ollama_model("localhost:5000/team/private", store) == _blob_of(store, tmp_path / "e.gguf")
-    assert ol.resolve_ollama_model("LLaMA3.2:1B", store) == _blob_of(store, tmp_path / "a.gguf")  # names fold case
+    assert ost.resolve_ollama_model("llama3.2:1b", store) == _blob_of(store, tmp_path / "a.gguf")
+    assert ost.resolve_ollama_model("library/qwen2.5:0.5b", store) == _blob_of(store, tmp_path / "c.gguf")
+    assert ost.resolve_ollama_model("registry.ollama.ai/library/llama3.2:3b", store) == _blob_of(store, tmp_path / "b.gguf")
+    assert ost.resolve_ollama_model("someuser/mymodel:q8", store) == _blob_of(store, tmp_path / "d.gguf")
+    assert ost.resolve_ollama_model("localhost:5000/team/private", store) == _blob_of(store, tmp_path / "e.gguf")
+    assert ost.resolve_ollama_model("LLaMA3.2:1B", store) == _blob_of(store, tmp_path / "a.gguf")  # names fold case
     assert snapshot(store) == before  # read in place: nothing written, nothing touched
 
 
 def test_resolve_uses_ollama_models_env(store, tmp_path, monkeypatch):
     monkeypatch.setenv("OLLAMA_MODELS", str(store))
-    assert ol.resolve_ollama_model("llama3.2:1b") == _blob_of(store, tmp_path / "a.gguf")
+    assert ost.resolve_ollama_model("llama3.2:1b") == _blob_of(store, tmp_path / "a.gguf")
     monkeypatch.delenv("OLLAMA_MODELS")
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     with pytest.raises(TritpackError, match="no Ollama model") as e:
-        ol.resolve_ollama_model("llama3.2:1b")
+        ost.resolve_ollama_model("llama3.2:1b")
     assert ".ollama/models" in str(e.value) and "OLLAMA_MODELS" in str(e.value)
 
 
 def test_resolve_unknown_lists_close_matches(store):
     with pytest.raises(TritpackError) as e:
-        ol.resolve_ollama_model("llama3.2:8b", store)
+        ost.resolve_ollama_model("llama3.2:8b", store)
     msg = str(e.value)
     assert "no Ollama model 'llama3.2:8b'" in msg
     assert "llama3.2:1b" in msg and "llama3.2:3b" in msg
     with pytest.raises(TritpackError, match="qwen2.5:0.5b"):
-        ol.resolve_ollama_model("qwen2.5:05b", store)
+        ost.resolve_ollama_model("qwen2.5:05b", store)
 
 
 def test_resolve_errors(store, tmp_path):
     with pytest.raises(TritpackError, match="no GGUF model layer"):
-        ol.resolve_ollama_model("safetensors-only", store)
+        ost.resolve_ollama_model("safetensors-only", store)
     with pytest.raises(TritpackError, match="invalid Ollama model name"):
-        ol.resolve_ollama_model("../../etc/passwd", store)
+        ost.resolve_ollama_model("../../etc/passwd", store)
     # a manifest whose digest tries to leave the blobs folder
     m = add_ollama_model(store, "registry.ollama.ai", "library", "evil", "latest", None)
     doc = json.loads(m.read_text())
     doc["layers"].append({"mediaType": "application/vnd.ollama.image.model", "digest": "sha256:../../../etc/passwd", "size": 1})
     m.write_text(json.dumps(doc))
     with pytest.raises(TritpackError, match="invalid blob digest"):
-        ol.resolve_ollama_model("evil", store)
+        ost.resolve_ollama_model("evil", store)
     # a blob that is gone
-    blob = ol.resolve_ollama_model("qwen2.5:0.5b", store)
+    blob = ost.resolve_ollama_model("qwen2.5:0.5b", store)
     blob.unlink()
     with pytest.raises(TritpackError, match="missing from the store"):
-        ol.resolve_ollama_model("qwen2.5:0.5b", store)
+        ost.resolve_ollama_model("qwen2.5:0.5b", store)
     # an unreadable manifest
     (store / "manifests/registry.ollama.ai/library/broken").mkdir()
     (store / "manifests/registry.ollama.ai/library/broken/latest").write_text("{not json")
     with pytest.raises(TritpackError, match="unreadable Ollama manifest"):
-        ol.resolve_ollama_model("broken", store)
+        ost.resolve_ollama_model("broken", store)
 
 
 def test_resolve_legacy_colon_blob_name(tmp_path):
@@ -403,34 +405,34 @@ def test_resolve_legacy_colon_blob_name(tmp_path):
     new = _blob_of(s, g)
     legacy = new.with_name(new.name.replace("sha256-", "sha256:"))
     new.rename(legacy)
-    assert ol.resolve_ollama_model("old", s) == legacy
+    assert ost.resolve_ollama_model("old", s) == legacy
 
 
 def test_resolve_model_input(store, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    assert ol.resolve_model_input("a.gguf", store) == Path("a.gguf")  # an existing file wins
-    assert ol.resolve_model_input("llama3.2:1b", store) == _blob_of(store, tmp_path / "a.gguf")
+    assert ost.resolve_model_input("a.gguf", store) == Path("a.gguf")  # an existing file wins
+    assert ost.resolve_model_input("llama3.2:1b", store) == _blob_of(store, tmp_path / "a.gguf")
     with pytest.raises(TritpackError, match="no such file"):
-        ol.resolve_model_input("missing.gguf", store)
+        ost.resolve_model_input("missing.gguf", store)
     with pytest.raises(TritpackError, match="no file 'llama9'"):
-        ol.resolve_model_input("llama9", store)
+        ost.resolve_model_input("llama9", store)
 
 
 def test_ollama_output_stem():
-    assert ol.ollama_output_stem("llama3.2:1b") == "llama3.2-1b"
-    assert ol.ollama_output_stem("qwen2.5") == "qwen2.5-latest"
-    assert ol.ollama_output_stem("user/m:q8") == "user-m-q8"
-    assert ol.ollama_output_stem("localhost:5000/team/m:t") == "localhost-5000-team-m-t"
+    assert ost.ollama_output_stem("llama3.2:1b") == "llama3.2-1b"
+    assert ost.ollama_output_stem("qwen2.5") == "qwen2.5-latest"
+    assert ost.ollama_output_stem("user/m:q8") == "user-m-q8"
+    assert ost.ollama_output_stem("localhost:5000/team/m:t") == "localhost-5000-team-m-t"
 
 
 def test_list_ollama_models(store, tmp_path):
     before = snapshot(store)
-    rows = {r["name"]: r for r in ol.list_ollama_models(store)}
+    rows = {r["name"]: r for r in ost.list_ollama_models(store)}
     assert set(rows) == {"llama3.2:1b", "llama3.2:3b", "qwen2.5:0.5b", "someuser/mymodel:q8",
                          "localhost:5000/team/private:latest", "safetensors-only:latest"}
     r = rows["llama3.2:1b"]
     assert r["size"] == (tmp_path / "a.gguf").stat().st_size
-    est = ol.estimate_sizes(tmp_path / "a.gguf")
+    est = ost.estimate_sizes(tmp_path / "a.gguf")
     assert (r["tp4_bytes"], r["tp1_bytes"]) == (est["tp4_bytes"], est["tp1_bytes"])
     assert r["file_type"] == "F32"
     assert rows["safetensors-only:latest"]["error"] == "no GGUF model layer"
@@ -493,7 +495,7 @@ def test_estimate_sizes_by_hand(tmp_path):
     from tritpack_gguf.converters.estimate import estimate_file
 
     p = write_gguf(tmp_path / "m.gguf", "stock")
-    est = ol.estimate_sizes(p)
+    est = ost.estimate_sizes(p)
     # token_embd (32 x 64, F16; tied: it is the output) -> Q8_0 (Q6_K needs rows of 256); attn_q
     # (64 x 64, F32) and attn_k (16 x 64, Q8_0) -> TP; ffn_down (ne0 = 96) -> IQ4_NL for TP4, Q4_0 for
     # TP1 (both 18 bytes per 32); output_norm (1-D) kept
@@ -530,7 +532,7 @@ def test_ollama_settings_from_metadata(tmp_path):
     ("tp4", "q4_0", "q4_0"), ("tp1", "q8_0", "q8_0"), ("tp4", "native", None), ("stock", "q8_0", None),
 ])
 def test_plan_compat(tmp_path, kind, compat, to):
-    got, note = ol.plan_compat(read_header(write_gguf(tmp_path / "m.gguf", kind)), compat)
+    got, note = apps.plan_compat(read_header(write_gguf(tmp_path / "m.gguf", kind)), compat)
     assert got == to and note
     if kind == "tp1" and compat == "auto":
         assert "exact" in note
@@ -633,7 +635,7 @@ def test_create_invalid_names_refused_before_any_request(tmp_path, fake_ollama, 
 def test_create_cli(tmp_path, fake_ollama, monkeypatch):
     g = write_gguf(tmp_path / "m.gguf", "tp1")
     exp = FakeExporter()
-    monkeypatch.setattr(ol, "_default_exporter", lambda: exp)
+    monkeypatch.setattr(ol, "default_exporter", lambda: exp)
     res = CliRunner().invoke(ol_cli.app, ["create", "cli-tp1", str(g), "--host", fake_ollama.url, "--json"])
     assert res.exit_code == 0, res.output
     doc = json.loads(res.stdout)

@@ -63,7 +63,7 @@ def resolve_model_arg(model: str):
     folder, never beside the blob inside Ollama's store."""
     from pathlib import Path
 
-    from ..ollama import looks_like_ollama_ref, ollama_output_stem, resolve_model_input
+    from ..ollama_store import looks_like_ollama_ref, ollama_output_stem, resolve_model_input
 
     path = resolve_model_input(model)
     if not Path(model).expanduser().exists() and looks_like_ollama_ref(model):

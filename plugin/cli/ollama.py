@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from .. import ollama as _ollama
+from .. import ollama_store as _store
 from ._common import JsonOpt, RpcOpt, TensorSplitOpt, ThreadsOpt, print_json, progress_bar
 
 app = typer.Typer(help="Ollama: list local models with estimated TP sizes; register a GGUF with a server; serve the Ollama API.",
@@ -43,10 +44,10 @@ def list_command(
     json_out: JsonOpt = False,
 ) -> None:
     """Local Ollama models with their GGUF size and the ESTIMATED size after TP4 / TP1 conversion."""
-    store = _ollama.ollama_models_dir(models_dir)
-    rows = _ollama.list_ollama_models(models_dir, estimate=estimate)
+    store = _store.ollama_models_dir(models_dir)
+    rows = _store.list_ollama_models(models_dir, estimate=estimate)
     if json_out:
-        print_json({"models_dir": str(store), "estimate_method": _ollama.ESTIMATE_METHOD if estimate else None,
+        print_json({"models_dir": str(store), "estimate_method": _store.ESTIMATE_METHOD if estimate else None,
                     "models": rows})
         return
     if not rows:
@@ -62,7 +63,7 @@ def list_command(
     for row in table:
         typer.echo("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
     if estimate:
-        typer.echo(f"TP4/TP1 sizes are {_ollama.ESTIMATE_METHOD}", err=True)
+        typer.echo(f"TP4/TP1 sizes are {_store.ESTIMATE_METHOD}", err=True)
 
 
 @app.command("create")

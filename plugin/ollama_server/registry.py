@@ -4,7 +4,7 @@ Layout (Ollama's own, so that `tritpack-gguf ollama list --models-dir DIR` reads
 `DIR/blobs/sha256-<hex>` holds uploaded files (the GGUF, the parameters, the template, the system
 prompt, a config), `DIR/manifests/<host>/<namespace>/<model>/<tag>` a Docker-style manifest naming
 them. Writes go to a temporary file in the same folder and are renamed into place, so a reader never
-sees a half-written blob or manifest. The reading side reuses plugin/ollama.py's store reader.
+sees a half-written blob or manifest. The reading side reuses plugin/ollama_store.py's store reader.
 
 What a client sees of a model (`details`, `model_info`, `capabilities`) comes from the GGUF header,
 read through converters/header.py (the one header view of the bounds-checked parser), cached per
@@ -24,7 +24,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from .. import ollama as _ol
+from .. import ollama_store as _ol
 from ..converters.estimate import dominant_type
 from ..converters.header import LazyArray, read_header
 from ..errors import TritpackError
