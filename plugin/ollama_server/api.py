@@ -293,15 +293,28 @@ class _Writer:
         return await self.finish()
 
 
-async def generate(request: web.Request) -> web.StreamResponse:
+async def _completion_request(request: web.Request, what: str) -> tuple[int, dict, str, LocalModel, Any]:
+    """What generate and chat start with: (start time, body, model name, the model, its facts), a 400
+    when the model cannot complete text (`what`: the endpoint, for the message)."""
     t0 = time.monotonic_ns()
     body = await _body(request)
     name = _name(body)
     m = _lookup(request, name)
-    reg, runners, session = request.app[REGISTRY], request.app[RUNNERS], request.app[SESSION]
-    facts = reg.facts(m)
+    facts = request.app[REGISTRY].facts(m)
     if "completion" not in facts.capabilities:
-        raise ApiError(400, f"\"{name}\" does not support generate")
+        raise ApiError(400, f"\"{name}\" does not support {what}")
+    return t0, body, name, m, facts
+
+
+def _request_settings(m: LocalModel, body: dict) -> tuple[Any, dict | None, float | None]:
+    """The options (over the model's parameters), the `format` schema and keep_alive of a request."""
+    return (parse_options(m.parameters, body.get("options")), json_format(body.get("format")),
+            parse_keep_alive(body.get("keep_alive")))
+
+
+async def generate(request: web.Request) -> web.StreamResponse:
+    t0, body, name, m, facts = await _completion_request(request, "generate")
+    runners, session = request.app[RUNNERS], request.app[SESSION]
     prompt = body.get("prompt") or ""
     if not isinstance(prompt, str):
         raise ApiError(400, "prompt must be a string")
@@ -315,9 +328,7 @@ async def generate(request: web.Request) -> web.StreamResponse:
     _think(body, facts.capabilities, name)
     if not prompt and not body.get("context"):
         return await _load_only(request, m, body, "generate", {"response": ""})
-    opts = parse_options(m.parameters, body.get("options"))
-    schema = json_format(body.get("format"))
-    keep_alive = parse_keep_alive(body.get("keep_alive"))
+    opts, schema, keep_alive = _request_settings(m, body)
     context = body.get("context") or []
     if not isinstance(context, list) or not all(isinstance(t, int) and not isinstance(t, bool) for t in context):
         raise ApiError(400, "context must be a list of token ids")
@@ -365,22 +376,14 @@ async def generate(request: web.Request) -> web.StreamResponse:
 
 
 async def chat(request: web.Request) -> web.StreamResponse:
-    t0 = time.monotonic_ns()
-    body = await _body(request)
-    name = _name(body)
-    m = _lookup(request, name)
-    reg, runners, session = request.app[REGISTRY], request.app[RUNNERS], request.app[SESSION]
-    facts = reg.facts(m)
-    if "completion" not in facts.capabilities:
-        raise ApiError(400, f"\"{name}\" does not support chat")
+    t0, body, name, m, facts = await _completion_request(request, "chat")
+    runners, session = request.app[RUNNERS], request.app[SESSION]
     think = _think(body, facts.capabilities, name)
     messages = body.get("messages") or []
     if not messages:
         return await _load_only(request, m, body, "generate", {"message": {"role": "assistant", "content": ""}})
     msgs = oai_messages(messages, m.system)
-    opts = parse_options(m.parameters, body.get("options"))
-    schema = json_format(body.get("format"))
-    keep_alive = parse_keep_alive(body.get("keep_alive"))
+    opts, schema, keep_alive = _request_settings(m, body)
     tools = body.get("tools")
     if tools is not None and not isinstance(tools, list):
         raise ApiError(400, "tools must be a list")
