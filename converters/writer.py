@@ -152,14 +152,18 @@ class GGUFOutput:
 
 
 def rewrite_tensors(src_path: str | Path, dst_path: str | Path, fn: Callable[[TensorInfo, np.ndarray], np.ndarray], *,
-                    skip: set[str] = frozenset(), file_type: int | None = None) -> Path:
-    """A copy of a GGUF (every key/value but `skip`) whose tensors are fn(tensor, raw bytes as
-    (rows, row bytes) uint8): numpy arrays written as F32/F16/... by their dtype. The whole model is
-    held in memory (small models: the tests' and the benchmarks'); dst appears only when complete."""
+                    skip: set[str] = frozenset(), file_type: int | None = None,
+                    extra: tuple[tuple[str, Any, GGUFValueType], ...] = ()) -> Path:
+    """A copy of a GGUF (every key/value but `skip`, then `extra` (key, value, type)) whose tensors
+    are fn(tensor, raw bytes as (rows, row bytes) uint8): numpy arrays written as F32/F16/... by their
+    dtype. The whole model is held in memory (small models: the tests' and the benchmarks'); dst
+    appears only when complete."""
     src = GGUFFile(src_path)
     with GGUFOutput(dst_path, src, force=True, skip=set(skip), drop_tritpack=False) as w:
         if file_type is not None:
             w.writer.add_file_type(file_type)
+        for key, value, vtype in extra:
+            w.add_key_value(key, value, vtype)
         arrays = []
         for t in src.tensors:
             a = np.ascontiguousarray(fn(t, src.raw(t)))

@@ -19,11 +19,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from gguf import GGMLQuantizationType as Q, GGUFWriter
+from gguf import GGMLQuantizationType as Q
 
 from tritpack_gguf.convert import ConvertOptions, convert
-from tritpack_gguf.converters.reader import GGUFFile, copy_fields
+from tritpack_gguf.converters.reader import GGUFFile
 from tritpack_gguf.converters.tiny_model import make_llama, vocab_file
+from tritpack_gguf.converters.writer import rewrite_tensors
 from tritpack_gguf.errors import TritpackError
 from tritpack_gguf.runtime import read_header
 
@@ -44,22 +45,17 @@ def clear_margins(src: Path, dst: Path, seed: int = 0, block_scale: float = 0.5)
     e = np.frombuffer(f.raw(emb).tobytes(), dtype=np.float16).reshape(emb.shape)
     out = np.empty_like(e)
     out[np.random.default_rng(seed).permutation(e.shape[0])] = e
-    w = GGUFWriter(str(dst), f.architecture)
-    copy_fields(f, w, skip=set())
-    for t in f.tensors:
+
+    def tensor(t, raw: np.ndarray) -> np.ndarray:
         if t.name == "output.weight":
-            w.add_tensor(t.name, out)
-            continue
+            return out
         dt = {Q.F16: np.float16, Q.F32: np.float32}[t.type]
-        a = np.frombuffer(f.raw(t).tobytes(), dtype=dt).reshape(t.shape)
+        a = np.frombuffer(raw.tobytes(), dtype=dt).reshape(t.shape)
         if t.name.startswith("blk.") and len(t.shape) == 2:
             a = (a.astype(np.float32) * block_scale).astype(dt)
-        w.add_tensor(t.name, a)
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
-    return dst
+        return a
+
+    return rewrite_tensors(src, dst, tensor)
 
 
 @pytest.fixture(scope="module")

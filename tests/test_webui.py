@@ -19,12 +19,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from gguf import GGMLQuantizationType as Q, GGUFValueType, GGUFWriter
+from gguf import GGMLQuantizationType as Q, GGUFValueType
 
 from tritpack_gguf import build as B
 from tritpack_gguf.convert import ConvertOptions, convert
-from tritpack_gguf.converters.reader import GGUFFile, copy_fields
+from tritpack_gguf.converters.reader import GGUFFile
 from tritpack_gguf.converters.tiny_model import Shape, make_llama, vocab_file
+from tritpack_gguf.converters.writer import rewrite_tensors
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
@@ -98,13 +99,11 @@ def _chat_model(src: Path, dst: Path, seed: int) -> Path:
     token's embedding; see clear_margins in test_runtime.py): the reply is long and never reaches the
     end-of-text token, which the permutation leaves in place, so it runs until the page stops it."""
     f = GGUFFile(src)
-    w = GGUFWriter(str(dst), f.architecture)
-    copy_fields(f, w, skip={"tokenizer.chat_template"})
-    w.add_key_value("tokenizer.chat_template", TEMPLATE, GGUFValueType.STRING)
     n_special = 3   # <unk> <s> </s> of the llama-spm vocabulary
-    for t in f.tensors:
+
+    def tensor(t, raw: np.ndarray) -> np.ndarray:
         dt = {Q.F16: np.float16, Q.F32: np.float32}[t.type]
-        a = np.frombuffer(f.raw(t).tobytes(), dtype=dt).reshape(t.shape)
+        a = np.frombuffer(raw.tobytes(), dtype=dt).reshape(t.shape)
         if t.name == "output.weight":
             e = np.frombuffer(f.raw(f.tensor("token_embd.weight")).tobytes(), dtype=dt).reshape(t.shape)
             perm = np.arange(e.shape[0])
@@ -113,12 +112,10 @@ def _chat_model(src: Path, dst: Path, seed: int) -> Path:
             a[perm] = e
         elif t.name.startswith("blk.") and len(t.shape) == 2:
             a = (a.astype(np.float32) * 0.5).astype(dt)
-        w.add_tensor(t.name, a)
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
-    return dst
+        return a
+
+    return rewrite_tensors(src, dst, tensor, skip={"tokenizer.chat_template"},
+                           extra=(("tokenizer.chat_template", TEMPLATE, GGUFValueType.STRING),))
 
 
 @pytest.fixture(scope="module")
