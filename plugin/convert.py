@@ -29,7 +29,7 @@ from .converters.metrics import ErrorStats
 from .converters.reader import GGUFFile, TensorInfo, to_float32
 from .converters.tp1 import DEFAULT_ALPHA as TP1_DEFAULT_ALPHA
 from .converters.writer import GGUFOutput
-from .digest import SourceHash
+from .digest import SourceHash, sha256_file
 from .errors import TritpackError
 from .ggml_lib import CONVERT_INVALID, CONVERT_NOMEM, CONVERT_NONFINITE, GGML, ConvertStats, load_ggml
 
@@ -50,7 +50,7 @@ class ConvertOptions:
     bpw: float | None = None        # bits per weight, for --type mixed
     target_cos: float | None = None
     alpha: float | None = None      # None: searched per tensor
-    imatrix: Path | None = None
+    imatrix: Path | str | None = None   # a llama-imatrix file, "auto" (imatrix_auto.py) or None/"none"
     keep: list[str] = field(default_factory=list)
     threads: int | None = None
     force: bool = False
@@ -86,6 +86,8 @@ class ConvertReport:
     n_weights: int
     seconds: float = 0.0
     dry_run: bool = False
+    imatrix: str | None = None      # tritpack.imatrix: "auto:<text>:<chunks>x<ctx>", "file:<name>" or None
+    imatrix_seconds: float = 0.0    # time llama-imatrix took (0 when none ran: a file, or the cache)
 
     @property
     def ratio(self) -> float:
@@ -109,6 +111,7 @@ class ConvertReport:
         return {"input": self.input, "output": self.output, "type": self.type, "dry_run": self.dry_run,
                 "size_before": self.size_before, "size_after": self.size_after, "ratio": round(self.ratio, 4),
                 "bpw": round(self.bpw, 4), "n_weights": self.n_weights, "seconds": round(self.seconds, 3),
+                "imatrix": self.imatrix, "imatrix_seconds": round(self.imatrix_seconds, 3),
                 "type_counts": self.type_counts(), "lossless_tensors": [t.name for t in self.tensors if t.lossless],
                 "tensors": [asdict(t) for t in self.tensors]}
 
@@ -426,16 +429,19 @@ def convert(inp: str | Path, opts: ConvertOptions, progress: Progress = lambda *
             # hashed from the start: planning runs on one core, so the hash mostly takes the other
             source_hash = source_hash or SourceHash(src.path)
         g = g or load_ggml()
-        imatrix = load_imatrix(opts.imatrix) if opts.imatrix else None
+        t_im = time.monotonic()
+        imatrix, imatrix_label, ran = _imatrix_of(inp, opts, g, source_hash, progress)
+        t_im = time.monotonic() - t_im if ran else 0.0
         q = Quantizer(g, opts.threads)
         try:
             plans = plan_conversion(src, opts, g, q, imatrix, progress)
             report = ConvertReport(str(inp), None if opts.dry_run else str(out), opts.type, plans,
                                    size_before=sum(t.nbytes for t in src.tensors),
                                    size_after=sum(p.dst_bytes for p in plans),
-                                   n_weights=sum(t.n_elements for t in src.tensors), dry_run=opts.dry_run)
+                                   n_weights=sum(t.n_elements for t in src.tensors), dry_run=opts.dry_run,
+                                   imatrix=imatrix_label, imatrix_seconds=t_im)
             if source_hash is not None:
-                _write(src, out, opts, g, q, imatrix, plans, progress, source_hash)
+                _write(src, out, opts, g, q, imatrix, plans, progress, source_hash, imatrix_label)
         finally:
             q.close()
     finally:
@@ -445,14 +451,32 @@ def convert(inp: str | Path, opts: ConvertOptions, progress: Progress = lambda *
     return report
 
 
+def _imatrix_of(inp: Path, opts: ConvertOptions, g: GGML, source_hash: SourceHash | None,
+                progress: Progress) -> tuple[dict[str, np.ndarray] | None, str | None, bool]:
+    """(the imatrix, its tritpack.imatrix label, whether llama-imatrix ran) as opts.imatrix says:
+    None or "none": none; "auto": made from the package's calibration text (cached); else a file."""
+    if opts.imatrix is None or str(opts.imatrix) == "none":
+        return None, None, False
+    if str(opts.imatrix) == "auto":
+        from .imatrix_auto import auto_imatrix, auto_label
+
+        sha = source_hash.digest() if source_hash is not None else sha256_file(inp)
+        path, cached = auto_imatrix(inp, sha, Path(g.lib_dir), opts.threads, progress)
+        return load_imatrix(path), auto_label(), not cached
+    p = Path(opts.imatrix)
+    return load_imatrix(p), f"file:{p.name}", False
+
+
 def _write(src: GGUFFile, out: Path, opts: ConvertOptions, g: GGML, q: Quantizer,
            imatrix: dict[str, np.ndarray] | None, plans: list[TensorPlan], progress: Progress,
-           source_hash: SourceHash) -> None:
+           source_hash: SourceHash, imatrix_label: str | None = None) -> None:
     with GGUFOutput(out, src, force=opts.force, skip={"general.file_type"}) as w:
         w.add_key_value("general.file_type", _ftype(plans, opts), GGUFValueType.UINT32)
         w.add_key_value("tritpack.converter_version", __version__, GGUFValueType.STRING)
         w.add_key_value("tritpack.source_sha256", source_hash.placeholder, GGUFValueType.STRING)
         w.add_key_value("tritpack.type", opts.type, GGUFValueType.STRING)
+        if imatrix_label:
+            w.add_key_value("tritpack.imatrix", imatrix_label, GGUFValueType.STRING)
         alphas = [(p.name, float(p.alpha)) for p in plans if p.alpha is not None]
         if alphas:  # the per-tensor TP1 calibration
             w.add_key_value("tritpack.alpha.tensors", [n for n, _ in alphas], GGUFValueType.ARRAY,
