@@ -6,7 +6,8 @@
 // Which instructions: chosen at compile time from the compiler's feature macros, like ggml's ARM paths.
 // NEON is part of every ARMv8-A CPU; __ARM_FEATURE_DOTPROD (sdot) follows -march / -mcpu: ggml's
 // GGML_NATIVE=ON build uses -mcpu=native, a portable one -DGGML_NATIVE=OFF -DGGML_CPU_ARM_ARCH=armv8.2-a+dotprod
-// (or GGML_CPU_ALL_VARIANTS, where ggml loads the variant this CPU runs).
+// (GGML_CPU_ALL_VARIANTS, where ggml loads the variant this CPU runs, would need CMakeLists.txt to attach
+// ggml_kernels/ to each ggml-cpu-<variant> target; it does not yet).
 //
 // Results: the integer block sums are those of the _generic versions, and each block's float step is the
 // same expression in the same order (sumf += d * d_y * (float) sumi, one block after another), so the

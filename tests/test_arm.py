@@ -14,6 +14,7 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -114,3 +115,20 @@ def test_backend_ops_under_qemu(cross, op):
     assert m and m.group(1) == m.group(2) and int(m.group(2)) > 0, out[-2000:]
     for t in ("tp1", "tp4"):
         assert f"type_a={t}," in out or f"type={t}," in out, f"no {t} case of {op}"
+
+
+def test_cross_build_is_cached_by_content(cross):
+    """A second build with nothing changed is found at once; the targets (their -march) are builds of their own."""
+    variant, result = cross
+    again = _build.build_cross(variant)
+    assert again.cached and again.key == result.key and again.seconds < 10
+    other = next(t for t in CPUS if t != variant)
+    assert Path(_build.build_cross(other).build_dir) != Path(result.build_dir)
+
+
+def test_unknown_target_is_one_clear_error():
+    r = subprocess.run([str(Path(sys.executable).parent / "tritpack-gguf"), "build", "--target", "riscv64"],
+                       capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    assert r.returncode != 0
+    assert "unknown target 'riscv64'" in r.stderr and "aarch64-dotprod" in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr
