@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from .. import build as _build
+from ..errors import TritpackError
 from ._common import JsonOpt, print_json, progress_bar
 
 
@@ -26,6 +27,9 @@ def build_command(
 ) -> None:
     """Fetch, verify and patch the pinned llama.cpp, build it with our kernels, print the library folder."""
     if target != "native":
+        if cuda or arch or portable or cmake_arg:
+            raise TritpackError(f"--target {target} takes none of --cuda, --arch, --portable, --cmake-arg",
+                                hint="the cross build is ggml for the CPU with the target's -march")
         with progress_bar(enabled=not json_out) as update:
             result = _build.build_cross(target, jobs=jobs, progress=update)
         if json_out:
