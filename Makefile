@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.tritpack-installed
 
-.PHONY: setup build browser test demo clean-venv
+.PHONY: setup build browser arm-tools test demo clean-venv
 .DEFAULT_GOAL := test
 
 setup: $(STAMP)
@@ -30,7 +30,17 @@ browser:
 	    chromium chromium-driver >/dev/null; } || echo "note: apt-get could not install chromium; the web page test will skip"; \
 	else echo "note: no chromium here and no root apt-get to install it; the web page test will skip"; fi
 
-test: build browser
+# The ARM64 cross build and its emulator that tests/test_arm.py uses: Debian's cross compilers and
+# qemu-user, installed once with apt-get; where that cannot be done those tests skip and say why.
+arm-tools:
+	@if command -v aarch64-linux-gnu-g++ >/dev/null && command -v qemu-aarch64 >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "installing gcc/g++-aarch64-linux-gnu and qemu-user with apt-get (the ARM64 tests)"; \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+	    gcc-aarch64-linux-gnu g++-aarch64-linux-gnu qemu-user >/dev/null; } || echo "note: apt-get could not install them; the ARM64 tests will skip"; \
+	else echo "note: no aarch64 cross compiler or qemu-aarch64 here and no root apt-get to install them; the ARM64 tests will skip"; fi
+
+test: build browser arm-tools
 	$(BIN)/python -m pytest tests
 
 demo: build

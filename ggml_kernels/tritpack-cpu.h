@@ -12,6 +12,15 @@
 extern "C" {
 #endif
 
+// ARM64: the NEON dot products of tritpack-neon.c take the names ggml's CPU type traits use (patch 0004),
+// as ggml's own per-architecture kernels do. CMakeLists.txt defines TRITPACK_NEON_VEC_DOT for tp1-cpu.c
+// and tp4-cpu.c when it builds for aarch64; their portable versions (which call the _generic ones) are
+// then compiled under the names below. Elsewhere nothing changes.
+#if defined(TRITPACK_NEON_VEC_DOT)
+#define ggml_vec_dot_tp1_tpq16 ggml_vec_dot_tp1_tpq16_portable
+#define ggml_vec_dot_tp4_q8_0  ggml_vec_dot_tp4_q8_0_portable
+#endif
+
 void quantize_row_tp1(const float * GGML_RESTRICT x, void * GGML_RESTRICT y, int64_t k);
 void quantize_row_tp4(const float * GGML_RESTRICT x, void * GGML_RESTRICT y, int64_t k);
 void quantize_row_tpq16(const float * GGML_RESTRICT x, void * GGML_RESTRICT y, int64_t k);

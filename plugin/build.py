@@ -618,3 +618,95 @@ def _remember(home: Path, result: BuildResult) -> None:
     tmp = home / f".latest-{os.getpid()}.json"
     tmp.write_text(json.dumps(asdict(result), indent=2))
     os.replace(tmp, home / f"latest-{'cuda' if result.cuda else 'cpu'}.json")
+
+
+# ----------------------------------------------------------------------------- the aarch64 cross build
+
+# `tritpack-gguf build --target T`: ggml (with ggml_kernels/, the NEON kernels among them) and llama.cpp's
+# test-quantize-fns and test-backend-ops for ARM64, from the same patched pinned tree, with Debian's
+# cross compilers; run them with qemu-aarch64 (qemu_command). Cached by content like the native build
+# (the key has the compilers' versions and the -march), in build/<target>-<key>/; ccache, when there,
+# recompiles only what changed, and with CCACHE_BASEDIR the two targets share what they compile alike.
+CROSS_TARGETS = {
+    "aarch64": "armv8-a",                          # plain NEON: every ARMv8-A CPU (Cortex-A53/A57/A72, ...)
+    "aarch64-dotprod": "armv8.2-a+dotprod+i8mm",   # sdot and smmla: Graviton 3/4, Apple M2 and later, ...
+}
+CROSS_PREFIX = "aarch64-linux-gnu-"
+CROSS_SYSROOT = "/usr/aarch64-linux-gnu"   # Debian's libc6-arm64-cross, for the linker and for qemu's -L
+CROSS_LIBRARIES = ["ggml", "ggml-base", "ggml-cpu"]
+CROSS_PROGRAMS = ["test-quantize-fns", "test-backend-ops"]
+CROSS_APT = "gcc-aarch64-linux-gnu g++-aarch64-linux-gnu qemu-user"
+
+
+def _cross_compilers() -> tuple[str, str, str]:
+    """The cross gcc and g++ and their version line; a clear error when Debian's packages are missing."""
+    gcc, gxx = shutil.which(CROSS_PREFIX + "gcc"), shutil.which(CROSS_PREFIX + "g++")
+    if gcc is None or gxx is None:
+        raise TritpackError(f"`{CROSS_PREFIX}{'gcc' if gcc is None else 'g++'}` is not on PATH",
+                            hint=f"install Debian's cross compilers: apt-get install {CROSS_APT}")
+    version = subprocess.run([gxx, "--version"], capture_output=True, text=True).stdout.splitlines()[:1]
+    return gcc, gxx, (version or ["?"])[0]
+
+
+def build_cross(target: str, jobs: int | None = None, progress: Progress = _quiet) -> BuildResult:
+    """Build (or find cached) ggml and the two test programs for `target` (a key of CROSS_TARGETS)."""
+    if target not in CROSS_TARGETS:
+        raise TritpackError(f"unknown target {target!r}", hint=f"one of: native, {', '.join(CROSS_TARGETS)}")
+    t0 = time.monotonic()
+    root = source_root()
+    home = tritpack_home()
+    pin = Pin.load(root / "patches" / "llama-cpp.pin")
+    for tool in ("cmake", "ninja", "git"):
+        if shutil.which(tool) is None:
+            raise TritpackError(f"`{tool}` is not on PATH", hint=f"install {tool} (Debian: apt-get install {tool})")
+    gcc, gxx, compiler = _cross_compilers()
+    flags = {"target": target, "march": CROSS_TARGETS[target], "compiler": compiler, "build_type": "Release"}
+    source = prepare_source(pin, root, home, progress)
+    tree_key = hashlib.sha256(json.dumps({"source": str(source), **flags}, sort_keys=True).encode()).hexdigest()[:16]
+    build_dir = home / "build" / f"{target}-{tree_key}"
+    # one project copy for both targets (a path of the same depth as the native one's), so that ccache
+    # with CCACHE_BASEDIR sees the same relative paths from either build folder
+    project = home / "project" / f"cross-{hashlib.sha256(str(source).encode()).hexdigest()[:16]}"
+    with locked(home / "build" / f"{build_dir.name}.lock"), locked(home / "project" / f"{project.name}.lock"):
+        key = input_key(pin, root, source, flags)
+        outputs = [build_dir / "bin" / f"lib{n}.so" for n in CROSS_LIBRARIES] + \
+                  [build_dir / "bin" / p for p in CROSS_PROGRAMS]
+        stamp = read_stamp(build_dir)
+        if stamp and stamp.get("key") == key and all(p.exists() for p in outputs):
+            return BuildResult(**{**stamp, "cached": True, "seconds": time.monotonic() - t0})
+        build_dir.mkdir(parents=True, exist_ok=True)
+        (build_dir / STAMP).unlink(missing_ok=True)
+        _sync_tree(root / "ggml_kernels", project / "ggml_kernels", keep=set())
+        _copy_if_changed(root / "CMakeLists.txt", project / "CMakeLists.txt")
+        log = build_dir / "build.log"
+        log.write_text("")
+        env = {**os.environ, "CCACHE_BASEDIR": str(home)}
+        cfg = ["cmake", "-S", str(project), "-B", str(build_dir), "-G", "Ninja", "-DCMAKE_BUILD_TYPE=Release",
+               f"-DTRITPACK_LLAMA_SOURCE={source}", "-DTRITPACK_GGML_ONLY=ON", "-DTRITPACK_UI_DIST=",
+               "-DCMAKE_SYSTEM_NAME=Linux", "-DCMAKE_SYSTEM_PROCESSOR=aarch64",
+               f"-DCMAKE_C_COMPILER={gcc}", f"-DCMAKE_CXX_COMPILER={gxx}", f"-DCMAKE_FIND_ROOT_PATH={CROSS_SYSROOT}",
+               "-DCMAKE_FIND_ROOT_PATH_MODE_PROGRAM=NEVER", "-DCMAKE_FIND_ROOT_PATH_MODE_LIBRARY=ONLY",
+               "-DCMAKE_FIND_ROOT_PATH_MODE_INCLUDE=ONLY", "-DCMAKE_FIND_ROOT_PATH_MODE_PACKAGE=ONLY",
+               "-DGGML_NATIVE=OFF", f"-DGGML_CPU_ARM_ARCH={CROSS_TARGETS[target]}"]
+        if shutil.which("ccache"):
+            cfg += ["-DCMAKE_C_COMPILER_LAUNCHER=ccache", "-DCMAKE_CXX_COMPILER_LAUNCHER=ccache"]
+        progress("configure", 0, 0)
+        _run_logged(cfg, log, progress, "configure", env)
+        _run_logged(["cmake", "--build", str(build_dir), "-j", str(jobs or os.cpu_count() or 2),
+                     "--target", *CROSS_LIBRARIES, *CROSS_PROGRAMS], log, progress, "compile", env)
+        missing = [str(p) for p in outputs if not p.exists()]
+        if missing:
+            raise TritpackError(f"the build finished without {', '.join(missing)}", path=log)
+        result = BuildResult(key=key, build_dir=str(build_dir), lib_dir=str(build_dir / "bin"),
+                             source_dir=str(source), cuda=False, cuda_archs=None, cached=False,
+                             seconds=time.monotonic() - t0, outputs=[str(p) for p in outputs])
+        tmp = build_dir / (STAMP + ".tmp")
+        tmp.write_text(json.dumps(asdict(result), indent=2))
+        os.replace(tmp, build_dir / STAMP)
+        return result
+
+
+def qemu_command(program: str | Path, cpu: str = "max") -> list[str]:
+    """How to run a cross-built program here: qemu-aarch64 (Debian's qemu-user) with CPU model `cpu`
+    (`max`: every feature qemu has, dotprod and i8mm among them; `cortex-a57`: ARMv8.0, plain NEON)."""
+    return ["qemu-aarch64", "-cpu", cpu, "-L", CROSS_SYSROOT, str(program)]

@@ -1,0 +1,134 @@
+"""ARM64: the NEON kernels (ggml_kernels/tritpack-neon.c) cross-built for aarch64 and run under qemu-aarch64.
+
+Two builds (plugin/build.py, `tritpack-gguf build --target ...`): plain NEON (-march=armv8-a), run on qemu's
+Cortex-A57 model (ARMv8.0, no dotprod), and dotprod+i8mm (-march=armv8.2-a+dotprod+i8mm), run on qemu's
+`max` model. In each: llama.cpp's test-quantize-fns, test-backend-ops -b CPU for MUL_MAT, MUL_MAT_ID and
+GET_ROWS with TP1 and TP4, and tests/arm/neon_check.c (the NEON dot products against the generic ones,
+bit for bit). Debian's gcc-aarch64-linux-gnu, g++-aarch64-linux-gnu and qemu-user come from `make arm-tools`
+(a step of `make test`); without them these tests skip and say so. Speed is not measured here: under
+emulation it means nothing (README.md, "ARM64").
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tritpack_gguf import build as _build
+
+ROOT = Path(__file__).resolve().parent.parent
+# variant -> the qemu CPU models it runs on
+CPUS = {"aarch64": ["cortex-a57", "max"], "aarch64-dotprod": ["max"]}
+OUR_TYPES = "(^|,)type(_a)?=tp[14],"   # test-backend-ops -p: the cases whose weights are TP1 or TP4
+
+
+def _tools_or_skip() -> None:
+    missing = [t for t in (_build.CROSS_PREFIX + "gcc", _build.CROSS_PREFIX + "g++", _build.CROSS_PREFIX + "objdump",
+                           "qemu-aarch64") if shutil.which(t) is None]
+    if missing:
+        pytest.skip(f"no {', '.join(missing)}: `make arm-tools` installs Debian's {_build.CROSS_APT}")
+
+
+@pytest.fixture(scope="session", params=list(CPUS))
+def cross(request):
+    _tools_or_skip()
+    return request.param, _build.build_cross(request.param)
+
+
+def _qemu(bin_dir: Path, program: str, cpu: str, *args: str, timeout: int = 900) -> subprocess.CompletedProcess:
+    return subprocess.run([*_build.qemu_command(bin_dir / program, cpu), *args], capture_output=True, text=True,
+                          timeout=timeout, stdin=subprocess.DEVNULL)
+
+
+def _disassembly(lib: Path, symbol: str) -> list[str]:
+    """The instruction mnemonics of one function of lib."""
+    out = subprocess.run([_build.CROSS_PREFIX + "objdump", "-d", "--no-show-raw-insn", str(lib)],
+                         capture_output=True, text=True, check=True).stdout
+    m = re.search(rf"^[0-9a-f]+ <{re.escape(symbol)}>:\n(.*?)(?:\n\n|\Z)", out, re.S | re.M)
+    assert m, f"no {symbol} in {lib}"
+    return [line.split("\t")[1].split()[0] for line in m.group(1).splitlines() if line.count("\t") >= 1]
+
+
+def test_each_build_runs_its_own_instructions(cross):
+    """The CPU traits' dot products are the NEON ones (tbl decodes), TP4's with sdot exactly where the
+    build has dotprod; the dotprod build dies on a CPU without it (so the qemu models below do differ)."""
+    variant, result = cross
+    lib = Path(result.lib_dir) / "libggml-cpu.so"
+    tp1 = _disassembly(lib, "ggml_vec_dot_tp1_tpq16")
+    tp4 = _disassembly(lib, "ggml_vec_dot_tp4_q8_0")
+    assert tp1.count("tbl") == 4 and "smlal" in tp1, tp1
+    assert tp4.count("tbl") == 4, tp4
+    if variant == "aarch64-dotprod":
+        assert tp4.count("sdot") == 4, tp4
+    else:
+        assert "sdot" not in tp4 and tp4.count("sadalp") == 4, tp4
+
+
+def _neon_check(result, tmp_path: Path) -> Path:
+    exe = tmp_path / "neon_check"
+    source = Path(result.source_dir)
+    subprocess.run([_build.CROSS_PREFIX + "gcc", "-O2", "-std=gnu11", f"-I{source / 'ggml' / 'include'}",
+                    f"-I{ROOT / 'ggml_kernels'}", str(ROOT / "tests" / "arm" / "neon_check.c"), "-o", str(exe),
+                    f"-L{result.lib_dir}", "-lggml-cpu", "-lggml-base", "-lm", f"-Wl,-rpath,{result.lib_dir}"],
+                   check=True, capture_output=True, text=True)
+    return exe
+
+
+def test_neon_equals_generic_bit_for_bit(cross, tmp_path):
+    variant, result = cross
+    exe = _neon_check(result, tmp_path)
+    for cpu in CPUS[variant]:
+        r = _qemu(exe.parent, exe.name, cpu, timeout=300)
+        assert r.returncode == 0, f"{variant} on {cpu}:\n{r.stdout}{r.stderr}"
+        m = re.search(r"(\d+) rows compared, 0 differ", r.stdout)
+        assert m and int(m.group(1)) >= 1000, r.stdout
+    if variant == "aarch64-dotprod":   # sdot is not there on an ARMv8.0 core: SIGILL, not a wrong answer
+        r = _qemu(exe.parent, exe.name, "cortex-a57", timeout=300)
+        assert r.returncode != 0, r.stdout
+
+
+def test_quantize_fns_under_qemu(cross):
+    variant, result = cross
+    cpu = CPUS[variant][0]
+    r = _qemu(Path(result.lib_dir), "test-quantize-fns", cpu, "-v")
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, f"{variant} on {cpu}:\n{out[-3000:]}"
+    for name in ("tp1", "tp4"):
+        assert f"Testing {name}" in out, f"test-quantize-fns did not test {name}"
+        lines = [l for l in out.splitlines() if re.match(rf"\s*{name} ", l)]
+        assert len(lines) >= 3 and all("ok" in l for l in lines), lines
+
+
+@pytest.mark.parametrize("op", ["MUL_MAT", "MUL_MAT_ID", "GET_ROWS"])
+def test_backend_ops_under_qemu(cross, op):
+    variant, result = cross
+    cpu = CPUS[variant][0]
+    r = _qemu(Path(result.lib_dir), "test-backend-ops", cpu, "-b", "CPU", "-o", op, "-p", OUR_TYPES)
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, f"{variant} on {cpu}:\n{out[-3000:]}"
+    m = re.search(r"(\d+)/(\d+) tests passed", out)
+    assert m and m.group(1) == m.group(2) and int(m.group(2)) > 0, out[-2000:]
+    for t in ("tp1", "tp4"):
+        assert f"type_a={t}," in out or f"type={t}," in out, f"no {t} case of {op}"
+
+
+def test_cross_build_is_cached_by_content(cross):
+    """A second build with nothing changed is found at once; the targets (their -march) are builds of their own."""
+    variant, result = cross
+    again = _build.build_cross(variant)
+    assert again.cached and again.key == result.key and again.seconds < 10
+    other = next(t for t in CPUS if t != variant)
+    assert Path(_build.build_cross(other).build_dir) != Path(result.build_dir)
+
+
+def test_unknown_target_is_one_clear_error():
+    r = subprocess.run([str(Path(sys.executable).parent / "tritpack-gguf"), "build", "--target", "riscv64"],
+                       capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    assert r.returncode != 0
+    assert "unknown target 'riscv64'" in r.stderr and "aarch64-dotprod" in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr
