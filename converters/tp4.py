@@ -13,8 +13,9 @@ CB is the table of 16 learned int8 codebooks in ggml_kernels/tp4-codebooks.h, wr
 converters/tp4_fit.py. This module reads the table from that header (the same file the C and CUDA
 kernels compile), so there is one source of truth.
 
-Quantization (quantize_row_tp4_ref / quantize_tp4 in C) for one block, with importance w (the
-imatrix entries of the block's columns, or 1):
+Quantization (quantize_row_tp4_ref / quantize_tp4 in C) for one block, with importance w
+(block_weights: the weights' own magnitude 1 + x^2/(2 ms), ms the block's mean square, or the imatrix
+entries of the block's columns times its square root):
   1. every codebook k: every sub-block i: for both signs (the sub-block's largest-magnitude value
      mapped onto CB[k][0] or onto CB[k][15]) and the scale tries TP4_TRY, assign each weight to the
      nearest entry (a 512-entry lookup table per codebook) and keep the least-squares scale
@@ -43,7 +44,8 @@ QK_TP4 = 64
 TP4_NSUB = 4                      # sub-blocks of 16
 TP4_NCB = 16                      # codebooks in the table
 TP4_SCALES = np.array([4, 5, 6, 7, -4, -5, -6, -7], dtype=np.int64)   # sub-block scale code -> value
-TP4_TRY = (1.0,)                  # scale tries of step 1 (multipliers of the inverse scale, exact in fp32)
+TP4_TRY = (1.0, 0.9375, 1.0625)  # scale tries of step 1 (multipliers of the inverse scale, exact in fp32)
+TP4_SIGMA_MUL = 2.0               # weights w = 1 + x^2/(TP4_SIGMA_MUL * mean square of the block)
 TP4_NBEST = 4                     # codebooks that go through the joint scale search (step 2)
 TP4_MAG = (7, 6, 5, 4)            # step 2: magnitudes given to the largest sub-block scale
 TP4_EPS = np.float32(1e-30)       # sub-blocks whose largest magnitude is below this count as zero
@@ -107,18 +109,37 @@ def _bin(x: np.ndarray, is2: np.ndarray) -> np.ndarray:
     return (v + np.float32(256.0)).astype(np.int64)
 
 
+def block_weights(x: np.ndarray, im: np.ndarray | None) -> np.ndarray:
+    """The importance of each weight of blocks (n, 64) (tp4.c's tp4_weights): the weights' own
+    magnitude, w = 1 + x^2/(2 ms) with ms the block's mean square (proportional to 2 ms + x^2), times
+    sqrt of that under imatrix entries im: w = im * sqrt(1 + x^2/(2 ms)). Squares are exact in
+    float64 and added as _sum4 adds; division and sqrt are correctly rounded, so C agrees."""
+    x64 = x.astype(np.float64)
+    x2 = x64 * x64
+    ms = TP4_SIGMA_MUL * (_sum4(x2) / QK_TP4)
+    pos = ms > 0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        v = np.where(pos[:, None], 1.0 + x2 / np.where(pos, ms, 1.0)[:, None], 1.0)
+    if im is None:
+        return v.astype(np.float32)
+    return (np.asarray(im, dtype=np.float32) * np.sqrt(v).astype(np.float32)).astype(np.float32)
+
+
 def quantize_core(x: np.ndarray, w: np.ndarray | None, cbt: np.ndarray, lut: np.ndarray,
-                  nbest: int = TP4_NBEST):
+                  nbest: int = TP4_NBEST, tries: tuple[float, ...] = TP4_TRY, weigh: bool = True):
     """Blocks (n, 64) float32 -> (d fp16 as uint16 (n,), k (n,), codes (n, 4), q (n, 64)).
 
-    The algorithm of tp4.c's tp4_quantize_block with an explicit codebook table (tp4_fit.py fits
-    the table with it)."""
+    The algorithm of tp4.c's tp4_quantize_block with an explicit codebook table. tp4_fit.py fits
+    the table with it as it was fitted: plain squared error (weigh=False: w used as given, or 1)
+    and one scale try (tries=(1.0,)), so the committed table stays its output."""
     x = np.ascontiguousarray(x, dtype=np.float32)
     n = x.shape[0]
     K = cbt.shape[0]
     cbi = cbt.astype(np.int64)
     xs = x.reshape(n, TP4_NSUB, 16)
-    if w is None:
+    if weigh:
+        ws = block_weights(x, w).reshape(n, TP4_NSUB, 16)
+    elif w is None:
         ws = np.ones_like(xs)
     else:
         ws = np.ascontiguousarray(w, dtype=np.float32).reshape(n, TP4_NSUB, 16)
@@ -139,7 +160,7 @@ def quantize_core(x: np.ndarray, w: np.ndarray | None, cbt: np.ndarray, lut: np.
         G = np.zeros((n, TP4_NSUB))
         sg = np.zeros((n, TP4_NSUB))
         for ext in (cbi[k, 0], cbi[k, 15]):
-            for h in TP4_TRY:
+            for h in tries:
                 is2 = np.float32(2 * ext * h) * inv                 # float32
                 c = cbi[k][lut[k][_bin(xs, is2[..., None])]]
                 sxq = _sum4(wx64 * c)

@@ -107,7 +107,7 @@ def fit(verbose: bool = True) -> np.ndarray:
     best, best_err = cbt.copy(), np.inf
     for it in range(ITERATIONS):
         lut = tp4.nearest_lut(cbt)
-        res = tp4.quantize_core(x, None, cbt, lut)
+        res = tp4.quantize_core(x, None, cbt, lut, tries=(1.0,), weigh=False)
         err, e = block_errors(x, cbt, res)
         tot = float(err.sum()) / energy
         if verbose:

@@ -29,7 +29,7 @@ from .converters.metrics import ErrorStats
 from .converters.reader import GGUFFile, TensorInfo, to_float32
 from .converters.tp1 import DEFAULT_ALPHA as TP1_DEFAULT_ALPHA
 from .converters.writer import GGUFOutput
-from .digest import SourceHash
+from .digest import SourceHash, sha256_file
 from .errors import TritpackError
 from .ggml_lib import CONVERT_INVALID, CONVERT_NOMEM, CONVERT_NONFINITE, GGML, ConvertStats, load_ggml
 
@@ -51,7 +51,7 @@ class ConvertOptions:
     like: str | None = None         # for --type mixed: the budget is this llama-quantize preset's size
     target_cos: float | None = None
     alpha: float | None = None      # None: searched per tensor
-    imatrix: Path | None = None
+    imatrix: Path | str | None = None   # a llama-imatrix file, "auto" (imatrix_auto.py) or None/"none"
     keep: list[str] = field(default_factory=list)
     threads: int | None = None
     force: bool = False
@@ -87,6 +87,8 @@ class ConvertReport:
     n_weights: int
     seconds: float = 0.0
     dry_run: bool = False
+    imatrix: str | None = None      # tritpack.imatrix: "auto:<text>:<chunks>x<ctx>", "file:<name>" or None
+    imatrix_seconds: float = 0.0    # time llama-imatrix took (0 when none ran: a file, or the cache)
 
     @property
     def ratio(self) -> float:
@@ -110,6 +112,7 @@ class ConvertReport:
         return {"input": self.input, "output": self.output, "type": self.type, "dry_run": self.dry_run,
                 "size_before": self.size_before, "size_after": self.size_after, "ratio": round(self.ratio, 4),
                 "bpw": round(self.bpw, 4), "n_weights": self.n_weights, "seconds": round(self.seconds, 3),
+                "imatrix": self.imatrix, "imatrix_seconds": round(self.imatrix_seconds, 3),
                 "type_counts": self.type_counts(), "lossless_tensors": [t.name for t in self.tensors if t.lossless],
                 "tensors": [asdict(t) for t in self.tensors]}
 
@@ -246,7 +249,8 @@ def _imatrix_for(imatrix: dict[str, np.ndarray] | None, t: TensorInfo) -> np.nda
 
 
 def plan_conversion(src: GGUFFile, opts: ConvertOptions, g: GGML, q: Quantizer,
-                    imatrix: dict[str, np.ndarray] | None, progress: Progress) -> list[TensorPlan]:
+                    imatrix: dict[str, np.ndarray] | None, progress: Progress,
+                    imatrix_path: Path | None = None) -> list[TensorPlan]:
     if opts.type not in policy.TARGETS:
         raise TritpackError(f"unknown --type {opts.type!r}; choose one of {', '.join(policy.TARGETS)}")
     target = TP1.qtype if opts.type == "tp1" else TP4.qtype
@@ -264,7 +268,7 @@ def plan_conversion(src: GGUFFile, opts: ConvertOptions, g: GGML, q: Quantizer,
                                 policy.tensor_bytes(d.type, t) if d.quantize else t.nbytes, d.quantize,
                                 lossless=True if d.lossless else None))
     if opts.type == "mixed":
-        _plan_tiers(src, opts, g, q, imatrix, plans, progress)
+        _plan_tiers(src, opts, g, q, imatrix, plans, progress, imatrix_path)
     for i, (t, p) in enumerate(zip(src.tensors, plans)):
         if p.quantize and p.dst_type == TP1.qtype.name:
             progress(f"calibrating {t.name}", i, len(plans))
@@ -307,7 +311,8 @@ def _tp1_alpha(src: GGUFFile, g: GGML, q: Quantizer, t: TensorInfo, p: TensorPla
 
 
 def _plan_tiers(src: GGUFFile, opts: ConvertOptions, g: GGML, q: Quantizer,
-                imatrix: dict[str, np.ndarray] | None, plans: list[TensorPlan], progress: Progress) -> None:
+                imatrix: dict[str, np.ndarray] | None, plans: list[TensorPlan], progress: Progress,
+                imatrix_path: Path | None = None) -> None:
     """Mixed precision over the whole palette (policy.palette: TP1, TP4 and the stock types each
     tensor's rows allow): every quantized tensor is quantized on sample rows into each type it may
     take, through the same C quantizers that write the file (ggml_quantize_chunk with the imatrix), and
@@ -324,7 +329,7 @@ def _plan_tiers(src: GGUFFile, opts: ConvertOptions, g: GGML, q: Quantizer,
     if opts.like is not None:
         # the preset's tensor bytes, less room for what our file holds beyond its tensors (the tritpack.*
         # keys, TP1's alphas, each tensor's alignment padding), so that the file is no larger either
-        budget = preset_size(src.path, opts.like, opts.imatrix, g.lib_dir)[0] - LIKE_MARGIN * (len(src.tensors) + 16)
+        budget = preset_size(src.path, opts.like, imatrix_path, g.lib_dir)[0] - LIKE_MARGIN * (len(src.tensors) + 16)
     else:
         budget = opts.budget if opts.budget is not None else int(opts.bpw * n_weights / 8)
     tied = "output.weight" not in {t.name for t in src.tensors}
@@ -478,16 +483,19 @@ def convert(inp: str | Path, opts: ConvertOptions, progress: Progress = lambda *
             # hashed from the start: planning runs on one core, so the hash mostly takes the other
             source_hash = source_hash or SourceHash(src.path)
         g = g or load_ggml()
-        imatrix = load_imatrix(opts.imatrix) if opts.imatrix else None
+        t_im = time.monotonic()
+        imatrix, imatrix_label, ran, imatrix_path = _imatrix_of(inp, opts, g, source_hash, progress)
+        t_im = time.monotonic() - t_im if ran else 0.0
         q = Quantizer(g, opts.threads)
         try:
-            plans = plan_conversion(src, opts, g, q, imatrix, progress)
+            plans = plan_conversion(src, opts, g, q, imatrix, progress, imatrix_path)
             report = ConvertReport(str(inp), None if opts.dry_run else str(out), opts.type, plans,
                                    size_before=sum(t.nbytes for t in src.tensors),
                                    size_after=sum(p.dst_bytes for p in plans),
-                                   n_weights=sum(t.n_elements for t in src.tensors), dry_run=opts.dry_run)
+                                   n_weights=sum(t.n_elements for t in src.tensors), dry_run=opts.dry_run,
+                                   imatrix=imatrix_label, imatrix_seconds=t_im)
             if source_hash is not None:
-                _write(src, out, opts, g, q, imatrix, plans, progress, source_hash)
+                _write(src, out, opts, g, q, imatrix, plans, progress, source_hash, imatrix_label)
         finally:
             q.close()
     finally:
@@ -497,9 +505,25 @@ def convert(inp: str | Path, opts: ConvertOptions, progress: Progress = lambda *
     return report
 
 
+def _imatrix_of(inp: Path, opts: ConvertOptions, g: GGML, source_hash: SourceHash | None,
+                progress: Progress) -> tuple[dict[str, np.ndarray] | None, str | None, bool, Path | None]:
+    """(the imatrix, its tritpack.imatrix label, whether llama-imatrix ran, its file) as opts.imatrix says:
+    None or "none": none; "auto": made from the package's calibration text (cached); else a file."""
+    if opts.imatrix is None or str(opts.imatrix) == "none":
+        return None, None, False, None
+    if str(opts.imatrix) == "auto":
+        from .imatrix_auto import auto_imatrix, auto_label
+
+        sha = source_hash.digest() if source_hash is not None else sha256_file(inp)
+        path, cached = auto_imatrix(inp, sha, Path(g.lib_dir), opts.threads, progress)
+        return load_imatrix(path), auto_label(), not cached, path
+    p = Path(opts.imatrix)
+    return load_imatrix(p), f"file:{p.name}", False, p
+
+
 def _write(src: GGUFFile, out: Path, opts: ConvertOptions, g: GGML, q: Quantizer,
            imatrix: dict[str, np.ndarray] | None, plans: list[TensorPlan], progress: Progress,
-           source_hash: SourceHash) -> None:
+           source_hash: SourceHash, imatrix_label: str | None = None) -> None:
     with GGUFOutput(out, src, force=opts.force, skip={"general.file_type"}) as w:
         w.add_key_value("general.file_type", _ftype(plans, opts), GGUFValueType.UINT32)
         w.add_key_value("tritpack.converter_version", __version__, GGUFValueType.STRING)
@@ -507,6 +531,8 @@ def _write(src: GGUFFile, out: Path, opts: ConvertOptions, g: GGML, q: Quantizer
         w.add_key_value("tritpack.type", opts.type, GGUFValueType.STRING)
         if opts.type == "mixed" and opts.like:
             w.add_key_value("tritpack.like", policy.preset(opts.like), GGUFValueType.STRING)
+        if imatrix_label:
+            w.add_key_value("tritpack.imatrix", imatrix_label, GGUFValueType.STRING)
         alphas = [(p.name, float(p.alpha)) for p in plans if p.alpha is not None]
         if alphas:  # the per-tensor TP1 calibration
             w.add_key_value("tritpack.alpha.tensors", [n for n, _ in alphas], GGUFValueType.ARRAY,

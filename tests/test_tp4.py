@@ -33,6 +33,11 @@ def _cases():
         r = _rng(100 + seed)
         out.append((f"gauss-{seed}-7x576", r.standard_normal((7, 576)).astype(np.float32), None))
         out.append((f"t4-{seed}-3x1024-imat", r.standard_t(4, (3, 1024)).astype(np.float32), _imatrix(r, 1024)))
+    r = _rng(5)
+    # wide dynamic range inside blocks (lognormal magnitudes): the magnitude weighting matters most
+    x = (r.standard_normal((5, 768)) * r.lognormal(0.0, 1.5, (5, 768))).astype(np.float32)
+    out.append(("wide-5x768", x, None))
+    out.append(("wide-5x768-imat", x, _imatrix(r, 768)))
     r = _rng(7)
     x = r.standard_normal((7, 512)).astype(np.float32)
     x[:, 64:128] = 0.0                   # whole zero blocks
@@ -60,6 +65,38 @@ def test_quantize_bit_exact(ggml, name, x, im):
     yn = TP4.dequantize(qn, x.shape[1])
     assert np.array_equal(yc.view(np.uint32), yn.view(np.uint32))
     assert np.isfinite(yc).all()
+
+
+def test_block_weights_follow_the_documented_formula():
+    r = _rng(13)
+    x = (r.standard_normal((40, 64)) * r.lognormal(0.0, 1.0, (40, 64))).astype(np.float32)
+    x[3] = 0.0                                               # a zero block: weights 1
+    ms = tp4mod.TP4_SIGMA_MUL * (x.astype(np.float64) ** 2).mean(axis=1, keepdims=True)
+    want = np.where(ms > 0, 1.0 + x.astype(np.float64) ** 2 / np.where(ms > 0, ms, 1.0), 1.0)
+    got = tp4mod.block_weights(x, None)
+    assert got.dtype == np.float32
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+    assert (got[3] == 1.0).all() and got.min() >= 1.0
+    im = _imatrix(r, 64)
+    np.testing.assert_allclose(tp4mod.block_weights(x, im), im[None, :] * np.sqrt(want), rtol=1e-6)
+
+
+def test_c_weights_by_magnitude_without_imatrix(ggml):
+    """The C quantizer without an imatrix gives the numpy twin's magnitude-weighted result, which
+    differs from the plain (unweighted, one-try) search on most blocks and has a lower
+    magnitude-weighted error overall."""
+    r = _rng(17)
+    x = (r.standard_normal((64, 256)) * r.lognormal(0.0, 1.0, (64, 256))).astype(np.float32)
+    qc = ggml.quantize_chunk(T_TP4, x, None)
+    assert np.array_equal(qc, TP4.quantize(x))
+    cbt, lut = tp4mod._table()
+    blocks = x.reshape(-1, 64)
+    plain = tp4mod.pack_blocks(*tp4mod.quantize_core(blocks, None, cbt, lut, tries=(1.0,), weigh=False))
+    qb = qc.reshape(-1, 36)
+    assert (plain != qb).any(axis=1).mean() > 0.2
+    w = tp4mod.block_weights(blocks, None).astype(np.float64)
+    err = lambda q: float((w * (blocks - TP4.dequantize_blocks(q)) ** 2).sum())
+    assert err(qb) < err(plain)
 
 
 def test_reference_row_and_cpu_from_float_agree(ggml):

@@ -22,7 +22,7 @@ def convert_command(
     like: Annotated[str | None, typer.Option("--like", help="For --type mixed: the budget is the size llama-quantize gives this model as that preset (Q4_K_M, Q3_K_M, Q6_K, ...).")] = None,
     target_cos: Annotated[float | None, typer.Option("--target-cos", help="TP1: smallest error meeting this cosine similarity.")] = None,
     alpha: Annotated[str, typer.Option("--alpha", help="TP1 threshold factor: auto (searched per tensor) or a number.")] = "auto",
-    imatrix: Annotated[Path | None, typer.Option("--imatrix", help="llama-imatrix file weighting the errors.")] = None,
+    imatrix: Annotated[str | None, typer.Option("--imatrix", help="llama-imatrix file weighting the errors; auto: made by llama-imatrix from the package's calibration text (cached); none: no imatrix.")] = None,
     keep: Annotated[list[str] | None, typer.Option("--keep", help="Keep tensors matching this pattern as they are (repeatable).")] = None,
     threads: ThreadsOpt = None,
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing output file.")] = False,
@@ -53,7 +53,8 @@ def convert_command(
         opts = _convert.ConvertOptions(type=type_.lower(), output=output,
                                        budget=_convert.parse_size(budget) if budget else None, bpw=bpw,
                                        like=_convert.policy.preset(like) if like else None,
-                                       target_cos=target_cos, alpha=alpha_v, imatrix=imatrix, keep=keep or [],
+                                       target_cos=target_cos, alpha=alpha_v,
+                                       imatrix=imatrix if imatrix in (None, "auto", "none") else Path(imatrix), keep=keep or [],
                                        threads=threads, force=force, dry_run=dry_run)
     except BaseException:
         if source_hash is not None:
