@@ -374,10 +374,11 @@ def minilm_imatrix(work: Path, model_dir: Path, threads: int) -> Path:
 
 def measure(name: str, rows: list[Row], f16: Path, work: Path, imatrix: Path | None, *, embedding: bool,
             chunks: int, sentences: int, threads: int, redo: set[str], cache: Path,
-            f32: Path | None = None, stock_only: bool = False, only_goals: bool = False) -> dict[str, dict]:
+            f32: Path | None = None, stock_only: bool = False, only_goals: bool = False, ours_only: bool = False) -> dict[str, dict]:
     results: dict[str, dict] = {}
     for row in rows:
-        if (stock_only and row.maker == "tritpack") or (only_goals and row.label not in GOAL_ROWS):
+        if ((stock_only and row.maker == "tritpack") or (ours_only and row.maker != "tritpack")
+                or (only_goals and row.label not in GOAL_ROWS)):
             continue
         res_path = work / f"{slug(row.label)}.result.json"
         if row.label in redo or "all" in redo:
@@ -708,6 +709,7 @@ def main() -> int:
                     help="goals: only the rows the goals read (the presets, IQ4_NL, TP4 and the mixes)")
     ap.add_argument("--stock-only", action="store_true",
                     help="make and measure llama.cpp's rows only (they do not change with our kernels)")
+    ap.add_argument("--ours-only", action="store_true", help="make and measure tritpack-gguf's rows only")
     args = ap.parse_args()
     only = set(args.only.split(","))
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -735,7 +737,7 @@ def main() -> int:
         imat = llama_imatrix(f16, work, args.threads)
         rows = measure("SmolLM2", rows_for("smollm2"), f16, work, imat, embedding=False, chunks=args.chunks,
                        sentences=args.sentences, threads=args.threads, redo=redo, cache=cache, stock_only=args.stock_only,
-                       only_goals=args.rows == "goals")
+                       only_goals=args.rows == "goals", ours_only=args.ours_only)
         any_row = next((r for r in rows.values() if "error" not in r), {})
         data["smollm2"] = {"model": "SmolLM2-135M-Instruct", "reference": f16.name, "text": EVAL_TEXT.name,
                            "imatrix_text": IMATRIX_TEXT.name, "imatrix_chunks": IMATRIX_CHUNKS, "ctx": CTX,
@@ -776,7 +778,7 @@ def main() -> int:
             rows = measure("MiniLM", rows_for("minilm"), mf16, work, imat, embedding=True, chunks=args.chunks,
                            sentences=args.sentences, threads=args.threads, redo=redo, cache=cache,
                            stock_only=args.stock_only,
-                           only_goals=args.rows == "goals")
+                           only_goals=args.rows == "goals", ours_only=args.ours_only)
             any_row = next((r for r in rows.values() if "error" not in r), {})
             data["minilm"] = {"model": "all-MiniLM-L6-v2", "package": f"{MINILM_PACKAGE}=={MINILM_VERSION}",
                               "sentences": any_row.get("sentences"), "rows": rows}

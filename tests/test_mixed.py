@@ -121,3 +121,10 @@ def test_a_bad_preset_is_one_clear_error(model, tmp_path, capsys):
     with pytest.raises(TritpackError, match="not --budget and --like"):
         convert(model, ConvertOptions(type="mixed", like="Q4_K_M", budget=10**6, dry_run=True))
     assert not out.exists()
+
+
+def test_like_with_imatrix_auto_sizes_the_preset_with_that_imatrix(model, tmp_path):
+    # --imatrix auto resolves to a file (made once, cached): llama-quantize's dry run gets that file, not "auto"
+    r = convert(model, ConvertOptions(type="mixed", like="Q3_K_M", imatrix="auto", dry_run=True, threads=2))
+    assert r.imatrix and r.size_after > 0
+    assert any(t.tier for t in r.tensors)
