@@ -374,11 +374,12 @@ def minilm_imatrix(work: Path, model_dir: Path, threads: int) -> Path:
 
 def measure(name: str, rows: list[Row], f16: Path, work: Path, imatrix: Path | None, *, embedding: bool,
             chunks: int, sentences: int, threads: int, redo: set[str], cache: Path,
-            f32: Path | None = None, stock_only: bool = False, only_goals: bool = False, ours_only: bool = False) -> dict[str, dict]:
+            f32: Path | None = None, stock_only: bool = False, only_goals: bool = False, ours_only: bool = False,
+            no_make: bool = False, only_rows: list[str] | None = None) -> dict[str, dict]:
     results: dict[str, dict] = {}
     for row in rows:
         if ((stock_only and row.maker == "tritpack") or (ours_only and row.maker != "tritpack")
-                or (only_goals and row.label not in GOAL_ROWS)):
+                or (only_goals and row.label not in GOAL_ROWS) or (only_rows and row.label not in only_rows)):
             continue
         res_path = work / f"{slug(row.label)}.result.json"
         if row.label in redo or "all" in redo:
@@ -386,6 +387,19 @@ def measure(name: str, rows: list[Row], f16: Path, work: Path, imatrix: Path | N
             if row.maker != "reference":
                 (work / f"{slug(row.label)}.gguf").unlink(missing_ok=True)
                 (work / f"{slug(row.label)}.make.json").unlink(missing_ok=True)
+        err_path = work / f"{slug(row.label)}.error.json"
+        kernels = _build().key if row.maker == "tritpack" else None
+        if no_make:   # only what an earlier run of this build made and measured
+            r = json.loads(res_path.read_text()) if res_path.is_file() else None
+            e = json.loads(err_path.read_text()) if err_path.is_file() else None
+            if r and r.get("kernels") == kernels and (work / r["file"]).is_file():
+                results[row.label] = r
+            elif e and e.get("kernels") == kernels:
+                results[row.label] = e
+            else:
+                results[row.label] = {"label": row.label, "maker": row.maker, "note": row.note,
+                                      "error": "not measured: the run was cut short (a loaded shared machine)"}
+            continue
         try:
             if row.maker == "reference-f32":
                 path, info = f32, {"command": "the F16 file's values stored as F32"}
@@ -393,10 +407,12 @@ def measure(name: str, rows: list[Row], f16: Path, work: Path, imatrix: Path | N
                 path, info = make_row_file(row, f16, work, imatrix, results, threads)
         except TritpackError as e:
             log(f"{name} {row.label}: not made: {e}")
-            results[row.label] = {"label": row.label, "error": str(e), "maker": row.maker, "note": row.note}
+            results[row.label] = {"label": row.label, "error": str(e), "maker": row.maker, "note": row.note,
+                                  "kernels": kernels}
+            err_path.write_text(json.dumps(results[row.label], indent=1))
             continue
+        err_path.unlink(missing_ok=True)
         st = path.stat()
-        kernels = _build().key if row.maker == "tritpack" else None
         if res_path.is_file():
             r = json.loads(res_path.read_text())
             if (r.get("file_size") == st.st_size and r.get("file_mtime") == st.st_mtime_ns
@@ -709,7 +725,10 @@ def main() -> int:
                     help="goals: only the rows the goals read (the presets, IQ4_NL, TP4 and the mixes)")
     ap.add_argument("--stock-only", action="store_true",
                     help="make and measure llama.cpp's rows only (they do not change with our kernels)")
+    ap.add_argument("--row", action="append", default=[], help="only this row (repeatable)")
     ap.add_argument("--ours-only", action="store_true", help="make and measure tritpack-gguf's rows only")
+    ap.add_argument("--no-make", action="store_true",
+                    help="make and measure nothing: the table from what this build already measured")
     args = ap.parse_args()
     only = set(args.only.split(","))
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -737,7 +756,8 @@ def main() -> int:
         imat = llama_imatrix(f16, work, args.threads)
         rows = measure("SmolLM2", rows_for("smollm2"), f16, work, imat, embedding=False, chunks=args.chunks,
                        sentences=args.sentences, threads=args.threads, redo=redo, cache=cache, stock_only=args.stock_only,
-                       only_goals=args.rows == "goals", ours_only=args.ours_only)
+                       only_goals=args.rows == "goals", ours_only=args.ours_only,
+                       no_make=args.no_make, only_rows=args.row)
         any_row = next((r for r in rows.values() if "error" not in r), {})
         data["smollm2"] = {"model": "SmolLM2-135M-Instruct", "reference": f16.name, "text": EVAL_TEXT.name,
                            "imatrix_text": IMATRIX_TEXT.name, "imatrix_chunks": IMATRIX_CHUNKS, "ctx": CTX,
@@ -778,7 +798,8 @@ def main() -> int:
             rows = measure("MiniLM", rows_for("minilm"), mf16, work, imat, embedding=True, chunks=args.chunks,
                            sentences=args.sentences, threads=args.threads, redo=redo, cache=cache,
                            stock_only=args.stock_only,
-                           only_goals=args.rows == "goals", ours_only=args.ours_only)
+                           only_goals=args.rows == "goals", ours_only=args.ours_only,
+                       no_make=args.no_make, only_rows=args.row)
             any_row = next((r for r in rows.values() if "error" not in r), {})
             data["minilm"] = {"model": "all-MiniLM-L6-v2", "package": f"{MINILM_PACKAGE}=={MINILM_VERSION}",
                               "sentences": any_row.get("sentences"), "rows": rows}
