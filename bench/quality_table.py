@@ -513,8 +513,9 @@ MIXED_NOTE = (
     "then quantized on 64 sample rows into each type of the palette its rows allow (TP1, TP4, Q8_0, Q6_K, Q5_K, "
     "Q5_1, Q5_0, Q4_K, IQ4_NL, Q4_0, IQ4_XS, Q3_K, Q2_K, F16, and with an imatrix IQ3_S, IQ3_XXS, IQ2_S, IQ2_XS, "
     "IQ2_XXS; the 256-superblock types only where 256 divides the row: on SmolLM2 only the 1536-wide `ffn_down`, "
-    "on MiniLM only its 1536-wide `ffn_down`), the error measured (imatrix-weighted when there is one), and the "
-    "types with the least total error that meet the budget chosen (`converters/policy.choose_tiers`). Q4_1 is not "
+    "on MiniLM only its 1536-wide `ffn_down`), the error measured (imatrix-weighted when there is one; "
+    "an untied token embedding's, MiniLM's, counted as much as an average matrix's since a token meets only one "
+    "of its rows), and the types with the least total error that meet the budget chosen (`converters/policy.choose_tiers`). Q4_1 is not "
     "in the palette: SmolLM2's reference F16 is its Q4_1 GGUF dequantized, which Q4_1 would reproduce exactly.")
 
 
@@ -607,6 +608,13 @@ def write_report(data: dict, seconds: float | None) -> None:
           f"Making and measuring every row took {total / 60:.0f} min in all (2 shared cores; the imatrix and "
           f"downloads not counted); a re-run only redoes what is missing"
           + (f" (the last run: {seconds / 60:.1f} min)." if seconds else "."), ""]
+    if meta.get("rows") == "goals":
+        L += [f"**This run: the goal rows only** (`bench/quality.sh --only smollm2,minilm --rows goals --chunks "
+              f"{meta.get('chunks')}`, made in parts with `--stock-only`, `--ours-only` and `--row`, the table then "
+              "written with `--no-make`): the machine was shared by five engineers (load 10-15 on 2 cores), so "
+              f"SmolLM2 is evaluated over {meta.get('chunks')} chunks instead of 16 and its imatrix made from "
+              f"{IMATRIX_CHUNKS} chunks; rows the run could not reach say so. The full table is "
+              "`bench/quality.sh` without `--rows goals`.", ""]
     L += ["**Bits per weight** (bpw) are file-level: 8 x (bytes of all tensor data) / (elements of all tensors), "
           "over every tensor (token embedding, output, norms included). **File size** is the true size on disk. "
           "Stock types are made with the patched `llama-quantize` from the F16 file, ours with `tritpack-gguf convert`; "
@@ -811,7 +819,8 @@ def main() -> int:
     import platform
 
     data["meta"] = {"date": time.strftime("%Y-%m-%d"), "seconds": round(seconds, 1), "threads": args.threads,
-                    "machine": f"{platform.machine()}, {os.cpu_count()} cores, {args.threads} threads"}
+                    "machine": f"{platform.machine()}, {os.cpu_count()} cores, {args.threads} threads",
+                    "rows": args.rows, "chunks": args.chunks}
     json_path.write_text(json.dumps(data, indent=1))
     write_report(data, seconds)
     plot(data.get("smollm2", {}).get("rows", {}), data.get("minilm", {}).get("rows", {}), RESULTS / "quality.png")

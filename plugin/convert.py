@@ -332,7 +332,10 @@ def _plan_tiers(src: GGUFFile, opts: ConvertOptions, g: GGML, q: Quantizer,
         budget = preset_size(src.path, opts.like, imatrix_path, g.lib_dir)[0] - LIKE_MARGIN * (len(src.tensors) + 16)
     else:
         budget = opts.budget if opts.budget is not None else int(opts.bpw * n_weights / 8)
-    tied = "output.weight" not in {t.name for t in src.tensors}
+    # the token embedding is the output too when there is no output matrix, unless the model has none
+    # (an embedding model: it pools instead)
+    tied = ("output.weight" not in {t.name for t in src.tensors}
+            and src.get(f"{src.architecture}.pooling_type") is None)
     tiered: list[tuple[TensorPlan, TensorInfo, list[Q]]] = []
     for p, t in zip(plans, src.tensors):
         if not p.quantize or p.lossless:
@@ -360,6 +363,14 @@ def _plan_tiers(src: GGUFFile, opts: ConvertOptions, g: GGML, q: Quantizer,
             y = g.dequantize(int(qt), q.quantize(qt, x, w, alpha))
             err[p.name][qt.name] = float((((x - y).astype(np.float64) ** 2) * ww).sum()) / ref * t.n_elements
             size[p.name][qt.name] = policy.tensor_bytes(qt, t)
+    # an untied token embedding is only looked up: a token meets one of its rows, where it meets every
+    # weight of a matrix, so its error counts as much as an average matrix's, not by its size
+    emb = [(p, t) for p, t, _ in tiered if t.name in policy.EMBEDDING_NAMES and not tied]
+    others = [t.n_elements for _, t, _ in tiered if t.name not in policy.EMBEDDING_NAMES]
+    for p, t in emb:
+        if others:
+            scale = (sum(others) / len(others)) / t.n_elements
+            err[p.name] = {k: v * scale for k, v in err[p.name].items()}
     choice = policy.choose_tiers(err, size, fixed, budget)
     for p, t, types in tiered:
         p.tier = p.dst_type = choice[p.name]
