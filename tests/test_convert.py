@@ -14,6 +14,7 @@ from gguf import GGMLQuantizationType as Q
 
 from tritpack_gguf.cli import main as cli_main
 from tritpack_gguf.convert import ConvertOptions, convert, parse_size
+from tritpack_gguf.converters.policy import bpw
 from tritpack_gguf.converters.reader import GGUFFile
 from tritpack_gguf.converters.tiny_model import Shape, make_llama, vocab_file
 from tritpack_gguf.errors import TritpackError
@@ -217,20 +218,20 @@ def test_mixed_embedding_and_output_are_tiered_but_never_ternary(models, tmp_pat
     lowest = _lowest_mix(warm)
     emb_out = {"token_embd.weight", "output.weight"} & {t.name for t in warm.tensors}
     assert emb_out
-    # the smallest mix: every matrix TP1, the embedding/output TP4
+    # the smallest mix: every matrix TP1, the embedding/output at 4.5 bits (TP4, IQ4_NL or Q4_0)
     r = convert(models["gauss"], ConvertOptions(type="mixed", budget=lowest, output=tmp_path / "low.gguf"))
     assert r.size_after == lowest
     types = {t.name: t.type for t in GGUFFile(r.output).tensors}
     for name in emb_out:
-        assert types[name] == Q.TP4, name
+        assert types[name] in (Q.TP4, Q.IQ4_NL, Q.Q4_0), name
     assert types["blk.0.attn_q.weight"] == Q.TP1
-    # a generous budget upgrades the embedding/output first or later, never below TP4
-    for budget in ((warm.size_after + lowest) // 2, warm.size_after * 2):
+    # a generous budget upgrades the embedding/output first or later, never below 4 bits
+    for budget in ((warm.size_after + lowest) // 2, 4 * warm.n_weights):
         r = convert(models["gauss"], ConvertOptions(type="mixed", budget=budget, dry_run=True))
         for t in r.tensors:
             if t.name in emb_out:
-                assert t.dst_type in ("TP4", "Q8_0") and t.tier in ("WARM", "HOT"), (budget, t)
-    assert {t.dst_type for t in r.tensors if t.name in emb_out} == {"Q8_0"}
+                assert bpw(Q[t.dst_type]) >= 4.0 and t.tier == t.dst_type, (budget, t)
+    assert {t.dst_type for t in r.tensors if t.name in emb_out} == {"F16"}   # the top of the palette
 
 
 def test_dry_run_writes_nothing_and_keep_keeps(models, tmp_path):

@@ -46,3 +46,14 @@ def test_bad_requests_are_one_clear_error(tmp_path, monkeypatch):
     monkeypatch.setattr(builtins, "__import__", no_matplotlib)
     with pytest.raises(TritpackError, match=r"tritpack-gguf\[plot\]"):
         scatter(PANELS, tmp_path / "q.png")
+
+
+def test_pareto_front_and_fronts_drawn(tmp_path):
+    from tritpack_gguf.plot import pareto_front
+
+    pts = [Point("a", 1.0, 5.0), Point("b", 2.0, 6.0), Point("c", 3.0, 1.0), Point("d", 3.0, 2.0), Point("e", 4.0, 0.5)]
+    assert [p.label for p in pareto_front(pts)] == ["a", "c", "e"]
+    panel = Panel("q", "size (MB)", "KLD", pts + [Point("m", 2.5, 0.8, ours=True), Point("n", 5.0, 0.1, ours=True)],
+                  ylog=True, legend=True, fronts=True)
+    text = scatter([panel], tmp_path / "f.svg").read_text()
+    assert "Pareto front" in text

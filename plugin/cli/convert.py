@@ -19,6 +19,7 @@ def convert_command(
     type_: Annotated[str, typer.Option("--type", help="tp4, tp1 or mixed.")] = "tp4",
     budget: Annotated[str | None, typer.Option("--budget", help="Size budget for --type mixed, e.g. 2.5GB.")] = None,
     bpw: Annotated[float | None, typer.Option("--bpw", help="Bits per weight for --type mixed, e.g. 2.5.")] = None,
+    like: Annotated[str | None, typer.Option("--like", help="For --type mixed: the budget is the size llama-quantize gives this model as that preset (Q4_K_M, Q3_K_M, Q6_K, ...).")] = None,
     target_cos: Annotated[float | None, typer.Option("--target-cos", help="TP1: smallest error meeting this cosine similarity.")] = None,
     alpha: Annotated[str, typer.Option("--alpha", help="TP1 threshold factor: auto (searched per tensor) or a number.")] = "auto",
     imatrix: Annotated[str | None, typer.Option("--imatrix", help="llama-imatrix file weighting the errors; auto: made by llama-imatrix from the package's calibration text (cached); none: no imatrix.")] = None,
@@ -40,8 +41,8 @@ def convert_command(
         alpha_v = None
     if target_cos is not None and not 0.0 < target_cos < 1.0:
         raise TritpackError("--target-cos must be between 0 and 1")
-    if (budget or bpw) and type_ != "mixed":
-        raise TritpackError("--budget and --bpw apply to --type mixed")
+    if (budget or bpw or like) and type_.lower() != "mixed":
+        raise TritpackError("--budget, --bpw and --like apply to --type mixed")
     path, stem = resolve_model_arg(model)
     # the source's sha256 (for tritpack.source_sha256) starts now, on the second core, while the
     # interpreter loads numpy, gguf and the converter; convert() takes it over
@@ -51,6 +52,7 @@ def convert_command(
 
         opts = _convert.ConvertOptions(type=type_.lower(), output=output,
                                        budget=_convert.parse_size(budget) if budget else None, bpw=bpw,
+                                       like=_convert.policy.preset(like) if like else None,
                                        target_cos=target_cos, alpha=alpha_v,
                                        imatrix=imatrix if imatrix in (None, "auto", "none") else Path(imatrix), keep=keep or [],
                                        threads=threads, force=force, dry_run=dry_run)
