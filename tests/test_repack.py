@@ -179,3 +179,12 @@ def test_driver_mul_mat_and_mul_mat_id_through_the_buffer(patched_build, tmp_pat
     r = subprocess.run([str(exe)], capture_output=True, text=True, timeout=600, env=env)
     assert r.returncode == 0 and "all ok" in r.stdout, r.stdout + r.stderr[-2000:]
     assert r.stdout.count(" ok") >= 18
+
+
+def test_avx2_path_without_vnni(patched_build):
+    """The AVX2 TP4 path (vpmaddubsw), which this machine's AVX512-VNNI would hide: the same checks in a
+    process where GGML_TRITPACK_NO_VNNI turns vpdpbusd off (chosen once per process)."""
+    env = dict(os.environ, GGML_TRITPACK_NO_VNNI="1")
+    r = subprocess.run([sys.executable, "-m", "pytest", __file__, "-q", "-p", "no:cacheprovider", "-k", "matches"],
+                       capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == 0 and " passed" in r.stdout, r.stdout[-3000:]
