@@ -27,10 +27,6 @@ void quantize_row_tp4(const float * GGML_RESTRICT x, void * GGML_RESTRICT y, int
     quantize_row_tp4_ref(x, (block_tp4 *) y, k);
 }
 
-static inline int tp4_cpu_scale_of(unsigned code) {
-    return (code & 4) ? -(int)(4 + (code & 3)) : (int)(4 + (code & 3));
-}
-
 static inline float tp4_d(const block_tp4 * b) {
     return GGML_CPU_FP16_TO_FP32(tritpack_scale_bits(b->d));
 }
@@ -58,8 +54,8 @@ void ggml_vec_dot_tp4_q8_0_generic(int n, float * GGML_RESTRICT s, size_t bs, co
                 sum0 += cb[(qs[j]      >> 4*h) & 0xf] * yb->qs[j];
                 sum1 += cb[(qs[16 + j] >> 4*h) & 0xf] * yb->qs[16 + j];
             }
-            const int s0 = tp4_cpu_scale_of(sc >> (4 + 3*(2*h + 0)));
-            const int s1 = tp4_cpu_scale_of(sc >> (4 + 3*(2*h + 1)));
+            const int s0 = tritpack_tp4_scale(sc >> (4 + 3*(2*h + 0)));
+            const int s1 = tritpack_tp4_scale(sc >> (4 + 3*(2*h + 1)));
             sumf += d * GGML_CPU_FP16_TO_FP32(yb->d) * (float)(s0*sum0 + s1*sum1);
         }
     }
@@ -81,7 +77,7 @@ static inline __m256i tp4_mul_add_epi8(const __m256i x, const __m256i y) {
 }
 
 // two 3-bit scale codes (low code in bits 0..2) -> their values as two int16, the first in the low half
-#define TP4_SV(c) ((uint32_t)(uint16_t)(int16_t)(((c) & 4) ? -(4 + ((c) & 3)) : 4 + ((c) & 3)))
+#define TP4_SV(c) ((uint32_t)(uint16_t)(int16_t)TRITPACK_TP4_SCALE(c))
 #define TP4_SP(c) (TP4_SV(c) | (TP4_SV((c) >> 3) << 16))
 #define TP4_SP8(c) TP4_SP(c), TP4_SP(c+1), TP4_SP(c+2), TP4_SP(c+3), TP4_SP(c+4), TP4_SP(c+5), TP4_SP(c+6), TP4_SP(c+7)
 static const uint32_t tp4_scale_pairs[64] = {

@@ -35,7 +35,7 @@ static const float tp4_try[TP4_NTRY] = { 1.0f, 0.9375f, 1.0625f };
 static const int   tp4_mag[4]        = { 7, 6, 5, 4 };
 
 static inline int tp4_scale_of(int code) {
-    return (code & 4) ? -(4 + (code & 3)) : 4 + (code & 3);
+    return tritpack_tp4_scale((unsigned) code);
 }
 
 // bin of x in the 512-entry nearest tables: v = x*is2 (twice the value in codebook units, is2 =

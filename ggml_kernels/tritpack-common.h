@@ -114,6 +114,15 @@ static inline TRITPACK_HOST_DEVICE void tritpack_set_scale_bits(uint8_t d[2], ui
     d[1] = (uint8_t) (h >> 8);
 }
 
+// TP4's signed 3-bit sub-block scale code c (0..7) -> its value, -7..-4 or 4..7: the one definition of
+// the decode, for the C reference, the CPU and CUDA kernels and the tests. The macro is for constant
+// tables (it takes any integer and looks at its low 3 bits).
+#define TRITPACK_TP4_SCALE(c) ((((c) & 4) != 0) ? -(4 + ((c) & 3)) : 4 + ((c) & 3))
+
+static inline TRITPACK_HOST_DEVICE int tritpack_tp4_scale(unsigned code) {
+    return TRITPACK_TP4_SCALE((int) (code & 7u));
+}
+
 #ifdef __cplusplus
 }
 #endif

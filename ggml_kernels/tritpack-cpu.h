@@ -1,5 +1,5 @@
 // TritPack CPU kernels, built into ggml-cpu with its architecture flags (the patches include this
-// header from ggml-cpu/quants.h). TP4 multiplies with Q8_0 activations: its 32-element blocks fit every
+// header from ggml-cpu/quants.h). TP4 multiplies with Q8_0 activations (plain and repacked alike): its 32-element blocks fit every
 // row length that is a multiple of 64, where Q8_K's 256 would not (SmolLM2's rows are 576 wide). TP1
 // multiplies with TPQ16, 16-bit activations per 64 (tritpack-common.h says why).
 #pragma once
@@ -61,7 +61,9 @@ bool ggml_tritpack_can_repack(enum ggml_type type, int64_t n_per_row, int64_t nr
 void ggml_tritpack_repack(enum ggml_type type, void * GGML_RESTRICT dst, const void * GGML_RESTRICT src, int64_t nrows, int64_t n_per_row);
 // whether the SIMD path runs here (AVX2 + FMA + F16C at run time, and GGML_TRITPACK_GENERIC unset)
 bool ggml_tritpack_gemm_simd(void);
-// one column of activations as TPQ16, in the element order the chosen path (simd or not) reads
+// the activations of a repacked product: Q8_0 for TP4 (as its plain vec_dot), TPQ16 for TP1; bytes per column
+size_t ggml_tritpack_act_row_size(enum ggml_type type, int64_t n);
+// one column of activations in that type (simd: which TPQ16 quantizer runs; the bytes are the same)
 void ggml_tritpack_quantize_act(enum ggml_type type, const float * GGML_RESTRICT x, void * GGML_RESTRICT y, int64_t n, bool simd);
 // one tile of 8 repacked rows (n weights each) times ncols activation columns (by bytes apart):
 // s[c*bs + r] = row r . column c

@@ -317,11 +317,7 @@ TRITPACK_UNROLL
     return make_int2((int) tritpack_prmt(tmp[0], tmp[1], 0x6420), (int) tritpack_prmt(tmp[0], tmp[1], 0x7531));
 }
 
-// sub-block scale code (3 bits) -> -7..-4, 4..7
-static __host__ __device__ __forceinline__ int tritpack_tp4_scale(const uint32_t code) {
-    const int m = 4 + (int) (code & 3u);
-    return (code & 4u) ? -m : m;
-}
+// sub-block scale code (3 bits) -> -7..-4, 4..7: tritpack_tp4_scale of tritpack-common.h
 
 // word 0 of a block: d (bits 0..15), sc (bits 16..31). Blocks are 36 bytes: 4-byte aligned.
 static __host__ __device__ __forceinline__ const uint32_t * tritpack_tp4_words(const void * __restrict__ vx, const int64_t ib) {

@@ -7,22 +7,32 @@
 // load gives all eight and F16C turns them into one float vector. Tile t holds rows 8t..8t+7; its
 // blocks b = 0..nb-1 follow each other, so a tile takes the bytes of its 8 rows.
 //
-// Both types multiply with TPQ16 activations (int16 and a float scale per 64; tritpack-common.h), so
-// TP1 stays exact on ternary models and TP4 is more precise than with Q8_0. The weights of a block are
-// decoded once per tile into int16 (TP4: codebook entry times its sub-block scale, |w| <= 127*7; TP1:
-// trit) and then multiplied with every column by vpmaddwd (vpdpwssd where AVX512-VNNI is there): four
-// instructions per 64 weights and column, the decode shared by all columns of a pass. One block's sum
-// is at most 64 * 889 * 32767 < 2^31, so the int32 lanes cannot overflow.
+// TP4 multiplies with Q8_0 activations, as its plain vec_dot (tp4-cpu.c) does, and gives the same
+// integer sums per 32 weights: sum_i s_i * sum_j cb[q_j] * y_j over the two sub-blocks i of a Q8_0 block.
+// The float result adds d_row * d_y * sum in the plain generic vec_dot's order (block by block, first
+// half then second), so the repacked product equals ggml_vec_dot_tp4_q8_0_generic's to the bit where
+// both are compiled alike, and the AVX2 vec_dot's up to float summation order. A row's 8 int32 lanes
+// of one 32-weight half hold sums of 4 products each (lanes 0..3: sub-block 2h, 4..7: sub-block
+// 2h+1); two rounds of hadd over the 8 rows leave, per sub-block, one int32 per row, multiplied by the
+// 8 rows' sub-block scales (vpermd of a table by the 3-bit codes) and added. The products:
+//   - AVX512-VNNI (run-time check): the codebook entries plus 128 as unsigned bytes, vpdpbusd with the
+//     activations, started from -128 * (the activations' sums of 4): one instruction per 32 weights;
+//   - AVX2: the sign trick, |w| x sign(y, w) by vpmaddubsw (|pair| <= 2*127*127), then vpmaddwd by 1.
+// The vpdpbusd is written as inline assembly so that one function body serves both paths, each in
+// a function compiled for AVX2 only (no AVX-512 code can leak into the AVX2 path).
 //
-// TP4 decode (AVX2): one pshufb per 32 weights against the block's codebook (broadcast to both 128-bit
-// lanes), sign-extended to int16 per sub-block of 16 and multiplied by that sub-block's scale.
-// GEMV multiplies each row's four vectors with the column and adds the eight rows' lanes (hadd); GEMM
-// transposes the eight rows' vectors so that each product is one vpmaddwd of "pair p of rows 0..7"
-// with the column's pair p broadcast, four columns at a time, the lanes being the rows.
+// TP1 multiplies with TPQ16 activations (int16 and a float scale per 64; tritpack-common.h), as its
+// plain vec_dot does, so that it stays exact on ternary models. Its weights are decoded once per tile
+// into int16 trits and multiplied with every column by vpmaddwd (vpdpwssd where AVX512-VNNI is there):
+// four instructions per 64 weights and column, the decode shared by all columns of a pass.
 //
-// The AVX2 path is compiled with the target pragma below and chosen at run time (the CPU's AVX2, FMA
-// and F16C); otherwise the generic path runs. Both give the same integer block sums; the float sums
-// differ only in rounding order.
+// TP1 GEMV multiplies each row's four vectors with the column and adds the eight rows' lanes (hadd);
+// TP1 GEMM transposes the eight rows' vectors so that each product is one vpmaddwd of "pair p of rows
+// 0..7" with the column's pair p broadcast, four columns at a time, the lanes being the rows.
+//
+// The SIMD paths are compiled with the target pragma below and chosen at run time (the CPU's AVX2, FMA
+// and F16C; AVX512-VNNI/VL for TP4's vpdpbusd); otherwise the generic path runs. All give the same
+// integer block sums.
 
 #define GGML_COMMON_DECL_C
 #include "ggml-common.h"
@@ -45,9 +55,8 @@
 #define TP_NR   8   // rows per tile
 #define TP_NCOL 32  // columns per pass: their activations stay in L2 while a tile's blocks are decoded
 
-static inline int tp4_gemm_scale_of(unsigned code) {
-    return (code & 4) ? -(int)(4 + (code & 3)) : (int)(4 + (code & 3));
-}
+// ggml-cpu's from_float of Q8_0 (quants.h): the activations of TP4's plain vec_dot, the same bytes here
+void quantize_row_q8_0(const float * GGML_RESTRICT x, void * GGML_RESTRICT y, int64_t k);
 
 // ---------------------------------------------------------------------------------------------
 // repacking
@@ -102,17 +111,6 @@ void ggml_tritpack_repack(enum ggml_type type, void * GGML_RESTRICT dst, const v
 // generic path: natural element order
 // ---------------------------------------------------------------------------------------------
 
-// row r of tile block xb as 64 int16 weights and the row's fp16 scale as float
-static void tp4x8_decode_generic(const block_tp4x8 * xb, int r, int16_t w[64], float * d) {
-    const unsigned sc = xb->sc[r][0] | ((unsigned) xb->sc[r][1] << 8);
-    const int8_t * cb = tp4_codebooks[sc & 15];
-    for (int j = 0; j < 64; ++j) {
-        const int q = j < 32 ? (xb->qs[r][j] & 15) : (xb->qs[r][j - 32] >> 4);
-        w[j] = (int16_t) (cb[q] * tp4_gemm_scale_of(sc >> (4 + 3*(j/16))));
-    }
-    *d = GGML_CPU_FP16_TO_FP32(tritpack_scale_bits(xb->d[r]));
-}
-
 static void tp1x8_decode_generic(const block_tp1x8 * xb, int r, int16_t w[64], float * d) {
     static const uint8_t pow3[5] = { 1, 3, 9, 27, 81 };
     for (int j = 0; j < 4; ++j) {
@@ -126,8 +124,39 @@ static void tp1x8_decode_generic(const block_tp1x8 * xb, int r, int16_t w[64], f
     *d = GGML_CPU_FP16_TO_FP32(tritpack_scale_bits(xb->d[r]));
 }
 
-static void tritpack_gemm_generic(enum ggml_type type, int n, const void * GGML_RESTRICT vx, const void * GGML_RESTRICT vy,
-                                  size_t by, int ncols, float * GGML_RESTRICT s, size_t bs) {
+// TP4 x Q8_0: the expression and order of ggml_vec_dot_tp4_q8_0_generic (tp4-cpu.c), row by row
+static void tp4_gemm_generic(int n, const void * GGML_RESTRICT vx, const void * GGML_RESTRICT vy, size_t by, int ncols,
+                             float * GGML_RESTRICT s, size_t bs) {
+    const int nb = n / QK_TP4;
+    for (int c = 0; c < ncols; ++c) {
+        const block_q8_0 * y = (const block_q8_0 *) ((const char *) vy + c*by);
+        for (int r = 0; r < TP_NR; ++r) {
+            float sumf = 0.0f;
+            for (int b = 0; b < nb; ++b) {
+                const block_tp4x8 * xb = (const block_tp4x8 *) vx + b;
+                const float d = GGML_CPU_FP16_TO_FP32(tritpack_scale_bits(xb->d[r]));
+                const unsigned sc = xb->sc[r][0] | ((unsigned) xb->sc[r][1] << 8);
+                const int8_t * cb = tp4_codebooks[sc & 15];
+                for (int h = 0; h < 2; ++h) {
+                    const block_q8_0 * yb = y + 2*b + h;
+                    const uint8_t * qs = xb->qs[r];
+                    int sum0 = 0, sum1 = 0;
+                    for (int j = 0; j < 16; ++j) {
+                        sum0 += cb[(qs[j]      >> 4*h) & 0xf] * yb->qs[j];
+                        sum1 += cb[(qs[16 + j] >> 4*h) & 0xf] * yb->qs[16 + j];
+                    }
+                    const int s0 = tritpack_tp4_scale(sc >> (4 + 3*(2*h + 0)));
+                    const int s1 = tritpack_tp4_scale(sc >> (4 + 3*(2*h + 1)));
+                    sumf += d * GGML_CPU_FP16_TO_FP32(yb->d) * (float)(s0*sum0 + s1*sum1);
+                }
+            }
+            s[c*bs + r] = sumf;
+        }
+    }
+}
+
+static void tp1_gemm_generic(int n, const void * GGML_RESTRICT vx, const void * GGML_RESTRICT vy, size_t by, int ncols,
+                             float * GGML_RESTRICT s, size_t bs) {
     const int nb = n / 64;
     for (int c = 0; c < ncols; ++c) {
         const block_tpq16 * y = (const block_tpq16 *) ((const char *) vy + c*by);
@@ -136,11 +165,7 @@ static void tritpack_gemm_generic(enum ggml_type type, int n, const void * GGML_
             for (int r = 0; r < TP_NR; ++r) {
                 int16_t w[64];
                 float d;
-                if ((int) type == TRITPACK_TYPE_TP4) {
-                    tp4x8_decode_generic((const block_tp4x8 *) vx + b, r, w, &d);
-                } else {
-                    tp1x8_decode_generic((const block_tp1x8 *) vx + b, r, w, &d);
-                }
+                tp1x8_decode_generic((const block_tp1x8 *) vx + b, r, w, &d);
                 int32_t sumi = 0;
                 for (int j = 0; j < 64; ++j) {
                     sumi += (int32_t) w[j] * y[b].qs[j];
@@ -168,31 +193,7 @@ static void tritpack_gemm_generic(enum ggml_type type, int n, const void * GGML_
 #define TP_DOT(acc, w, y) _mm256_add_epi32(acc, _mm256_madd_epi16(w, y))
 #endif
 
-// TP4 sub-block scales: row c = the value of 3-bit code c in all 16 int16 lanes
-#define TP4_SV(c) (int16_t) (((c) & 4) ? -(4 + ((c) & 3)) : 4 + ((c) & 3))
-#define TP4_ROW(c) { TP4_SV(c), TP4_SV(c), TP4_SV(c), TP4_SV(c), TP4_SV(c), TP4_SV(c), TP4_SV(c), TP4_SV(c), \
-                     TP4_SV(c), TP4_SV(c), TP4_SV(c), TP4_SV(c), TP4_SV(c), TP4_SV(c), TP4_SV(c), TP4_SV(c) }
-static const int16_t tp4_sv16[8][16] __attribute__((aligned(32))) = {
-    TP4_ROW(0), TP4_ROW(1), TP4_ROW(2), TP4_ROW(3), TP4_ROW(4), TP4_ROW(5), TP4_ROW(6), TP4_ROW(7),
-};
-#undef TP4_ROW
-#undef TP4_SV
-
 // TP1 decode constants: tritpack_tp1_shuf and tritpack_tp1_pow of tp1-cpu.c (tritpack-cpu.h)
-
-// row r of a TP4 tile block: four int16 vectors of 16 weights in order, each one sub-block times its scale
-static inline __attribute__((always_inline)) void tp4x8_decode_avx2(const block_tp4x8 * xb, int r, __m256i w[4]) {
-    const __m256i m4 = _mm256_set1_epi8(0x0f);
-    const unsigned sc = xb->sc[r][0] | ((unsigned) xb->sc[r][1] << 8);
-    const __m256i cb = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *) tp4_codebooks[sc & 15]));
-    const __m256i q  = _mm256_loadu_si256((const __m256i *) xb->qs[r]);
-    const __m256i w0 = _mm256_shuffle_epi8(cb, _mm256_and_si256(q, m4));                        // elements 0..31
-    const __m256i w1 = _mm256_shuffle_epi8(cb, _mm256_and_si256(_mm256_srli_epi16(q, 4), m4));  // elements 32..63
-    w[0] = _mm256_mullo_epi16(_mm256_cvtepi8_epi16(_mm256_castsi256_si128(w0)),      _mm256_load_si256((const __m256i *) tp4_sv16[(sc >>  4) & 7]));
-    w[1] = _mm256_mullo_epi16(_mm256_cvtepi8_epi16(_mm256_extracti128_si256(w0, 1)), _mm256_load_si256((const __m256i *) tp4_sv16[(sc >>  7) & 7]));
-    w[2] = _mm256_mullo_epi16(_mm256_cvtepi8_epi16(_mm256_castsi256_si128(w1)),      _mm256_load_si256((const __m256i *) tp4_sv16[(sc >> 10) & 7]));
-    w[3] = _mm256_mullo_epi16(_mm256_cvtepi8_epi16(_mm256_extracti128_si256(w1, 1)), _mm256_load_si256((const __m256i *) tp4_sv16[(sc >> 13) & 7]));
-}
 
 // row r of a TP1 tile block: four int16 vectors of trits, natural order. The 16-byte load reads the
 // row's 13 bytes and 3 more of the same tile (the next row's, or the scales after row 7).
@@ -245,9 +246,8 @@ static inline __attribute__((always_inline)) void tp_transpose8_epi32(__m256i w[
     t[3] = _mm256_permute2x128_si256(u3, u7, 0x20); t[7] = _mm256_permute2x128_si256(u3, u7, 0x31);
 }
 
-static inline __attribute__((always_inline)) void tp_gemm_avx2(const int tp4, int n, const void * GGML_RESTRICT vx,
-                                                               const void * GGML_RESTRICT vy, size_t by, int ncols,
-                                                               float * GGML_RESTRICT s, size_t bs) {
+static void tp1_gemm_avx2(int n, const void * GGML_RESTRICT vx, const void * GGML_RESTRICT vy, size_t by, int ncols,
+                          float * GGML_RESTRICT s, size_t bs) {
     const int nb = n / 64;
     for (int c0 = 0; c0 < ncols; c0 += TP_NCOL) {
         const int nc = ncols - c0 < TP_NCOL ? ncols - c0 : TP_NCOL;
@@ -256,12 +256,7 @@ static inline __attribute__((always_inline)) void tp_gemm_avx2(const int tp4, in
             acc[c] = _mm256_setzero_ps();
         }
         for (int b = 0; b < nb; ++b) {
-            __m128i dh;
-            if (tp4) {
-                dh = _mm_loadu_si128((const __m128i *) ((const block_tp4x8 *) vx + b)->d);
-            } else {
-                dh = _mm_loadu_si128((const __m128i *) ((const block_tp1x8 *) vx + b)->d);
-            }
+            const __m128i dh = _mm_loadu_si128((const __m128i *) ((const block_tp1x8 *) vx + b)->d);
             const __m256 d8 = _mm256_cvtph_ps(dh);
             if (nc == 1) {
                 // GEMV: decode straight into the products
@@ -273,11 +268,7 @@ static inline __attribute__((always_inline)) void tp_gemm_avx2(const int tp4, in
 #pragma GCC unroll 8
                 for (int r = 0; r < TP_NR; ++r) {
                     __m256i w[4];
-                    if (tp4) {
-                        tp4x8_decode_avx2((const block_tp4x8 *) vx + b, r, w);
-                    } else {
-                        tp1x8_decode_avx2((const block_tp1x8 *) vx + b, r, w);
-                    }
+                    tp1x8_decode_avx2((const block_tp1x8 *) vx + b, r, w);
                     v[r] = tp_dot64(w, yv);
                 }
                 acc[0] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(tp_hsum8_epi32(v)), _mm256_mul_ps(d8, _mm256_set1_ps(y->d)), acc[0]);
@@ -291,11 +282,7 @@ static inline __attribute__((always_inline)) void tp_gemm_avx2(const int tp4, in
                 __m256i w[TP_NR][4];
 #pragma GCC unroll 8
                 for (int r = 0; r < TP_NR; ++r) {
-                    if (tp4) {
-                        tp4x8_decode_avx2((const block_tp4x8 *) vx + b, r, w[r]);
-                    } else {
-                        tp1x8_decode_avx2((const block_tp1x8 *) vx + b, r, w[r]);
-                    }
+                    tp1x8_decode_avx2((const block_tp1x8 *) vx + b, r, w[r]);
                 }
                 for (int k = 0; k < 4; ++k) {
                     tp_transpose8_epi32(w, k, wt + 8*k);
@@ -387,12 +374,109 @@ static void tritpack_quantize_tpq16_avx2(const float * GGML_RESTRICT x, block_tp
     }
 }
 
-static void tp4_gemm_avx2(int n, const void * vx, const void * vy, size_t by, int ncols, float * s, size_t bs) {
-    tp_gemm_avx2(1, n, vx, vy, by, ncols, s, bs);
+// ---- TP4 x Q8_0 ----
+
+// acc + the four-byte dot products of unsigned u and signed s per int32 lane (AVX512-VNNI, EVEX
+// encoded on ymm0..15): only ever executed where the CPU has it (tritpack_gemm_have_vnni)
+static inline __attribute__((always_inline)) __m256i tp_dpbusd(__m256i acc, const __m256i u, const __m256i s) {
+    __asm__("vpdpbusd %2, %1, %0" : "+x"(acc) : "x"(u), "x"(s));
+    return acc;
 }
 
-static void tp1_gemm_avx2(int n, const void * vx, const void * vy, size_t by, int ncols, float * s, size_t bs) {
-    tp_gemm_avx2(0, n, vx, vy, by, ncols, s, bs);
+// rows 0..7, each 8 int32 lanes (0..3: sub-block lo, 4..7: sub-block hi) -> their integer sums per row
+// with the sub-block scales (int32 per row) slo, shi applied
+static inline __attribute__((always_inline)) __m256i tp4_rows_sum(const __m256i p[TP_NR], const __m256i slo, const __m256i shi) {
+    const __m256i a = _mm256_hadd_epi32(_mm256_hadd_epi32(p[0], p[1]), _mm256_hadd_epi32(p[2], p[3]));  // rows 0..3: lo | hi
+    const __m256i b = _mm256_hadd_epi32(_mm256_hadd_epi32(p[4], p[5]), _mm256_hadd_epi32(p[6], p[7]));  // rows 4..7: lo | hi
+    const __m256i lo = _mm256_permute2x128_si256(a, b, 0x20);
+    const __m256i hi = _mm256_permute2x128_si256(a, b, 0x31);
+    return _mm256_add_epi32(_mm256_mullo_epi32(lo, slo), _mm256_mullo_epi32(hi, shi));
+}
+
+static inline __attribute__((always_inline)) void tp4_gemm_q8(const int vnni, int n, const void * GGML_RESTRICT vx,
+                                                              const void * GGML_RESTRICT vy, size_t by, int ncols,
+                                                              float * GGML_RESTRICT s, size_t bs) {
+    const int nb = n / QK_TP4;
+    const __m256i m4   = _mm256_set1_epi8(0x0f);
+    const __m256i k80  = _mm256_set1_epi8((char) 0x80);
+    const __m256i one  = _mm256_set1_epi16(1);
+    const __m256i stbl = _mm256_setr_epi32(TRITPACK_TP4_SCALE(0), TRITPACK_TP4_SCALE(1), TRITPACK_TP4_SCALE(2),
+                                           TRITPACK_TP4_SCALE(3), TRITPACK_TP4_SCALE(4), TRITPACK_TP4_SCALE(5),
+                                           TRITPACK_TP4_SCALE(6), TRITPACK_TP4_SCALE(7));
+    for (int c0 = 0; c0 < ncols; c0 += TP_NCOL) {
+        const int nc = ncols - c0 < TP_NCOL ? ncols - c0 : TP_NCOL;
+        __m256 acc[TP_NCOL];
+        for (int c = 0; c < nc; ++c) {
+            acc[c] = _mm256_setzero_ps();
+        }
+        for (int b = 0; b < nb; ++b) {
+            const block_tp4x8 * xb = (const block_tp4x8 *) vx + b;
+            const __m256 d8 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *) xb->d));
+            // the sub-block scales of rows 0..7 (vpermd looks at the low 3 bits of each lane)
+            const __m256i sc = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *) xb->sc));
+            __m256i sv[TP4_NSUB];
+            for (int i = 0; i < TP4_NSUB; ++i) {
+                sv[i] = _mm256_permutevar8x32_epi32(stbl, _mm256_srli_epi32(sc, 4 + 3*i));
+            }
+            // row r, half h (weights 32h..32h+31): VNNI: entry + 128 (unsigned); AVX2: |entry| and entry
+            __m256i wa[TP_NR][2], ws[TP_NR][2];
+#pragma GCC unroll 8
+            for (int r = 0; r < TP_NR; ++r) {
+                const unsigned scr = xb->sc[r][0] | ((unsigned) xb->sc[r][1] << 8);
+                __m256i cb = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *) tp4_codebooks[scr & 15]));
+                if (vnni) {
+                    cb = _mm256_xor_si256(cb, k80);
+                }
+                const __m256i q  = _mm256_loadu_si256((const __m256i *) xb->qs[r]);
+                const __m256i w0 = _mm256_shuffle_epi8(cb, _mm256_and_si256(q, m4));
+                const __m256i w1 = _mm256_shuffle_epi8(cb, _mm256_and_si256(_mm256_srli_epi16(q, 4), m4));
+                if (vnni) {
+                    wa[r][0] = w0;
+                    wa[r][1] = w1;
+                } else {
+                    wa[r][0] = _mm256_sign_epi8(w0, w0);
+                    wa[r][1] = _mm256_sign_epi8(w1, w1);
+                    ws[r][0] = w0;
+                    ws[r][1] = w1;
+                }
+            }
+            for (int c = 0; c < nc; ++c) {
+                const block_q8_0 * y = (const block_q8_0 *) ((const char *) vy + (c0 + c)*by) + 2*b;
+#pragma GCC unroll 2
+                for (int h = 0; h < 2; ++h) {
+                    const __m256i yv = _mm256_loadu_si256((const __m256i *) y[h].qs);
+                    __m256i p[TP_NR];
+                    if (vnni) {
+                        // sum (w + 128) y - 128 sum y = sum w y
+                        const __m256i init = _mm256_sub_epi32(_mm256_setzero_si256(), tp_dpbusd(_mm256_setzero_si256(), k80, yv));
+#pragma GCC unroll 8
+                        for (int r = 0; r < TP_NR; ++r) {
+                            p[r] = tp_dpbusd(init, wa[r][h], yv);
+                        }
+                    } else {
+#pragma GCC unroll 8
+                        for (int r = 0; r < TP_NR; ++r) {
+                            p[r] = _mm256_madd_epi16(_mm256_maddubs_epi16(wa[r][h], _mm256_sign_epi8(yv, ws[r][h])), one);
+                        }
+                    }
+                    const __m256i isum = tp4_rows_sum(p, sv[2*h], sv[2*h + 1]);
+                    const __m256 dd = _mm256_mul_ps(d8, _mm256_set1_ps(GGML_CPU_FP16_TO_FP32(y[h].d)));
+                    acc[c] = _mm256_add_ps(acc[c], _mm256_mul_ps(dd, _mm256_cvtepi32_ps(isum)));
+                }
+            }
+        }
+        for (int c = 0; c < nc; ++c) {
+            _mm256_storeu_ps(s + (c0 + c)*bs, acc[c]);
+        }
+    }
+}
+
+static void tp4_gemm_avx2(int n, const void * vx, const void * vy, size_t by, int ncols, float * s, size_t bs) {
+    tp4_gemm_q8(0, n, vx, vy, by, ncols, s, bs);
+}
+
+static void tp4_gemm_vnni(int n, const void * vx, const void * vy, size_t by, int ncols, float * s, size_t bs) {
+    tp4_gemm_q8(1, n, vx, vy, by, ncols, s, bs);
 }
 
 #undef TP_DOT
@@ -403,6 +487,16 @@ static int tritpack_gemm_have_avx2(void) {
     if (have < 0) {
         __builtin_cpu_init();
         have = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+    }
+    return have;
+}
+
+// AVX512-VNNI with VL (vpdpbusd on ymm), unless GGML_TRITPACK_NO_VNNI is set (to check the AVX2 path)
+static int tritpack_gemm_have_vnni(void) {
+    static int have = -1;
+    if (have < 0) {
+        __builtin_cpu_init();
+        have = __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512vl") && getenv("GGML_TRITPACK_NO_VNNI") == NULL;
     }
     return have;
 }
@@ -420,7 +514,15 @@ bool ggml_tritpack_gemm_simd(void) {
 #endif
 }
 
+size_t ggml_tritpack_act_row_size(enum ggml_type type, int64_t n) {
+    return (int) type == TRITPACK_TYPE_TP4 ? ggml_row_size(GGML_TYPE_Q8_0, n) : ggml_row_size((enum ggml_type) TRITPACK_TYPE_TPQ16, n);
+}
+
 void ggml_tritpack_quantize_act(enum ggml_type type, const float * GGML_RESTRICT x, void * GGML_RESTRICT y, int64_t n, bool simd) {
+    if ((int) type == TRITPACK_TYPE_TP4) {
+        quantize_row_q8_0(x, y, n);  // what the plain path's vec_dot gets
+        return;
+    }
 #if defined(TRITPACK_GEMM_X86)
     if (simd) {
         tritpack_quantize_tpq16_avx2(x, (block_tpq16 *) y, n);
@@ -439,7 +541,11 @@ void ggml_tritpack_gemm(enum ggml_type type, int n, const void * GGML_RESTRICT v
 #if defined(TRITPACK_GEMM_X86)
     if (simd) {
         if ((int) type == TRITPACK_TYPE_TP4) {
-            tp4_gemm_avx2(n, vx, vy, by, ncols, s, bs);
+            if (tritpack_gemm_have_vnni()) {
+                tp4_gemm_vnni(n, vx, vy, by, ncols, s, bs);
+            } else {
+                tp4_gemm_avx2(n, vx, vy, by, ncols, s, bs);
+            }
         } else {
             tp1_gemm_avx2(n, vx, vy, by, ncols, s, bs);
         }
@@ -448,12 +554,16 @@ void ggml_tritpack_gemm(enum ggml_type type, int n, const void * GGML_RESTRICT v
 #else
     (void) simd;
 #endif
-    tritpack_gemm_generic(type, n, vx, vy, by, ncols, s, bs);
+    if ((int) type == TRITPACK_TYPE_TP4) {
+        tp4_gemm_generic(n, vx, vy, by, ncols, s, bs);
+    } else {
+        tp1_gemm_generic(n, vx, vy, by, ncols, s, bs);
+    }
 }
 
 void ggml_tritpack_mul_mat(enum ggml_type type, int64_t n, int64_t nrows, const void * GGML_RESTRICT repacked, int64_t ncols,
                            const float * GGML_RESTRICT x, float * GGML_RESTRICT dst, bool simd) {
-    const size_t by = (size_t) (n / QK_TPQ16) * sizeof(block_tpq16);
+    const size_t by = ggml_tritpack_act_row_size(type, n);
     const size_t row_bytes = (size_t) (n / 64) * ((int) type == TRITPACK_TYPE_TP4 ? sizeof(block_tp4) : sizeof(block_tp1));
     void * y = malloc(by * (size_t) ncols);
     if (!y) {

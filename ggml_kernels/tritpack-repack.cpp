@@ -1,7 +1,7 @@
 // CPU_TRITPACK: an extra CPU buffer type for TP1/TP4 weights (ggml-cpu's extra buffer type mechanism,
 // traits.h). A weight placed in it is repacked while it is loaded (set_tensor writes the tiled layout
 // of tritpack-gemm.c into the buffer: no second copy), and its MUL_MAT and MUL_MAT_ID run here: the
-// activations are quantized to TPQ16 once, then every thread multiplies its share of the row tiles
+// activations are quantized once (TP4: Q8_0, TP1: TPQ16, the plain vec_dot's types), then every thread multiplies its share of the row tiles
 // with all columns.
 // Registered in ggml_backend_cpu_get_extra_buffer_types() by patch 0013; GGML_TRITPACK_NO_REPACK=1
 // turns it off (the plain layout and vec_dot, for comparison).
@@ -30,7 +30,7 @@ namespace ggml::cpu::tritpack {
 
 class tensor_traits : public ggml::cpu::tensor_traits {
     bool work_size(int /* n_threads */, const struct ggml_tensor * op, size_t & size) override {
-        const size_t by = ggml_row_size((ggml_type) TRITPACK_TYPE_TPQ16, op->src[1]->ne[0]);
+        const size_t by = ggml_tritpack_act_row_size(op->src[0]->type, op->src[1]->ne[0]);
         if (op->op == GGML_OP_MUL_MAT) {
             size = by * ggml_nrows(op->src[1]);
             return true;
@@ -79,7 +79,7 @@ class tensor_traits : public ggml::cpu::tensor_traits {
         const int64_t n_used = ids->ne[0];
         const int64_t n_tok  = ids->ne[1];
         const int64_t npairs = n_used*n_tok;
-        const size_t by = ggml_row_size((ggml_type) TRITPACK_TYPE_TPQ16, ne10);
+        const size_t by = ggml_tritpack_act_row_size(src0->type, ne10);
 
         char * wq = (char *) params->wdata;
         int64_t * off = (int64_t *) (wq + GGML_PAD(by*npairs, sizeof(int64_t)));  // n_as + 1 column offsets
@@ -159,8 +159,8 @@ class tensor_traits : public ggml::cpu::tensor_traits {
         const int nth = params->nth;
         const bool simd = !params->use_ref && ggml_tritpack_gemm_simd();
 
-        // the activations: column j = (i11, i12, i13) as TPQ16 at wdata + j*by
-        const size_t by = ggml_row_size((ggml_type) TRITPACK_TYPE_TPQ16, ne10);
+        // the activations: column j = (i11, i12, i13) at wdata + j*by
+        const size_t by = ggml_tritpack_act_row_size(src0->type, ne10);
         const int64_t ncols = ne11*ne12*ne13;
         GGML_ASSERT(params->wsize >= by*ncols);
         char * wdata = (char *) params->wdata;

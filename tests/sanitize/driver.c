@@ -221,7 +221,6 @@ static void test_tp1_hostile_rows(void) {
 
 // ----------------------------------------------------------------------------- TP4
 
-static int tp4_scale(int c) { return (c & 4) ? -(4 + (c & 3)) : 4 + (c & 3); }
 
 static void check_tp4_row(const block_tp4 * x, int nb, const char * what, int unit_activations) {
     const int n = nb * QK_TP4;
@@ -232,7 +231,7 @@ static void check_tp4_row(const block_tp4 * x, int nb, const char * what, int un
         const float d = h2f(tritpack_scale_bits(x[b].d));
         const unsigned sc = x[b].sc[0] | (x[b].sc[1] << 8);
         for (int i = 0; i < TP4_NSUB; ++i) {
-            const float dl = d * tp4_scale((sc >> (4 + 3 * i)) & 7);
+            const float dl = d * tritpack_tp4_scale(sc >> (4 + 3 * i));
             for (int j = 0; j < 16; ++j) {
                 const int e = 16 * i + j;  // element e: byte e % 32, low nibble for e < 32
                 const int q = (x[b].qs[e % 32] >> (e < 32 ? 0 : 4)) & 15;
