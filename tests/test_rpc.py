@@ -88,21 +88,28 @@ def test_offload_plan_splits_three_ways(models):
 def test_split_three_ways_matches_single_process(kind, models, servers, monkeypatch):
     """Local backend + two rpc-servers: the same 16 greedy tokens and the same logits as one process.
 
-    The comparison runs the local layers on the plain CPU path (GGML_TRITPACK_NO_REPACK=1), the path a
-    helper's ggml-rpc-server runs: the local CPU repack (CPU_TRITPACK) multiplies TP4 with 16-bit
-    activations where the plain path uses Q8_0, so with it on a split differs from one process by the
-    activation precision, not by float noise (docs/distributed.md)."""
-    monkeypatch.setenv("GGML_TRITPACK_NO_REPACK", "1")
+    The local layers run the CPU repack (CPU_TRITPACK), the helpers the plain vec_dot path; both
+    multiply with the same activations (TP1: TPQ16, TP4: Q8_0), so they differ only in float summation
+    order. Float noise is measured on this model, not assumed: the single-process run with the repack
+    off (GGML_TRITPACK_NO_REPACK=1) is the same computation in another order, and the split may differ
+    from the single-process run by at most twice that (plus 1e-4 of the logit range)."""
     m = models[kind]
     tokens = tokenize(m, PROMPT)
+    monkeypatch.delenv("GGML_TRITPACK_NO_REPACK", raising=False)
     single = greedy_run(m, tokens, N)
+    monkeypatch.setenv("GGML_TRITPACK_NO_REPACK", "1")
+    plain = greedy_run(m, tokens, N, follow=single.tokens)
+    monkeypatch.delenv("GGML_TRITPACK_NO_REPACK")
     with Relay(servers[0].endpoint) as r0, Relay(servers[1].endpoint) as r1:
         split = greedy_run(m, tokens, N, rpc=[r0.endpoint, r1.endpoint])
         wire = [r0.commands, r1.commands]
     assert split.tokens == single.tokens, f"{sum(a == b for a, b in zip(split.tokens, single.tokens))}/{N}"
     scale = float(np.abs(single.prompt_logits).max())
-    assert np.abs(split.prompt_logits - single.prompt_logits).max() <= 1e-4 * scale
-    assert np.abs(split.cont_logits - single.cont_logits).max() <= 1e-4 * scale
+    for part in ("prompt_logits", "cont_logits"):
+        noise = float(np.abs(getattr(plain, part) - getattr(single, part)).max())
+        diff = float(np.abs(getattr(split, part) - getattr(single, part)).max())
+        print(f"{kind} {part}: split vs single {diff / scale:.2e}, float noise {noise / scale:.2e} of the logit range")
+        assert diff <= 2 * noise + 1e-4 * scale, (diff / scale, noise / scale)
     for c in wire:  # both servers held weights and computed every token (prompt + 15 decodes)
         assert c.get("SET_TENSOR", 0) > 0 and c.get("GRAPH_COMPUTE", 0) + c.get("GRAPH_RECOMPUTE", 0) >= N, wire
 
@@ -552,7 +559,7 @@ def test_ollama_serve_with_rpc(models, lib_dir, tmp_path):
             proc = subprocess.Popen([sys.executable, "-m", "tritpack_gguf.cli", "ollama", "serve", "--port", str(port),
                                      "--models-dir", str(tmp_path / f"reg-{port}"), "-t", "1", "--ctx", "256", *extra],
                                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=open(log, "wb"),
-                                    start_new_session=True, env={**os.environ, "GGML_TRITPACK_NO_REPACK": "1"})
+                                    start_new_session=True)
             try:
                 t_end = time.monotonic() + 60
                 while True:
