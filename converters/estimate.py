@@ -14,7 +14,7 @@ from gguf import GGML_QUANT_SIZES, GGMLQuantizationType as Q
 
 from . import policy
 from .errors import TritpackError
-from .gguf_types import TP1, TP4
+from .gguf_types import TYPE_TP1, TYPE_TP4
 from .reader import GGUFFile
 
 STOCK_ESTIMATES = ("F16", "Q8_0", "Q4_0", "Q4_K_M", "IQ4_XS", "TQ1_0", "TQ2_0")
@@ -37,7 +37,7 @@ def estimate(f: GGUFFile, types: list[str] | None = None) -> dict:
            "n_weights": n_weights, "estimates": {}}
     for name in wanted:
         if name in ("TP4", "TP1"):
-            total, _ = _ours(f, TP4.qtype if name == "TP4" else TP1.qtype, tied)
+            total, _ = _ours(f, TYPE_TP4.qtype if name == "TP4" else TYPE_TP1.qtype, tied)
         elif name in _STOCK_BASE:
             total = sum(_stock_bytes(t, _STOCK_BASE[name], tied) for t in f.tensors)
         else:
@@ -72,8 +72,8 @@ def file_sizes(f: GGUFFile) -> dict:
     size = f.path.stat().st_size
     current = sum(t.nbytes for t in f.tensors)
     overhead = max(size - current, 0)
-    tp4, packed = _ours(f, TP4.qtype, tied)
-    tp1, _ = _ours(f, TP1.qtype, tied)
+    tp4, packed = _ours(f, TYPE_TP4.qtype, tied)
+    tp1, _ = _ours(f, TYPE_TP1.qtype, tied)
     return {"path": str(f.path), "estimate": True, "method": METHOD, "file_bytes": size, "tensor_bytes": current,
             "n_tensors": len(f.tensors), "n_packed": packed, "n_params": sum(t.n_elements for t in f.tensors),
             "tp4_bytes": overhead + tp4, "tp1_bytes": overhead + tp1}

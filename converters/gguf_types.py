@@ -35,9 +35,11 @@ class TritpackType:
         return LlamaFileType(self.id)
 
 
-TP1 = TritpackType("TP1", 80, 64, 15)
-TP4 = TritpackType("TP4", 81, 64, 36)
-TRITPACK_TYPES = (TP1, TP4)
+# TYPE_TP1/TYPE_TP4 (the registry records, like C's TRITPACK_TYPE_TP1) are not converters.tp1.TP1 /
+# converters.tp4.TP4 (the numpy twins, named like gguf-py's quants classes).
+TYPE_TP1 = TritpackType("TP1", 80, 64, 15)
+TYPE_TP4 = TritpackType("TP4", 81, 64, 36)
+TRITPACK_TYPES = (TYPE_TP1, TYPE_TP4)
 BY_NAME = {t.name: t for t in TRITPACK_TYPES}
 
 
@@ -67,4 +69,4 @@ def register() -> None:
 
 register()
 
-__all__ = ["TP1", "TP4", "TRITPACK_TYPES", "BY_NAME", "TritpackType", "register", "gguf"]
+__all__ = ["TYPE_TP1", "TYPE_TP4", "TRITPACK_TYPES", "BY_NAME", "TritpackType", "register", "gguf"]

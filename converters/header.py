@@ -15,7 +15,7 @@ from typing import Any, Iterable
 
 from gguf import GGUFValueType
 
-from .gguf_types import TP1, TP4
+from .gguf_types import TYPE_TP1, TYPE_TP4
 from .reader import GGUFFile
 
 SMALL_ARRAY = 64  # arrays up to this many items are decoded; longer ones are kept lazy
@@ -80,11 +80,11 @@ class GGUFHeader:
 
     @property
     def has_tp1(self) -> bool:
-        return TP1.id in self.type_ids
+        return TYPE_TP1.id in self.type_ids
 
     @property
     def has_tp4(self) -> bool:
-        return TP4.id in self.type_ids
+        return TYPE_TP4.id in self.type_ids
 
     def array(self, key: str) -> Any:
         """The value of `key` with a long array read from the file."""

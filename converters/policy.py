@@ -20,7 +20,7 @@ import numpy as np
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType as Q
 
 from .errors import TritpackError
-from .gguf_types import TP1, TP4
+from .gguf_types import TYPE_TP1, TYPE_TP4
 from .reader import FLOAT_TYPES, TensorInfo
 
 TARGETS = ("tp4", "tp1", "mixed")
@@ -62,13 +62,13 @@ def _first_fitting(n: int, *candidates: Q) -> Q:
 
 def fallback(target: Q, n: int) -> Q:
     """A stock type for rows that our 64-blocks do not fit: Q4_0 for TP1, IQ4_NL for TP4, else F16."""
-    return _first_fitting(n, Q.Q4_0 if target == TP1.qtype else Q.IQ4_NL)
+    return _first_fitting(n, Q.Q4_0 if target == TYPE_TP1.qtype else Q.IQ4_NL)
 
 
 def high_precision(n: int, for_output: bool, target: Q) -> Q:
     """Token embedding / output type: Q6_K (Q8_0 where rows are not a multiple of 256) for the
     output; for the embedding Q6_K with TP4 and Q4_K (Q5_0) with TP1, as llama-quantize does."""
-    if for_output or target == TP4.qtype:
+    if for_output or target == TYPE_TP4.qtype:
         return _first_fitting(n, Q.Q6_K, Q.Q8_0)
     return _first_fitting(n, Q.Q4_K, Q.Q5_0, Q.Q8_0)
 
@@ -105,8 +105,8 @@ def decide(info: TensorInfo, target: Q, keep: list[str], tied_embedding: bool,
     if info.name in EMBEDDING_NAMES:
         t = embed_type or high_precision(n, False, target)
         return Decision(t, "token embedding: higher precision")
-    if info.type in TERNARY_SOURCE_TYPES and fits(TP1.qtype, n):
-        return Decision(TP1.qtype, f"ternary source ({info.type.name}): TP1, lossless", lossless=True)
+    if info.type in TERNARY_SOURCE_TYPES and fits(TYPE_TP1.qtype, n):
+        return Decision(TYPE_TP1.qtype, f"ternary source ({info.type.name}): TP1, lossless", lossless=True)
     if not fits(target, n):
         fb = fallback(target, n)
         return Decision(fb, f"rows of {n} not a multiple of {GGML_QUANT_SIZES[target][0]}: {fb.name}")
@@ -119,7 +119,7 @@ def is_embedding_or_output(name: str) -> bool:
 
 def may_be_ternary(info: TensorInfo) -> bool:
     """Worth checking the values for ternarity (float sources only; quantized ones are not)."""
-    return info.type in FLOAT_TYPES and fits(TP1.qtype, info.row_length)
+    return info.type in FLOAT_TYPES and fits(TYPE_TP1.qtype, info.row_length)
 
 
 # --type mixed: the palette every tiered tensor chooses from, smallest first. A tensor may take a type
@@ -130,8 +130,8 @@ def may_be_ternary(info: TensorInfo) -> bool:
 # out: at its 5 bpw Q5_0 and TP4 beat it on trained weights, and on a model that was once Q4_1 (our
 # benchmark's SmolLM2 F16 is its Q4_1 GGUF dequantized) it would reproduce the weights exactly and
 # make any comparison meaningless.
-PALETTE = (TP1.qtype, Q.IQ2_XXS, Q.IQ2_XS, Q.IQ2_S, Q.Q2_K, Q.IQ3_XXS, Q.IQ3_S, Q.Q3_K, Q.IQ4_XS, Q.Q4_0,
-           Q.IQ4_NL, Q.Q4_K, TP4.qtype, Q.Q5_0, Q.Q5_K, Q.Q5_1, Q.Q6_K, Q.Q8_0, Q.F16)
+PALETTE = (TYPE_TP1.qtype, Q.IQ2_XXS, Q.IQ2_XS, Q.IQ2_S, Q.Q2_K, Q.IQ3_XXS, Q.IQ3_S, Q.Q3_K, Q.IQ4_XS, Q.Q4_0,
+           Q.IQ4_NL, Q.Q4_K, TYPE_TP4.qtype, Q.Q5_0, Q.Q5_K, Q.Q5_1, Q.Q6_K, Q.Q8_0, Q.F16)
 IMATRIX_ONLY = (Q.IQ2_XXS, Q.IQ2_XS, Q.IQ2_S, Q.IQ3_XXS, Q.IQ3_S)
 OUTPUT_MIN_BPW = 4.0
 EMBEDDING_MIN_BPW = 2.5

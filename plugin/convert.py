@@ -23,7 +23,7 @@ from gguf import GGML_QUANT_SIZES, GGMLQuantizationType as Q, GGUFValueType
 
 from . import __version__
 from .converters import policy
-from .converters.gguf_types import TP1, TP4
+from .converters.gguf_types import TYPE_TP1, TYPE_TP4
 from .converters.imatrix import load_imatrix
 from .converters.metrics import ErrorStats
 from .converters.reader import GGUFFile, TensorInfo, to_float32
@@ -188,7 +188,7 @@ class Quantizer:
         self.init(t)
 
         def work(r0: int, r1: int) -> None:
-            if t == TP1.qtype:
+            if t == TYPE_TP1.qtype:
                 self._tp1(x[r0:r1].ctypes.data, out[r0:r1].ctypes.data, r1 - r0, n, im,
                           C.c_float(TP1_DEFAULT_ALPHA if alpha is None else alpha))
             else:
@@ -199,7 +199,7 @@ class Quantizer:
 
     def init(self, t: Q) -> None:
         """ggml's tables for `t` (the i-quants' grids), built once before the threads use them."""
-        if int(t) not in self._ready and t not in (TP1.qtype, Q.F32):
+        if int(t) not in self._ready and t not in (TYPE_TP1.qtype, Q.F32):
             self.g.base.ggml_quantize_init(int(t))
             self._ready.add(int(t))
 
@@ -253,7 +253,7 @@ def plan_conversion(src: GGUFFile, opts: ConvertOptions, g: GGML, q: Quantizer,
                     imatrix_path: Path | None = None) -> list[TensorPlan]:
     if opts.type not in policy.TARGETS:
         raise TritpackError(f"unknown --type {opts.type!r}; choose one of {', '.join(policy.TARGETS)}")
-    target = TP1.qtype if opts.type == "tp1" else TP4.qtype
+    target = TYPE_TP1.qtype if opts.type == "tp1" else TYPE_TP4.qtype
     names = {t.name for t in src.tensors}
     tied = "output.weight" not in names
     plans: list[TensorPlan] = []
@@ -263,14 +263,14 @@ def plan_conversion(src: GGUFFile, opts: ConvertOptions, g: GGML, q: Quantizer,
             raise TritpackError(f"unknown tensor type {int(t.type)}", path=src.path, tensor=t.name)
         d = policy.decide(t, target, opts.keep, tied)
         if d.quantize and not d.lossless and policy.may_be_ternary(t) and _is_ternary(src, g, t):
-            d = policy.Decision(TP1.qtype, f"ternary-valued {t.type.name}: TP1, lossless", lossless=True)
+            d = policy.Decision(TYPE_TP1.qtype, f"ternary-valued {t.type.name}: TP1, lossless", lossless=True)
         plans.append(TensorPlan(t.name, t.shape, t.type.name, d.type.name, d.reason, t.nbytes,
                                 policy.tensor_bytes(d.type, t) if d.quantize else t.nbytes, d.quantize,
                                 lossless=True if d.lossless else None))
     if opts.type == "mixed":
         _plan_tiers(src, opts, g, q, imatrix, plans, progress, imatrix_path)
     for i, (t, p) in enumerate(zip(src.tensors, plans)):
-        if p.quantize and p.dst_type == TP1.qtype.name:
+        if p.quantize and p.dst_type == TYPE_TP1.qtype.name:
             progress(f"calibrating {t.name}", i, len(plans))
             p.alpha = _tp1_alpha(src, g, q, t, p, opts, imatrix)
     return plans
@@ -358,7 +358,7 @@ def _plan_tiers(src: GGUFFile, opts: ConvertOptions, g: GGML, q: Quantizer,
         err[p.name], size[p.name] = {}, {}
         for qt in types:
             alpha = None
-            if qt == TP1.qtype:
+            if qt == TYPE_TP1.qtype:
                 alpha = opts.alpha if opts.alpha is not None else q.search_alpha(x, w, opts.target_cos)[0]
             y = g.dequantize(int(qt), q.quantize(qt, x, w, alpha))
             err[p.name][qt.name] = float((((x - y).astype(np.float64) ** 2) * ww).sum()) / ref * t.n_elements
@@ -402,7 +402,7 @@ def preset_size(model: str | Path, like: str, imatrix: Path | None, lib_dir: Pat
     types: dict[str, str] = {}
     total = 0
     for m in _DRY_RUN_TENSOR.finditer(out):
-        tname, shape, old, new = m.group(1), m.group(2), m.group(3), m.group(4) or m.group(3)
+        tname, shape, new = m.group(1), m.group(2), m.group(4) or m.group(3)
         try:
             qt = Q[new.upper()]
         except KeyError:
@@ -421,14 +421,14 @@ def preset_size(model: str | Path, like: str, imatrix: Path | None, lib_dir: Pat
 
 def _ftype(plans: list[TensorPlan], opts: ConvertOptions) -> int:
     if opts.type == "tp1":
-        return TP1.id
+        return TYPE_TP1.id
     if opts.type == "tp4":
-        return TP4.id
-    by = {TP1.qtype.name: 0, TP4.qtype.name: 0}
+        return TYPE_TP4.id
+    by = {TYPE_TP1.qtype.name: 0, TYPE_TP4.qtype.name: 0}
     for p in plans:
         if p.dst_type in by:
             by[p.dst_type] += p.dst_bytes
-    return TP4.id if by[TP4.qtype.name] >= by[TP1.qtype.name] else TP1.id
+    return TYPE_TP4.id if by[TYPE_TP4.qtype.name] >= by[TYPE_TP1.qtype.name] else TYPE_TP1.id
 
 
 def _convert_tensor(src: GGUFFile, g: GGML, q: Quantizer, t: TensorInfo, p: TensorPlan, opts: ConvertOptions,

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from gguf import GGMLQuantizationType as Q, GGUFValueType
 
-from .converters.gguf_types import BY_NAME, TP1
+from .converters.gguf_types import BY_NAME, TYPE_TP1
 from .converters.reader import GGUFFile, to_float32
 from .converters.writer import GGUFOutput
 from .errors import TritpackError
@@ -70,7 +70,7 @@ def export_gguf(src_path: str | Path, dst_path: str | Path, to: str, *, force: b
     for t in src.tensors:
         if t.type.name in BY_NAME:
             dst_t = target if t.row_length % 32 == 0 or target == Q.F16 else Q.F16
-            how = "exact" if (t.type == TP1.qtype and dst_t == Q.Q4_0) else "requantized"
+            how = "exact" if (t.type == TYPE_TP1.qtype and dst_t == Q.Q4_0) else "requantized"
             plans.append((t, dst_t, f"{t.type.name}->{dst_t.name} ({how})"))
         else:
             plans.append((t, None, None))
@@ -89,7 +89,7 @@ def export_gguf(src_path: str | Path, dst_path: str | Path, to: str, *, force: b
                 raw = src.raw(t)
                 if dst_t is None:
                     w.write(raw.tobytes())
-                elif t.type == TP1.qtype and dst_t == Q.Q4_0:
+                elif t.type == TYPE_TP1.qtype and dst_t == Q.Q4_0:
                     w.write(tp1_to_q4_0(raw, g.dequantize(int(t.type), raw)).tobytes())
                 else:
                     x = to_float32(g, t, raw, path=src.path)

@@ -186,7 +186,7 @@ def _probe_device(lib_dir: Path, endpoint: str, device: int, say) -> list[dict]:
     product of the same bytes dequantized by this library."""
     import numpy as np
 
-    from .converters.gguf_types import TP1, TP4
+    from .converters.gguf_types import TYPE_TP1, TYPE_TP4
     from .ggml_lib import InitParams, load_backends, load_ggml
 
     gl = load_ggml(lib_dir)
@@ -194,7 +194,7 @@ def _probe_device(lib_dir: Path, endpoint: str, device: int, say) -> list[dict]:
     g, r = lib.base, lib.rpc
     w, x = probe_weights()
     out = []
-    for name, t in (("TP1", TP1.id), ("TP4", TP4.id)):
+    for name, t in (("TP1", TYPE_TP1.id), ("TP4", TYPE_TP4.id)):
         q = gl.quantize_chunk(t, w)
         expected = (x.astype(np.float64) @ gl.dequantize(t, q).astype(np.float64).T)  # N x M
         say(f"{name} on device {device}")
@@ -500,11 +500,9 @@ class RpcServer:
             raise
 
     def send(self, sig: int) -> None:
-        if self.proc.poll() is None:
-            try:
-                self.proc.send_signal(sig)
-            except ProcessLookupError:
-                pass
+        from .programs import send
+
+        send(self.proc, sig)
 
     def stop(self, grace: float = 5.0) -> int:
         from .programs import stop

@@ -414,7 +414,7 @@ _BOTH_PATHS = r"""
 import hashlib, numpy as np
 from gguf import GGMLQuantizationType as Q
 from tritpack_gguf.convert import Quantizer
-from tritpack_gguf.converters.gguf_types import TP1
+from tritpack_gguf.converters.gguf_types import TYPE_TP1
 from tritpack_gguf.converters.metrics import ErrorStats
 from tritpack_gguf.ggml_lib import load_ggml
 q = Quantizer(load_ggml(), 2)
@@ -424,11 +424,11 @@ for x in (r.standard_normal((37, 576)).astype(np.float32), (r.standard_t(3, (9, 
     im = r.gamma(0.5, 2.0, x.shape[1]).astype(np.float32)
     for w in (None, im):
         h.update(repr(q.search_alpha(x, w, None)).encode() + repr(q.search_alpha(x, w, 0.9)).encode())
-        h.update(q.quantize(TP1.qtype, x, w, 0.8).tobytes())
+        h.update(q.quantize(TYPE_TP1.qtype, x, w, 0.8).tobytes())
     for src_t, raw in ((Q.F32, x), (Q.F16, x.astype(np.float16))):
         out = np.empty((x.shape[0], x.shape[1] // 64 * 15), np.uint8)
         st = ErrorStats()
-        q.convert_rows(src_t, raw.view(np.uint8).reshape(x.shape[0], -1), TP1.qtype, x.shape[1], None, 0.7, out, st)
+        q.convert_rows(src_t, raw.view(np.uint8).reshape(x.shape[0], -1), TYPE_TP1.qtype, x.shape[1], None, 0.7, out, st)
         h.update(out.tobytes() + repr(st.as_dict()).encode())
 q.close()
 print(h.hexdigest())

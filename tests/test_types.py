@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import gguf
-from tritpack_gguf.converters.gguf_types import BY_NAME, TP1, TP4, TRITPACK_TYPES, register
+from tritpack_gguf.converters.gguf_types import BY_NAME, TYPE_TP1, TYPE_TP4, TRITPACK_TYPES, register
 
 
 def test_ids_are_in_the_private_range():
@@ -20,9 +20,9 @@ def test_gguf_knows_our_types_once():
     register()  # idempotent
     assert gguf.GGMLQuantizationType.TP1 == 80 and gguf.GGMLQuantizationType(81).name == "TP4"
     assert gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType.TP1] == (64, 15)
-    assert gguf.LlamaFileType(TP4.id).name == "MOSTLY_TP4"
+    assert gguf.LlamaFileType(TYPE_TP4.id).name == "MOSTLY_TP4"
     assert [m.name for m in gguf.GGMLQuantizationType].count("TP1") == 1
-    assert gguf.quant_shape_to_byte_shape((3, 576), TP1.qtype) == (3, 576 // 64 * 15)
+    assert gguf.quant_shape_to_byte_shape((3, 576), TYPE_TP1.qtype) == (3, 576 // 64 * 15)
 
 
 @pytest.mark.parametrize("t", TRITPACK_TYPES, ids=lambda t: t.name)
@@ -64,7 +64,7 @@ def test_validate_row_data_rejects_nan_and_inf_scales(ggml):
         q = ggml.quantize_chunk(t.id, x)
         assert ggml.validate_row_data(t.id, q)
         block = q.reshape(-1, t.type_size).copy()
-        off = 13 if t is TP1 else 0  # offset of the fp16 scale in the block
+        off = 13 if t is TYPE_TP1 else 0  # offset of the fp16 scale in the block
         for bits in (0x7C00, 0x7E00, 0xFC00):  # +Inf, NaN, -Inf
             bad = block.copy()
             bad[1, off:off + 2] = np.frombuffer(np.uint16(bits).tobytes(), dtype=np.uint8)
