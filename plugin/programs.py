@@ -137,13 +137,18 @@ def spawn(argv: Sequence[str], *, env: dict, what: str, path: str | Path | None 
         raise TritpackError(f"cannot start {what}: {e.strerror or e}", path=path or argv[0]) from None
 
 
-def stop(proc: subprocess.Popen, sig: int = signal.SIGTERM, grace: float = 15.0) -> int:
-    """Send `sig`, wait up to `grace` seconds, then kill. The exit code."""
+def send(proc: subprocess.Popen, sig: int) -> None:
+    """`sig` to the child if it still runs (one that ends meanwhile is no error)."""
     if proc.poll() is None:
         try:
             proc.send_signal(sig)
         except ProcessLookupError:
             pass
+
+
+def stop(proc: subprocess.Popen, sig: int = signal.SIGTERM, grace: float = 15.0) -> int:
+    """Send `sig`, wait up to `grace` seconds, then kill. The exit code."""
+    send(proc, sig)
     try:
         return proc.wait(timeout=grace)
     except subprocess.TimeoutExpired:

@@ -4,12 +4,14 @@ The server is a child started by programs.py (its own session, an argument list,
 SIGTERM if this process dies). It binds to loopback unless told otherwise. `serve()` runs it in the
 foreground (programs.foreground: SIGINT and SIGTERM forwarded, SIGKILL after a grace period) and, with
 `--rpc` helpers, applies the dead-helper rule: a helper killed mid-request aborts llama-server and
-serve exits with an error naming it; one gone silent is found by asking llama-server's main loop
-(/slots, answered between two batches) and is the same error after programs.STALL_S.
+serve exits with an error naming it; one gone silent is found by asking llama-server whether it
+moves (`making_progress`: /slots answered, a computing slot's counters moving) and is the same error
+after programs.STALL_S.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -17,7 +19,7 @@ import sys
 import tempfile
 import urllib.error
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -44,6 +46,14 @@ def server_argv(lib_dir: Path, model: Path, *, host: str, port: int, ngl: int = 
     return argv + list(extra)
 
 
+def _slot_counters(slot: dict) -> tuple:
+    """What moves while a slot of llama-server's /slots computes."""
+    nt = slot.get("next_token")
+    nt = nt if isinstance(nt, list) else [nt]
+    return (slot.get("id"), slot.get("id_task"), slot.get("n_prompt_tokens_processed"),
+            tuple(t.get("n_decoded") for t in nt if isinstance(t, dict)))
+
+
 @dataclass
 class ServerProcess:
     proc: subprocess.Popen
@@ -55,6 +65,7 @@ class ServerProcess:
     key_file: Path | None = None   # removed once the server has read it, or when it stops
     rpc: tuple[str, ...] = ()      # RPC helpers holding layers (--rpc), named when the server dies
     api_key: str | None = None     # for the main-loop check of a split server (/slots needs it)
+    _counters: tuple = field(default=(), init=False, repr=False)   # making_progress's last look
 
     def forget_key_file(self) -> None:
         if self.key_file:
@@ -95,26 +106,34 @@ class ServerProcess:
                  hint="its log above says why (a port in use, a file it cannot load, ...)")
         self.forget_key_file()
 
-    def main_loop_answers(self, timeout: float = 5.0) -> bool:
-        """Whether llama-server's main loop answers now: /slots is a task on its queue, answered
-        between two batches, so a server stuck in a graph compute (a helper gone silent) does not.
-        Any answer counts (a server started with --no-slots answers at once, unchecked)."""
+    def making_progress(self, timeout: float = 5.0) -> bool:
+        """Whether llama-server shows it is moving (a split server's helper watch asks this every few
+        seconds): its main loop answers /slots (a task on its queue), and either no slot is computing
+        or a computing slot's counters (prompt tokens processed, tokens decoded) moved since the last
+        call. A server waiting on a helper gone silent fails it either way: the main loop does not
+        answer, or it answers while the slot's counters stay put. An answer without slot data counts
+        (a server started with --no-slots)."""
         req = urllib.request.Request(self.url + "/slots",
                                      headers={"Authorization": f"Bearer {self.api_key}"} if self.api_key else {})
         try:
-            with urllib.request.urlopen(req, timeout=timeout):
-                return True
+            with urllib.request.urlopen(req, timeout=timeout) as r:
+                body = r.read()
         except urllib.error.HTTPError:
             return True
         except (urllib.error.URLError, OSError, ValueError):
             return False
+        try:
+            busy = tuple(_slot_counters(s) for s in json.loads(body) if isinstance(s, dict) and s.get("is_processing"))
+        except (ValueError, TypeError, AttributeError):
+            return True
+        moved = not busy or busy != self._counters
+        self._counters = busy
+        return moved
 
     def send(self, sig: int) -> None:
-        if self.proc.poll() is None:
-            try:
-                self.proc.send_signal(sig)
-            except ProcessLookupError:
-                pass
+        from .programs import send
+
+        send(self.proc, sig)
 
     def stop(self, sig: int = signal.SIGTERM, grace: float = STOP_GRACE_S) -> int:
         """Ask the server to stop, wait up to `grace` seconds, then kill it. Its exit code."""
@@ -234,7 +253,7 @@ def serve(model: str | Path, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PO
 
     try:
         server, received = foreground(start, on_start=on_start, ready=ready, on_ready=on_ready, grace=STOP_GRACE_S,
-                                      alive=ServerProcess.main_loop_answers, watch=watch,
+                                      alive=ServerProcess.making_progress, watch=watch,
                                       doing="serving a request", cleanup=cleanup)
     except TritpackError:
         if watch and log_file is None:

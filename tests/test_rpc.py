@@ -397,6 +397,18 @@ def test_silent_helper_bench(models, fresh):
     assert "stopped answering" in msg and f"no progress for {stall:g} s while running llama-bench" in msg, msg
 
 
+def _wait_health(p: subprocess.Popen, port: int) -> None:
+    """Until the server child `p` answers /health on `port` (its stderr in the failure if it exits)."""
+    t_end = time.monotonic() + 240
+    while time.monotonic() < t_end and p.poll() is None:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2).close()
+            break
+        except (urllib.error.URLError, OSError):
+            time.sleep(0.2)
+    assert p.poll() is None, p.communicate()[1][-2000:]
+
+
 def _post(port: int, n: int) -> str:
     body = json.dumps({"prompt": "Hello", "max_tokens": n, "temperature": 0}).encode()
     req = urllib.request.Request(f"http://127.0.0.1:{port}/v1/completions", body, {"Content-Type": "application/json"})
@@ -415,14 +427,7 @@ def test_killed_helper_serve_exits_cleanly(models, lib_dir, tmp_path):
                           "--rpc", victim.endpoint, "-t", "1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                          text=True, stdin=subprocess.DEVNULL)
     try:
-        t_end = time.monotonic() + 240
-        while time.monotonic() < t_end and p.poll() is None:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2).close()
-                break
-            except (urllib.error.URLError, OSError):
-                time.sleep(0.2)
-        assert p.poll() is None, p.communicate()[1][-2000:]
+        _wait_health(p, port)
         assert _post(port, 8)
         os.kill(victim.pid, signal.SIGKILL)
         t0 = time.monotonic()
@@ -463,14 +468,7 @@ def test_silent_helper_serve_exits_cleanly(models, lib_dir, tmp_path):
                               str(tmp_path / "server.log")], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                              text=True, stdin=subprocess.DEVNULL)
         try:
-            t_end = time.monotonic() + 240
-            while time.monotonic() < t_end and p.poll() is None:
-                try:
-                    urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2).close()
-                    break
-                except (urllib.error.URLError, OSError):
-                    time.sleep(0.2)
-            assert p.poll() is None, p.communicate()[1][-2000:]
+            _wait_health(p, port)
             assert _post(port, 8)
             relay.frozen.set()
             t0 = time.monotonic()
@@ -541,11 +539,8 @@ def test_ollama_serve_with_rpc(models, lib_dir, tmp_path):
     ollama client's greedy reply is the one a single-process server gives (both on the plain CPU path,
     as in test_split_three_ways_matches_single_process). Helpers of its own: a ggml-rpc-server serves
     one client at a time, and other tests kill theirs."""
-    import httpx
     import ollama
-    from typer.testing import CliRunner
 
-    from tritpack_gguf.cli import ollama as ol_cli
     from tritpack_gguf.serve import free_port
 
     helpers = [_one_server(lib_dir, tmp_path, f"ollama-helper{i}") for i in range(2)]
@@ -555,23 +550,11 @@ def test_ollama_serve_with_rpc(models, lib_dir, tmp_path):
         for extra in ([], ["--rpc", eps]):
             port = free_port()
             url = f"http://127.0.0.1:{port}"
+            proc = _ollama_server(tmp_path, port, ["-m", "tritpack_gguf.cli", "ollama", "serve", "--port", str(port),
+                                                   "--models-dir", str(tmp_path / f"reg-{port}"), "-t", "1", "--ctx",
+                                                   "256", *extra], models["tp4"])
             log = tmp_path / f"ollama-{port}.log"
-            proc = subprocess.Popen([sys.executable, "-m", "tritpack_gguf.cli", "ollama", "serve", "--port", str(port),
-                                     "--models-dir", str(tmp_path / f"reg-{port}"), "-t", "1", "--ctx", "256", *extra],
-                                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=open(log, "wb"),
-                                    start_new_session=True)
             try:
-                t_end = time.monotonic() + 60
-                while True:
-                    assert proc.poll() is None and time.monotonic() < t_end, log.read_text()
-                    try:
-                        if httpx.get(url, timeout=2).text == "Ollama is running":
-                            break
-                    except httpx.TransportError:
-                        time.sleep(0.1)
-                res = CliRunner().invoke(ol_cli.app, ["create", "m", str(models["tp4"]), "--compat", "native",
-                                                      "--host", url])
-                assert res.exit_code == 0, res.output
                 r = ollama.Client(host=url.removeprefix("http://"), timeout=120).generate(
                     model="m", prompt=PROMPT, options={"temperature": 0, "num_predict": N, "seed": 1})
                 assert r.done and r.eval_count == N, r
@@ -586,6 +569,89 @@ def test_ollama_serve_with_rpc(models, lib_dir, tmp_path):
         for h in helpers:
             h.stop()
     assert replies[0] == replies[1] and replies[0]
+
+
+def _ollama_server(tmp_path: Path, port: int, args: list[str], model: Path) -> subprocess.Popen:
+    """A Python child serving Ollama's API on `port` (its log in tmp_path), `model` registered there as "m"."""
+    import httpx
+    from typer.testing import CliRunner
+
+    from tritpack_gguf.cli import ollama as ol_cli
+
+    url = f"http://127.0.0.1:{port}"
+    log = tmp_path / f"ollama-{port}.log"
+    proc = subprocess.Popen([sys.executable, *args], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=open(log, "wb"), start_new_session=True)
+    try:
+        t_end = time.monotonic() + 60
+        while True:
+            assert proc.poll() is None and time.monotonic() < t_end, log.read_text()
+            try:
+                if httpx.get(url, timeout=2).text == "Ollama is running":
+                    break
+            except httpx.TransportError:
+                time.sleep(0.1)
+        res = CliRunner().invoke(ol_cli.app, ["create", "m", str(model), "--compat", "native", "--host", url])
+        assert res.exit_code == 0, res.output
+    except BaseException:
+        proc.terminate()
+        proc.wait(timeout=30)
+        raise
+    return proc
+
+
+_OLLAMA_CHILD = ("import sys\n"
+                 "from pathlib import Path\n"
+                 "from tritpack_gguf.ollama_server import ServerConfig, serve\n"
+                 "sys.exit(serve(ServerConfig(port=int(sys.argv[1]), models_dir=Path(sys.argv[2]), threads=1, ctx=256,\n"
+                 "                            rpc=sys.argv[3], rpc_stall_s=float(sys.argv[4]))))\n")
+
+
+@pytest.mark.parametrize("how", ["killed", "silent"])
+def test_helper_lost_under_ollama_serve(how, models, lib_dir, tmp_path):
+    """`ollama serve --rpc`: a helper killed, or gone silent (connections left open), while a request
+    is computed: the official client gets an error naming the helper in bounded time (the silent
+    one after the watch's stall time: the runner is stopped, not left hanging), and the server lives
+    on for other requests."""
+    import contextlib
+
+    import httpx
+    import ollama
+
+    from tritpack_gguf.serve import free_port
+
+    stall = 3.0
+    victim = _one_server(lib_dir, tmp_path, "victim")
+    try:
+        with (Relay(victim.endpoint) if how == "silent" else contextlib.nullcontext()) as relay:
+            ep = relay.endpoint if relay else victim.endpoint
+            port = free_port()
+            proc = _ollama_server(tmp_path, port, ["-c", _OLLAMA_CHILD, str(port), str(tmp_path / "reg"), ep,
+                                                   str(stall)], models["tp4"])
+            log = tmp_path / f"ollama-{port}.log"
+            try:
+                client = ollama.Client(host=f"127.0.0.1:{port}", timeout=120)
+                assert client.generate(model="m", prompt=PROMPT, options={"temperature": 0, "num_predict": 4}).done
+                if relay:
+                    relay.frozen.set()
+                else:
+                    os.kill(victim.pid, signal.SIGKILL)
+                t0 = time.monotonic()
+                with pytest.raises(ollama.ResponseError) as ei:
+                    client.generate(model="m", prompt=PROMPT, options={"temperature": 0, "num_predict": N})
+                took = time.monotonic() - t0
+                assert httpx.get(f"http://127.0.0.1:{port}", timeout=5).text == "Ollama is running"
+            finally:
+                proc.terminate()
+                proc.wait(timeout=30)
+    finally:
+        victim.stop()
+    err = ei.value.error
+    assert ei.value.status_code == 500 and "stopped answering" in err, (err, log.read_text()[-2000:])
+    if relay:
+        assert f"no progress for {stall:g} s while serving a request" in err and stall <= took < stall + 20, (err, took)
+    else:
+        assert f"RPC server {victim.endpoint}" in err and took < KILL_BOUND_S, (err, took)
 
 
 def _descendants(pid: int) -> list[int]:

@@ -43,6 +43,7 @@ class ServerConfig:
     max_loaded: int = 3
     rpc: str | None = None            # HOST:PORT[,...] of rpc-server helpers every model is split with
     tensor_split: str | None = None
+    rpc_stall_s: float | None = None  # a split request with no progress this long fails (None: programs.STALL_S)
 
 
 class _ToUpstream(Exception):
@@ -369,7 +370,7 @@ async def generate(request: web.Request) -> web.StreamResponse:
         except ApiError as e:
             if out.resp is None:
                 raise
-            last = {"error": e.message}
+            last = {"error": r.explain(e).message}
         finally:
             resp.close()
         return await out.end(last)
@@ -469,7 +470,7 @@ async def chat(request: web.Request) -> web.StreamResponse:
         except ApiError as e:
             if out.resp is None:
                 raise
-            last = {"error": e.message}
+            last = {"error": r.explain(e).message}
         finally:
             resp.close()
         return await out.end(last)
@@ -654,12 +655,7 @@ async def create(request: web.Request) -> web.StreamResponse:
     statuses += ["writing manifest", "success"]
     if not _stream_flag(body):
         return _json({"status": "success"})
-    resp = web.StreamResponse(status=200, headers={"Content-Type": "application/x-ndjson"})
-    await resp.prepare(request)
-    for s in statuses:
-        await resp.write(_line({"status": s}))
-    await resp.write_eof()
-    return resp
+    return await _status_stream(request, statuses)
 
 
 async def delete(request: web.Request) -> web.Response:
@@ -730,7 +726,7 @@ def make_app(cfg: ServerConfig, registry: Registry, log_dir: Path) -> web.Applic
         app[SESSION] = session
         runners = Runners(session=session, log_dir=log_dir, ctx=cfg.ctx, parallel=cfg.parallel, threads=cfg.threads,
                           ngl=cfg.ngl, keep_alive=cfg.keep_alive, max_loaded=cfg.max_loaded,
-                          rpc=cfg.rpc, tensor_split=cfg.tensor_split)
+                          rpc=cfg.rpc, tensor_split=cfg.tensor_split, rpc_stall_s=cfg.rpc_stall_s)
         app[RUNNERS] = runners
         runners.start_reaper()
 

@@ -4,13 +4,20 @@ A runner is keyed by the model and its mode: `generate` (chat and generate) or `
 started with --embeddings; a generative model gets mean pooling there). A request holds its runner
 (`use`) for as long as it streams; a runner whose load settings (context size, threads, GPU layers)
 differ from a request's is restarted once nobody uses it, as Ollama reloads a model. Children are
-started by plugin/serve.py's start_server (loopback, a free port, the build's environment) and
-stopped with SIGTERM, then SIGKILL.
+started by plugin/serve.py's start_server (loopback, a free port, the build's environment), waited
+for with its wait_ready (in a worker thread), and stopped with SIGTERM, then SIGKILL.
+
+With RPC helpers (`--rpc`), each runner applies issue 19's dead-helper rule (programs.HelperWatch): a
+helper killed mid-request makes llama-server abort, and the request's error names the helper; one gone
+silent leaves llama-server waiting on it, so while a request is in flight the reaper asks the server
+whether it moves (/slots: answered, and the computing slot's counters moving) and, after the watch's
+stall time without, stops the runner: the request fails with an error naming the helpers, not a hang.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import re
 import time
@@ -22,10 +29,12 @@ from typing import AsyncIterator
 import aiohttp
 
 from ..errors import TritpackError
+from ..programs import HelperWatch
 from ..serve import ServerProcess, start_server
 from .registry import ApiError, LocalModel, ModelFacts, human_bytes, rfc3339
 
 FOREVER = math.inf
+log = logging.getLogger(__name__)
 LOAD_TIMEOUT_S = 300.0
 
 
@@ -53,6 +62,8 @@ class Runner:
     loaded_at: float = 0.0
     last_used: float = 0.0
     idle: asyncio.Event = field(default_factory=asyncio.Event)
+    watch: HelperWatch = field(default_factory=HelperWatch)   # does nothing without RPC helpers
+    failure: str | None = None   # why the watch stopped the child (a helper gone silent)
 
     @property
     def url(self) -> str:
@@ -61,6 +72,14 @@ class Runner:
 
     def alive(self) -> bool:
         return self.server is not None and self.server.proc.poll() is None
+
+    def explain(self, e: ApiError) -> ApiError:
+        """A failure of a request on this runner, reworded when an RPC helper went away."""
+        if self.failure:
+            return ApiError(500, self.failure)
+        if not self.watch:
+            return e
+        return ApiError(e.status, self.watch.explain(TritpackError(e.message)).message)
 
     def size(self) -> int:
         return self.model.blob.stat().st_size + self.facts.kv_bytes_per_token * self.spec.ctx * self.spec.parallel \
@@ -86,13 +105,14 @@ def _slug(s: str) -> str:
 class Runners:
     def __init__(self, *, session: aiohttp.ClientSession, log_dir: Path, ctx: int, parallel: int,
                  threads: int | None, ngl: int, keep_alive: float, max_loaded: int,
-                 rpc: str | None = None, tensor_split: str | None = None) -> None:
+                 rpc: str | None = None, tensor_split: str | None = None, rpc_stall_s: float | None = None) -> None:
         self.session = session
         self.log_dir = log_dir
         self.ctx, self.parallel, self.threads, self.ngl = ctx, parallel, threads, ngl
         self.keep_alive = keep_alive
         self.max_loaded = max_loaded
         self.rpc, self.tensor_split = rpc, tensor_split   # every model split with these helpers (rpc.py)
+        self.rpc_stall_s = rpc_stall_s                     # None: programs.STALL_S
         self._runners: dict[tuple[str, str], Runner] = {}
         self._locks: dict[tuple[str, str], asyncio.Lock] = {}
         self._reaper: asyncio.Task | None = None
@@ -140,8 +160,11 @@ class Runners:
             r.active += 1
             r.expires_at = FOREVER
         load_ns = time.monotonic_ns() - t0 if loaded else 0
+        r.watch.progress()
         try:
             yield r, load_ns
+        except ApiError as e:
+            raise r.explain(e) from None
         finally:
             r.active -= 1
             r.last_used = time.monotonic()
@@ -174,24 +197,14 @@ class Runners:
                                   rpc=self.rpc, tensor_split=self.tensor_split)
         except TritpackError as e:
             raise ApiError(500, f"cannot load {m.short!r}: {e}") from None
-        r = Runner((m.short.lower(), spec.mode), m, facts, spec, server)
-        t_end = time.monotonic() + LOAD_TIMEOUT_S
+        r = Runner((m.short.lower(), spec.mode), m, facts, spec, server,
+                   watch=HelperWatch(list(server.rpc), self.rpc_stall_s))
         try:
-            while True:
-                if server.proc.poll() is not None:
-                    tail = server.log_tail(8)
-                    raise ApiError(500, f"llama-server could not load {m.short!r} (exit code {server.proc.returncode})"
-                                        + (f": {tail}" if tail else ""))
-                try:
-                    async with self.session.get(server.url + "/health", timeout=aiohttp.ClientTimeout(total=2)) as resp:
-                        if resp.status == 200:
-                            break
-                except (aiohttp.ClientError, asyncio.TimeoutError):
-                    pass
-                if time.monotonic() > t_end:
-                    raise ApiError(500, f"llama-server did not load {m.short!r} within {LOAD_TIMEOUT_S:.0f} s")
-                await asyncio.sleep(0.05)
-        except BaseException:  # a failed load, or the client left while it loaded: no child is left behind
+            await asyncio.get_running_loop().run_in_executor(None, server.wait_ready, LOAD_TIMEOUT_S)
+        except TritpackError as e:
+            server.stop(grace=5)
+            raise ApiError(500, f"cannot load {m.short!r}: {r.watch.explain(e)}") from None
+        except BaseException:  # the client left while it loaded: no child is left behind
             server.stop(grace=5)
             raise
         r.loaded_at = r.last_used = time.monotonic()
@@ -231,10 +244,27 @@ class Runners:
                 await asyncio.sleep(interval)
                 now = time.monotonic()
                 for r in list(self._runners.values()):
-                    if r.active == 0 and (r.expires_at <= now or not r.alive()):
-                        await self._stop(r)
+                    try:
+                        if r.active == 0 and (r.expires_at <= now or not r.alive()):
+                            await self._stop(r)
+                        elif r.active and r.watch and r.alive():
+                            await self._check_helpers(r)
+                    except Exception:  # the reaper must outlive any one runner's trouble
+                        log.exception("stopping or checking the runner of %s", r.model.short)
 
         self._reaper = asyncio.get_running_loop().create_task(reap())
+
+    async def _check_helpers(self, r: Runner) -> None:
+        """A request is in flight on a split runner: llama-server moving (serve.making_progress) is
+        progress; none for the watch's stall time stops the child (the request then fails with
+        r.failure)."""
+        assert r.server is not None
+        loop = asyncio.get_running_loop()
+        if await loop.run_in_executor(None, r.server.making_progress, 2.0):
+            r.watch.progress()
+        elif (e := r.watch.stalled("serving a request", r.model.short)) is not None:
+            r.failure = e.message
+            await self._stop(r)
 
     def ps(self) -> list[dict]:
         """One entry a loaded model (its generate and embed children together), most recently used first."""
