@@ -266,6 +266,28 @@ def _copy_if_changed(a: Path, b: Path) -> None:
         shutil.copyfile(a, b)
 
 
+def _start_build(root: Path, project: Path, build_dir: Path) -> Path:
+    """Ready `build_dir` for a (re)build, its stamp gone; the build log, emptied. The CMake project is
+    a copy of CMakeLists.txt and ggml_kernels/ at a path that does not depend on where the checkout
+    is, with unchanged files left untouched: every checkout of the same content (CI's fresh clone
+    included) shares one incremental build."""
+    build_dir.mkdir(parents=True, exist_ok=True)
+    (build_dir / STAMP).unlink(missing_ok=True)
+    _sync_tree(root / "ggml_kernels", project / "ggml_kernels", keep=set())
+    _copy_if_changed(root / "CMakeLists.txt", project / "CMakeLists.txt")
+    log = build_dir / "build.log"
+    log.write_text("")
+    return log
+
+
+def _ccache_args(cuda: bool) -> list[str]:
+    """The compiler launchers for ccache, where it is installed."""
+    if not shutil.which("ccache"):
+        return []
+    langs = ("C", "CXX", "CUDA") if cuda else ("C", "CXX")
+    return [f"-DCMAKE_{lang}_COMPILER_LAUNCHER=ccache" for lang in langs]
+
+
 def _sync_tree(src: Path, dst: Path, keep: set[str]) -> None:
     """Make `dst` hold exactly the files of `src`, rewriting only those whose content differs."""
     seen = set()
@@ -571,15 +593,7 @@ def build(cuda: bool = False, archs: str | None = None, jobs: int | None = None,
                 and all(p.exists() for p in outputs)):
             return BuildResult(**{**stamp, "ui_note": page.note, "cached": True,
                                   "seconds": time.monotonic() - t0})
-        build_dir.mkdir(parents=True, exist_ok=True)
-        (build_dir / STAMP).unlink(missing_ok=True)
-        # The CMake project is a copy of CMakeLists.txt and ggml_kernels/ at a path that does not
-        # depend on where the checkout is, with unchanged files left untouched: every checkout of
-        # the same content (CI's fresh clone included) shares one incremental build.
-        _sync_tree(root / "ggml_kernels", project / "ggml_kernels", keep=set())
-        _copy_if_changed(root / "CMakeLists.txt", project / "CMakeLists.txt")
-        log = build_dir / "build.log"
-        log.write_text("")
+        log = _start_build(root, project, build_dir)
         env = dict(os.environ)
         cfg = ["cmake", "-S", str(project), "-B", str(build_dir), "-G", "Ninja",
                "-DCMAKE_BUILD_TYPE=Release", f"-DTRITPACK_LLAMA_SOURCE={source}",
@@ -589,10 +603,7 @@ def build(cuda: bool = False, archs: str | None = None, jobs: int | None = None,
         cfg += list(cmake_args)
         if cuda:
             cfg += _cuda_cmake_args(flags)
-        if shutil.which("ccache"):
-            cfg += ["-DCMAKE_C_COMPILER_LAUNCHER=ccache", "-DCMAKE_CXX_COMPILER_LAUNCHER=ccache"]
-            if cuda:
-                cfg.append("-DCMAKE_CUDA_COMPILER_LAUNCHER=ccache")
+        cfg += _ccache_args(cuda)
         progress("configure", 0, 0)
         _run_logged(cfg, log, progress, "configure", env)
         targets = LIBRARIES + (["ggml-cuda"] if cuda else []) + PROGRAMS
@@ -674,12 +685,7 @@ def build_cross(target: str, jobs: int | None = None, progress: Progress = _quie
         stamp = read_stamp(build_dir)
         if stamp and stamp.get("key") == key and all(p.exists() for p in outputs):
             return BuildResult(**{**stamp, "cached": True, "seconds": time.monotonic() - t0})
-        build_dir.mkdir(parents=True, exist_ok=True)
-        (build_dir / STAMP).unlink(missing_ok=True)
-        _sync_tree(root / "ggml_kernels", project / "ggml_kernels", keep=set())
-        _copy_if_changed(root / "CMakeLists.txt", project / "CMakeLists.txt")
-        log = build_dir / "build.log"
-        log.write_text("")
+        log = _start_build(root, project, build_dir)
         env = {**os.environ, "CCACHE_BASEDIR": str(home)}
         cfg = ["cmake", "-S", str(project), "-B", str(build_dir), "-G", "Ninja", "-DCMAKE_BUILD_TYPE=Release",
                f"-DTRITPACK_LLAMA_SOURCE={source}", "-DTRITPACK_GGML_ONLY=ON", "-DTRITPACK_UI_DIST=",
@@ -688,8 +694,7 @@ def build_cross(target: str, jobs: int | None = None, progress: Progress = _quie
                "-DCMAKE_FIND_ROOT_PATH_MODE_PROGRAM=NEVER", "-DCMAKE_FIND_ROOT_PATH_MODE_LIBRARY=ONLY",
                "-DCMAKE_FIND_ROOT_PATH_MODE_INCLUDE=ONLY", "-DCMAKE_FIND_ROOT_PATH_MODE_PACKAGE=ONLY",
                "-DGGML_NATIVE=OFF", f"-DGGML_CPU_ARM_ARCH={CROSS_TARGETS[target]}"]
-        if shutil.which("ccache"):
-            cfg += ["-DCMAKE_C_COMPILER_LAUNCHER=ccache", "-DCMAKE_CXX_COMPILER_LAUNCHER=ccache"]
+        cfg += _ccache_args(False)
         progress("configure", 0, 0)
         _run_logged(cfg, log, progress, "configure", env)
         _run_logged(["cmake", "--build", str(build_dir), "-j", str(jobs or os.cpu_count() or 2),

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .errors import TritpackError
-from .paths import BUILD_HINT, latest_build, library_dir, tritpack_home  # noqa: F401  (runtime.library_dir: used by callers)
+from .paths import BUILD_HINT, library_dir  # noqa: F401  (runtime.library_dir: used by callers)
 
 if TYPE_CHECKING:
     from .converters.header import GGUFHeader
