@@ -11,7 +11,8 @@ A second table does the same for the repacked tiles' GEMV/GEMM (CPU_TRITPACK: ou
 ggml_kernels/tritpack-gemm-neon.c, ggml's for Q4_0 and IQ4_NL in its arch/arm/repack.cpp). There a loop
 multiplies several rows with one or more columns, so the count is per 32 multiply-adds (32 weights times
 one column): the loop's length times 32 over its multiply-adds, read off its multiply instructions
-(smmla 2x2x8 = 32, sdot 16, smlal/smull 4 or 8 by their lanes). The loop taken is the innermost one with
+(smmla 2x2x8 = 32, sdot 16, smlal/smull 4 or 8 by their lanes; TP1's i8mm GEMM takes two of them per
+multiply-add, one per byte of its 16-bit activations). The loop taken is the innermost one with
 the most multiply-adds. Ours decode a 64-block of the 8-row tile once per pass of up to 32 columns, outside
 that loop: the table gives that decode per 32 weights of a row, to be divided by the columns of a pass.
 
@@ -57,7 +58,8 @@ TILE_FUNCTIONS = [
     ("TP4 x Q8_0 GEMM, i8mm (ours)", "tp4_gemm_i8mm"),
     ("TP4 x Q8_0 GEMM, dotprod (ours)", "tp4_gemm_dot"),
     ("TP4 x Q8_0 GEMV, dotprod (ours)", "tp4_gemv_dot"),
-    ("TP1 x TPQ16 GEMM (ours)", "tp1_gemm_neon"),
+    ("TP1 x TPQ16 GEMM, i8mm (ours)", "tp1_gemm_i8mm"),
+    ("TP1 x TPQ16 GEMM, smlal (ours)", "tp1_gemm_neon"),
     ("TP1 x TPQ16 GEMV (ours)", "tp1_gemv_neon"),
     ("Q4_0 4x8 GEMM, i8mm (ggml)", "ggml_gemm_q4_0_4x8_q8_0"),
     ("Q4_0 4x8 GEMV (ggml)", "ggml_gemv_q4_0_4x8_q8_0"),
@@ -67,6 +69,11 @@ TILE_FUNCTIONS = [
     ("IQ4_NL 4x4 GEMV, dotprod (ggml)", "ggml_gemv_iq4_nl_4x4_q8_0"),
 ]
 ROW_LOOPS = {"tp1_gemv_neon": 8}
+# kernels that multiply each weight-activation pair by more than one instruction: TP1's i8mm GEMM splits
+# its 16-bit activations into two bytes (smmla on the high, usmmla on the low)
+SPLIT = {"tp1_gemm_i8mm": 2}
+# GEMMs whose block loop decodes its 8 rows in a loop of its own (which runs 8 times a block)
+DECODE_LOOPS = {"tp1_gemm_neon": 8}
 LANES = {"4s": 4, "8h": 8, "2d": 2}
 
 
@@ -127,7 +134,7 @@ def tile_loop(disassembly: str, symbol: str) -> tuple[float, float | None] | Non
             raise SystemExit(f"{symbol}: expected a row loop inside the block loop")
         k = len(body(*inner))
         n, m = n + (ROW_LOOPS[symbol] - 1) * k, m * ROW_LOOPS[symbol]
-    per_mac = n * 32 / m
+    per_mac = n * 32 / (m / SPLIT.get(symbol, 1))
     decode = None
     if not symbol.startswith("ggml_") and "gemm" in symbol:
         # the block loop: the smallest loop around the main one; the rest of it is the per-block decode,
@@ -135,7 +142,13 @@ def tile_loop(disassembly: str, symbol: str) -> tuple[float, float | None] | Non
         outer = [r for r in ranges if r != main and r[0] <= main[0] and main[1] <= r[1]]
         if outer:
             o = min(outer, key=lambda r: r[1] - r[0])
-            decode = (len(body(*o)) - n) * 32 / (8 * 64)
+            others = [r for r in ranges if r not in (o, main) and o[0] <= r[0] and r[1] <= o[1]]
+            extra = 0
+            if others:
+                if symbol not in DECODE_LOOPS or len(others) != 1:
+                    raise SystemExit(f"{symbol}: other loops in the block loop: its decode cannot be counted statically")
+                extra = (DECODE_LOOPS[symbol] - 1) * len(body(*others[0]))
+            decode = (len(body(*o)) - n + extra) * 32 / (8 * 64)
     return per_mac, decode
 
 

@@ -10,7 +10,9 @@
 //   TP4 x Q8_0, dotprod (sdot): a GEMM (by-lane sdot, as ggml's IQ4_NL 4x4) and a GEMV (one column);
 //   TP4 without dotprod: no tile kernel (ggml_tritpack_neon_has: the weights stay in the plain layout,
 //     whose NEON vec_dot is faster than the generic tiles);
-//   TP1 x TPQ16, any NEON: a GEMM and a GEMV with smlal (16-bit activations: no sdot/smmla form exists).
+//   TP1 x TPQ16, i8mm, 2 columns or more: a GEMM with smmla and usmmla on the two bytes of its 16-bit
+//     activations (GGML_TRITPACK_NO_I8MM: the smlal one);
+//   TP1 x TPQ16, any NEON: a GEMM and a GEMV with smlal on the int16 activations.
 //
 // Results: every kernel forms the integer sums of the plain vec_dot and of the generic tile path (TP4:
 // s_lo * sum_lo + s_hi * sum_hi per row, Q8_0 block and column; TP1: sum of trit * int16 per 64-block)
@@ -30,7 +32,9 @@
 //     of the 4 rows] (a 4x4 transpose of 32-bit groups), so that sdot by lane j of the column's 16
 //     activations gives the 4 rows' sums in the 4 lanes (ggml's gemm_iq4_nl_4x4 does this with a
 //     layout made at load; TP4's codebook differs per row, so the rows are looked up one by one first).
-//   - TP1: each row's 64 trits as 8 int16x8; per column 16 smlal a row, the 8 rows' lanes added by addp.
+//   - TP1 i8mm: the trits as int8, rows paired as TP4's; an activation is 256 * (high byte, signed) +
+//     (low byte, unsigned): smmla on the high bytes, shifted by 8, then usmmla on the low ones (exact).
+//   - TP1 smlal: each row's 64 trits as 8 int16x8; per column 16 smlal a row, the rows' lanes added by addp.
 // The GEMVs decode straight into the products (no buffer) and share the column's loads across the rows.
 
 #if defined(__aarch64__) && defined(__ARM_NEON)
@@ -55,6 +59,15 @@
 
 // each kernel keeps its own symbol (bench/arm_loops.py and tests/test_arm.py read their disassembly)
 #define TP_KERNEL __attribute__((noinline))
+
+// [a: bytes 0..7 | b: bytes 0..7] and [a: bytes 8..15 | b: bytes 8..15]: two rows (or columns) as one
+// operand of smmla
+static inline int8x16_t tp_zip1_64(const int8x16_t a, const int8x16_t b) {
+    return vreinterpretq_s8_s64(vzip1q_s64(vreinterpretq_s64_s8(a), vreinterpretq_s64_s8(b)));
+}
+static inline int8x16_t tp_zip2_64(const int8x16_t a, const int8x16_t b) {
+    return vreinterpretq_s8_s64(vzip2q_s64(vreinterpretq_s64_s8(a), vreinterpretq_s64_s8(b)));
+}
 
 // ---------------------------------------------------------------------------------------------
 // TP4: shared decode
@@ -229,13 +242,6 @@ static TP_KERNEL void tp4_gemm_dot(int n, const void * GGML_RESTRICT vx, const v
 // ---------------------------------------------------------------------------------------------
 
 #if defined(__ARM_FEATURE_MATMUL_INT8) && defined(__ARM_FEATURE_DOTPROD)
-
-static inline int8x16_t tp_zip1_64(const int8x16_t a, const int8x16_t b) {
-    return vreinterpretq_s8_s64(vzip1q_s64(vreinterpretq_s64_s8(a), vreinterpretq_s64_s8(b)));
-}
-static inline int8x16_t tp_zip2_64(const int8x16_t a, const int8x16_t b) {
-    return vreinterpretq_s8_s64(vzip2q_s64(vreinterpretq_s64_s8(a), vreinterpretq_s64_s8(b)));
-}
 
 // the column pair c, c + 1 (an odd last column, c + 1 == cend, is paired with itself) times the decoded
 // block b of a tile: acc[p] += rows 2p, 2p+1 x the two columns
@@ -438,6 +444,111 @@ static TP_KERNEL void tp1_gemm_neon(int n, const void * GGML_RESTRICT vx, const 
     }
 }
 
+#if defined(__ARM_FEATURE_MATMUL_INT8)
+
+// TP1 x TPQ16 GEMM with i8mm. An int16 activation is 256 * hi + lo (hi: its high byte, signed; lo: its low
+// byte, unsigned), so a row's sum is 256 * (trits . hi) + (trits . lo): smmla on the high bytes, shifted,
+// then usmmla (unsigned x signed) on the low bytes, both exact in int32 (|256 * 64 * 128| + 64 * 255 <
+// 2^22). The trits as int8, rows paired in 8-byte halves as TP4's; the activation operands are the columns
+// (smmla's first operand), so a result's lanes are [c0 r0, c0 r1, c1 r0, c1 r1].
+static TP_KERNEL void tp1_gemm_i8mm(int n, const void * GGML_RESTRICT vx, const void * GGML_RESTRICT vy, size_t by, int ncols,
+                                    float * GGML_RESTRICT s, size_t bs) {
+    const int nb = n / QK_TP1;
+    uint8x16_t idx[4], pow[4];
+    for (int g = 0; g < 4; ++g) {
+        idx[g] = vld1q_u8(tp1_neon_idx[g]);
+        pow[g] = vld1q_u8(tp1_neon_pow[g]);
+    }
+    for (int c0 = 0; c0 < ncols; c0 += TP_NCOL) {
+        const int nc = ncols - c0 < TP_NCOL ? ncols - c0 : TP_NCOL;
+        const int npair = (nc + 1) / 2;  // an odd last column is paired with itself
+        float32x4_t acc[TP_NCOL/2][4];   // [column pair][row pair]
+        for (int k = 0; k < npair; ++k) {
+            for (int p = 0; p < 4; ++p) {
+                acc[k][p] = vdupq_n_f32(0.0f);
+            }
+        }
+        for (int b = 0; b < nb; ++b) {
+            const block_tp1x8 * xb = (const block_tp1x8 *) vx + b;
+            // wp[p][j]: trits 8j..8j+7 of rows 2p | 2p+1
+            int8x16_t wp[4][8];
+            float32x4_t dq[4];  // [d_2p, d_2p+1, d_2p, d_2p+1]
+            {
+#pragma GCC unroll 4
+                for (int p = 0; p < 4; ++p) {  // one row pair after the other
+                    const uint8x16_t q0 = vcombine_u8(vld1_u8(xb->qs[2*p]), vld1_u8(xb->qs[2*p] + 5));
+                    const uint8x16_t q1 = vcombine_u8(vld1_u8(xb->qs[2*p + 1]), vld1_u8(xb->qs[2*p + 1] + 5));
+                    for (int g = 0; g < 4; ++g) {
+                        const uint8x16_t v0 = vmulq_u8(vqtbl1q_u8(q0, idx[g]), pow[g]);
+                        const uint8x16_t v1 = vmulq_u8(vqtbl1q_u8(q1, idx[g]), pow[g]);
+                        const int8x16_t t0 = vsubq_s8(vreinterpretq_s8_u8(vcltq_u8(v0, vdupq_n_u8(86))),    // code - 1
+                                                      vreinterpretq_s8_u8(vcgeq_u8(v0, vdupq_n_u8(171))));
+                        const int8x16_t t1 = vsubq_s8(vreinterpretq_s8_u8(vcltq_u8(v1, vdupq_n_u8(86))),
+                                                      vreinterpretq_s8_u8(vcgeq_u8(v1, vdupq_n_u8(171))));
+                        wp[p][2*g]     = tp_zip1_64(t0, t1);
+                        wp[p][2*g + 1] = tp_zip2_64(t0, t1);
+                    }
+                }
+                float32x4_t d[2];
+                tp1_neon_d(xb, d);
+                const float32x2_t d01 = vget_low_f32(d[0]), d23 = vget_high_f32(d[0]);
+                const float32x2_t d45 = vget_low_f32(d[1]), d67 = vget_high_f32(d[1]);
+                dq[0] = vcombine_f32(d01, d01);
+                dq[1] = vcombine_f32(d23, d23);
+                dq[2] = vcombine_f32(d45, d45);
+                dq[3] = vcombine_f32(d67, d67);
+            }
+            for (int k = 0; k < npair; ++k) {
+                const int ca = c0 + 2*k, cb = 2*k + 1 < nc ? ca + 1 : ca;
+                const block_tpq16 * ya = (const block_tpq16 *) ((const char *) vy + (size_t) ca*by) + b;
+                const block_tpq16 * yb = (const block_tpq16 *) ((const char *) vy + (size_t) cb*by) + b;
+                // lo[j], hi[j]: activations 8j..8j+7 of column a | column b, low and high bytes
+                uint8x16_t lo[8];
+                int8x16_t hi[8];
+                for (int g = 0; g < 4; ++g) {
+                    const int8x16_t a0 = vreinterpretq_s8_s16(vld1q_s16(ya->qs + 16*g));
+                    const int8x16_t a1 = vreinterpretq_s8_s16(vld1q_s16(ya->qs + 16*g + 8));
+                    const int8x16_t e0 = vreinterpretq_s8_s16(vld1q_s16(yb->qs + 16*g));
+                    const int8x16_t e1 = vreinterpretq_s8_s16(vld1q_s16(yb->qs + 16*g + 8));
+                    const int8x16_t alo = vuzp1q_s8(a0, a1), ahi = vuzp2q_s8(a0, a1);  // little endian
+                    const int8x16_t elo = vuzp1q_s8(e0, e1), ehi = vuzp2q_s8(e0, e1);
+                    lo[2*g]     = vreinterpretq_u8_s8(tp_zip1_64(alo, elo));
+                    lo[2*g + 1] = vreinterpretq_u8_s8(tp_zip2_64(alo, elo));
+                    hi[2*g]     = tp_zip1_64(ahi, ehi);
+                    hi[2*g + 1] = tp_zip2_64(ahi, ehi);
+                }
+                const float32x4_t dy = { ya->d, ya->d, yb->d, yb->d };
+                float32x4_t f[4];
+                for (int p = 0; p < 4; ++p) {
+                    int32x4_t h = vmmlaq_s32(vdupq_n_s32(0), hi[0], wp[p][0]);
+                    for (int j = 1; j < 8; ++j) {
+                        h = vmmlaq_s32(h, hi[j], wp[p][j]);
+                    }
+                    int32x4_t t = vshlq_n_s32(h, 8);
+                    for (int j = 0; j < 8; ++j) {
+                        t = vusmmlaq_s32(t, lo[j], wp[p][j]);
+                    }
+                    f[p] = vfmaq_f32(acc[k][p], vmulq_f32(dq[p], dy), vcvtq_f32_s32(t));
+                }
+                for (int p = 0; p < 4; ++p) {
+                    acc[k][p] = f[p];
+                }
+            }
+        }
+        for (int k = 0; k < npair; ++k) {
+            float * sa = s + (size_t) (c0 + 2*k)*bs;
+            vst1q_f32(sa,     vcombine_f32(vget_low_f32(acc[k][0]), vget_low_f32(acc[k][1])));
+            vst1q_f32(sa + 4, vcombine_f32(vget_low_f32(acc[k][2]), vget_low_f32(acc[k][3])));
+            if (2*k + 1 < nc) {
+                vst1q_f32(sa + bs,     vcombine_f32(vget_high_f32(acc[k][0]), vget_high_f32(acc[k][1])));
+                vst1q_f32(sa + bs + 4, vcombine_f32(vget_high_f32(acc[k][2]), vget_high_f32(acc[k][3])));
+            }
+        }
+    }
+}
+
+#endif // __ARM_FEATURE_MATMUL_INT8
+
 // ---------------------------------------------------------------------------------------------
 // entry points (tritpack-gemm.c)
 // ---------------------------------------------------------------------------------------------
@@ -466,7 +577,7 @@ bool ggml_tritpack_neon_has(enum ggml_type type) {
 
 const char * ggml_tritpack_neon_kernel(enum ggml_type type, int ncols) {
     if ((int) type == TRITPACK_TYPE_TP1) {
-        return ncols == 1 ? "tp1 gemv smlal" : "tp1 gemm smlal";
+        return ncols == 1 ? "tp1 gemv smlal" : tp_neon_use_i8mm() ? "tp1 gemm smmla" : "tp1 gemm smlal";
     }
     if ((int) type == TRITPACK_TYPE_TP4 && ggml_tritpack_neon_has(type)) {
         return ncols == 1 ? "tp4 gemv sdot" : tp_neon_use_i8mm() ? "tp4 gemm smmla" : "tp4 gemm sdot";
@@ -480,9 +591,15 @@ bool ggml_tritpack_gemm_neon(enum ggml_type type, int n, const void * GGML_RESTR
     if ((int) type == TRITPACK_TYPE_TP1) {
         if (ncols == 1) {
             tp1_gemv_neon(n, vx, vy, s);
-        } else {
-            tp1_gemm_neon(n, vx, vy, by, ncols, s, bs);
+            return true;
         }
+#if defined(__ARM_FEATURE_MATMUL_INT8)
+        if (tp_neon_use_i8mm()) {
+            tp1_gemm_i8mm(n, vx, vy, by, ncols, s, bs);
+            return true;
+        }
+#endif
+        tp1_gemm_neon(n, vx, vy, by, ncols, s, bs);
         return true;
     }
 #if defined(__ARM_FEATURE_DOTPROD)

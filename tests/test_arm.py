@@ -75,7 +75,7 @@ def test_each_build_runs_its_own_instructions(cross):
     else:
         assert "sdot" not in tp4 and tp4.count("sadalp") == 4, tp4
     # the repacked tiles' kernels (tritpack-gemm-neon.c): TP1's smlal in both builds; TP4's only with
-    # dotprod (sdot GEMV and GEMM) and i8mm (smmla GEMM)
+    # dotprod (sdot GEMV and GEMM); with i8mm TP4's smmla GEMM and TP1's smmla + usmmla GEMM
     for fn in ("tp1_gemm_neon", "tp1_gemv_neon"):
         body = _disassembly(lib, fn)
         assert body.count("smlal") + body.count("smlal2") >= 14 and "sdot" not in body, (fn, body)
@@ -85,8 +85,10 @@ def test_each_build_runs_its_own_instructions(cross):
         assert _disassembly(lib, "tp4_gemm_i8mm").count("smmla") == 32
         assert _disassembly(lib, "tp4_gemm_dot").count("sdot") == 32
         assert _disassembly(lib, "tp4_gemv_dot").count("sdot") == 32
+        tp1 = _disassembly(lib, "tp1_gemm_i8mm")
+        assert tp1.count("smmla") == 32 and tp1.count("usmmla") == 32, tp1
     else:
-        assert not re.search(r"\btp4_gem[mv]_", symbols), "TP4 tile kernels in a build without dotprod"
+        assert not re.search(r"\btp4_gem[mv]_|\btp1_gemm_i8mm\b", symbols), "dotprod/i8mm kernels in a plain build"
 
 
 def _neon_check(result, tmp_path: Path, name: str = "neon_check") -> Path:
@@ -129,12 +131,12 @@ def test_repacked_tiles_equal_plain_path_under_qemu(cross, tmp_path):
         m = re.search(r"(\d+) cases compared, 0 differ, (\d+) types repacked", out)
         assert m and int(m.group(1)) >= 40, out
         kernels = set(re.findall(r"^kernel (.+)$", out, re.M))
-        assert {"tp1 gemv smlal", "tp1 gemm smlal"} <= kernels, out
+        i8mm = variant == "aarch64-dotprod" and not extra
+        assert {"tp1 gemv smlal", "tp1 gemm smmla" if i8mm else "tp1 gemm smlal"} <= kernels, out
         if variant == "aarch64":   # no dotprod: TP4 keeps its plain layout and NEON vec_dot
             assert m.group(2) == "1" and "tp4: not repacked here" in out, out
         else:
-            gemm = "tp4 gemm sdot" if extra else "tp4 gemm smmla"
-            assert m.group(2) == "2" and {"tp4 gemv sdot", gemm} <= kernels, out
+            assert m.group(2) == "2" and {"tp4 gemv sdot", "tp4 gemm smmla" if i8mm else "tp4 gemm sdot"} <= kernels, out
         for op in ("MUL_MAT", "MUL_MAT_ID"):
             assert re.search(rf"^tp1 {op} .*: equal$", out, re.M), out
         print(f"{variant} on {cpu} {extra}: {m.group(1)} cases equal; kernels {sorted(kernels)}")
