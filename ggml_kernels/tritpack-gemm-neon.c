@@ -22,7 +22,8 @@
 // under qemu-aarch64.
 //
 // Per 64-block of a tile, the GEMMs first decode the 8 rows into a small buffer (TP4: codebook entries
-// through vqtbl1q_s8; TP1: int16 trits), with their scales, then run every column of the pass over it:
+// through vqtbl1q_s8; TP1: trits, int8 for i8mm, int16 for smlal), with their scales, then run every
+// column of the pass over it:
 //   - TP4 i8mm: smmla takes 2 rows x 8 weights and 2 columns x 8 activations and gives the 2x2 sums.
 //     The buffer holds, for rows 2p, 2p+1 and 16 weights, the two 16-byte operands [row 2p: 8 | row
 //     2p+1: 8] (zip1/zip2 of 64-bit halves); the columns are paired the same way as they are loaded.
