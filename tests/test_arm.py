@@ -139,6 +139,7 @@ def test_repacked_tiles_equal_plain_path_under_qemu(cross, tmp_path):
             assert m.group(2) == "2" and {"tp4 gemv sdot", "tp4 gemm smmla" if i8mm else "tp4 gemm sdot"} <= kernels, out
         for op in ("MUL_MAT", "MUL_MAT_ID"):
             assert re.search(rf"^tp1 {op} .*: equal$", out, re.M), out
+        assert "tp1 layout control:" in out, out   # the same rows unrepacked give other numbers
         print(f"{variant} on {cpu} {extra}: {m.group(1)} cases equal; kernels {sorted(kernels)}")
     # GGML_TRITPACK_NO_REPACK turns the buffer type off on ARM64 too
     r = _qemu(exe.parent, exe.name, CPUS[variant][0], timeout=300, env={**env, "GGML_TRITPACK_NO_REPACK": "1"})

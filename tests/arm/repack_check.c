@@ -126,6 +126,32 @@ static void kernel_case(enum ggml_type t, const char * name, int n, int nrows, i
     free(q); free(packed); free(y); free(neon); free(gen); free(plain); free(yq);
 }
 
+// a control: the same rows not repacked, through the same kernels, must give other numbers (the checks
+// above can fail)
+static int layout_matters(enum ggml_type t, const char * name) {
+    const int n = 576, nrows = 16, ncols = 4;
+    const size_t rs = ggml_row_size(t, n);
+    void * q = malloc(rs * nrows);
+    void * packed = malloc(rs * nrows);
+    float * y = malloc(sizeof(float) * n * ncols);
+    float * good = malloc(sizeof(float) * nrows * ncols);
+    float * bad = malloc(sizeof(float) * nrows * ncols);
+    make_weights(t, n, nrows, 0, q);
+    for (int i = 0; i < n * ncols; ++i) {
+        y[i] = gauss();
+    }
+    ggml_tritpack_repack(t, packed, q, nrows, n);
+    ggml_tritpack_mul_mat(t, n, nrows, packed, ncols, y, good, true);
+    ggml_tritpack_mul_mat(t, n, nrows, q, ncols, y, bad, true);
+    int differ = 0;
+    for (int i = 0; i < nrows * ncols; ++i) {
+        differ += fabsf(good[i] - bad[i]) > 1e-3f * (fabsf(good[i]) + 1.0f);
+    }
+    printf("%s layout control: %d of %d products differ with the rows not repacked\n", name, differ, nrows * ncols);
+    free(q); free(packed); free(y); free(good); free(bad);
+    return differ > nrows * ncols / 2;
+}
+
 // MUL_MAT (id = 0) or MUL_MAT_ID through the CPU backend, the weights in buffer type buft
 static float * run_graph(ggml_backend_t be, ggml_backend_buffer_type_t buft, enum ggml_type t, const void * wq, size_t wbytes,
                          int K, int N, int n_as, const float * x, int n_used, int n_tok, const int32_t * ids, int id) {
@@ -219,6 +245,10 @@ int main(void) {
             continue;
         }
         ++repacked_types;
+        if (!layout_matters(t, types[k].name)) {
+            printf("%s: the kernels do not depend on the layout\n", types[k].name);
+            return 1;
+        }
         for (size_t i = 0; i < sizeof ns / sizeof ns[0]; ++i) {
             for (size_t j = 0; j < sizeof cols / sizeof cols[0]; ++j) {
                 for (int raw = 0; raw < (ns[i] == 576 ? 2 : 1); ++raw) {  // raw blocks at one length (qemu time)
