@@ -73,6 +73,16 @@ void ggml_tritpack_gemm(enum ggml_type type, int n, const void * GGML_RESTRICT v
 void ggml_tritpack_mul_mat(enum ggml_type type, int64_t n, int64_t nrows, const void * GGML_RESTRICT repacked, int64_t ncols,
                            const float * GGML_RESTRICT x, float * GGML_RESTRICT dst, bool simd);
 
+#if defined(__aarch64__) && defined(__ARM_NEON)
+// ARM64 (tritpack-gemm-neon.c): whether a NEON kernel multiplies this type's tiles on this CPU (TP1: always;
+// TP4: with dotprod; without one the type is not repacked: its plain NEON vec_dot is faster than the
+// generic tiles), which one it is for ncols columns (NULL: none), and the kernel itself (false: none here)
+bool ggml_tritpack_neon_has(enum ggml_type type);
+const char * ggml_tritpack_neon_kernel(enum ggml_type type, int ncols);
+bool ggml_tritpack_gemm_neon(enum ggml_type type, int n, const void * GGML_RESTRICT vx, const void * GGML_RESTRICT vy,
+                             size_t by, int ncols, float * GGML_RESTRICT s, size_t bs);
+#endif
+
 // The CPU_TRITPACK extra buffer type (tritpack-repack.cpp); NULL when GGML_TRITPACK_NO_REPACK is set
 // (to a value other than 0): then TP1/TP4 weights stay in the plain layout and go through vec_dot.
 ggml_backend_buffer_type_t ggml_backend_cpu_tritpack_buffer_type(void);

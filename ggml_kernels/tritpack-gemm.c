@@ -63,6 +63,11 @@ void quantize_row_q8_0(const float * GGML_RESTRICT x, void * GGML_RESTRICT y, in
 // ---------------------------------------------------------------------------------------------
 
 bool ggml_tritpack_can_repack(enum ggml_type type, int64_t n_per_row, int64_t nrows) {
+#if defined(__aarch64__) && defined(__ARM_NEON)
+    if (!ggml_tritpack_neon_has(type)) {
+        return false;  // ARM64 without a NEON tile kernel for it (tritpack-gemm-neon.c): the plain vec_dot is faster
+    }
+#endif
     if ((int) type == TRITPACK_TYPE_TP4) {
         return n_per_row % QK_TP4 == 0 && nrows % TP_NR == 0;
     }
@@ -509,6 +514,8 @@ static int tritpack_gemm_have_vnni(void) {
 bool ggml_tritpack_gemm_simd(void) {
 #if defined(TRITPACK_GEMM_X86)
     return tritpack_gemm_have_avx2() && getenv("GGML_TRITPACK_GENERIC") == NULL;
+#elif defined(__aarch64__) && defined(__ARM_NEON)
+    return getenv("GGML_TRITPACK_GENERIC") == NULL;  // tritpack-gemm-neon.c
 #else
     return false;
 #endif
@@ -549,6 +556,10 @@ void ggml_tritpack_gemm(enum ggml_type type, int n, const void * GGML_RESTRICT v
         } else {
             tp1_gemm_avx2(n, vx, vy, by, ncols, s, bs);
         }
+        return;
+    }
+#elif defined(__aarch64__) && defined(__ARM_NEON)
+    if (simd && ggml_tritpack_gemm_neon(type, n, vx, vy, by, ncols, s, bs)) {
         return;
     }
 #else

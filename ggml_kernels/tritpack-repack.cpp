@@ -326,11 +326,6 @@ class extra_buffer_type : ggml::cpu::extra_buffer_type {
 
 ggml_backend_buffer_type_t ggml_backend_cpu_tritpack_buffer_type(void) {
     static const bool off = [] {
-#if defined(__aarch64__)
-        // ARM64: the tiles have only the generic GEMM there; the plain layout's NEON vec_dot
-        // (tritpack-neon.c) is the fast path until a NEON kernel for the tiles exists
-        return true;
-#endif
         const char * e = getenv("GGML_TRITPACK_NO_REPACK");
         return e != nullptr && *e != '\0' && strcmp(e, "0") != 0;
     }();

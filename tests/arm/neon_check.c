@@ -50,10 +50,6 @@ int main(void) {
         printf("the CPU traits call the generic dot products: no NEON kernel to check\n");
         return 1;
     }
-    if (ggml_backend_cpu_tritpack_buffer_type() != NULL) {  // tritpack-repack.cpp: off on ARM64, so vec_dot runs
-        printf("the CPU_TRITPACK repack is on: models would take its generic GEMM, not these kernels\n");
-        return 1;
-    }
     const struct ggml_type_traits * q8 = ggml_get_type_traits(GGML_TYPE_Q8_0);
     enum { NMAX = 4096 };
     static float xf[NMAX], yf[NMAX];
