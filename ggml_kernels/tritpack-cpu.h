@@ -45,7 +45,9 @@ typedef struct {
     uint8_t qs[8][32];  // indices, as block_tp4
 } block_tp4x8;
 typedef struct {
-    uint8_t qs[8][13];  // trits, as block_tp1 (a 16-byte load of row 7 ends inside d)
+    uint8_t qa[8][8];   // row r: trit bytes 0..7, re-encoded at load (tritpack-gemm.c: which weight is where)
+    uint8_t qb[8][4];   // row r: trit bytes 8..11
+    uint8_t qc[8];      // trit byte 12 of rows 0..7
     uint8_t d[8][2];    // fp16 scales of rows 0..7
 } block_tp1x8;
 #ifdef __cplusplus

@@ -22,17 +22,25 @@
 // a function compiled for AVX2 only (no AVX-512 code can leak into the AVX2 path).
 //
 // TP1 multiplies with TPQ16 activations (int16 and a float scale per 64; tritpack-common.h), as its
-// plain vec_dot does, so that it stays exact on ternary models. Its weights are decoded once per tile
-// into int16 trits and multiplied with every column by vpmaddwd (vpdpwssd where AVX512-VNNI is there):
-// four instructions per 64 weights and column, the decode shared by all columns of a pass.
+// plain vec_dot does, so that it stays exact on ternary models; the integer sum of every row block is
+// the plain path's, and the float sums are added in the same order as the generic path's. Its tiles
+// keep the file's base-3 bytes (five trits a byte, 13 bytes and the fp16 scale per 64 weights: the same
+// bytes as the rows), re-encoded at load so that the weights of one byte meet the activations in
+// order (the TP1 tile layout section says which weight is where). A kernel places a byte in the high
+// half of a 16-bit lane (X = q << 8); mulhi(X, 3) is then the code c = w + 1 (0..2) of its first level
+// and X <- 3X (two adds, mod 2^16) moves to the next: per 32 weights one vpmulhuw, two vpaddw and one
+// vpdpwssd (zmm) with four activations broadcast per row, no division and no per-level shuffle. The sum
+// of c*y is sum w*y + sum y, and each activation block's sum is stored after the column
+// (ggml_tritpack_act_row_size), so one subtraction per block and tile corrects it.
 //
-// TP1 GEMV multiplies each row's four vectors with the column and adds the eight rows' lanes (hadd);
-// TP1 GEMM transposes the eight rows' vectors so that each product is one vpmaddwd of "pair p of rows
-// 0..7" with the column's pair p broadcast, four columns at a time, the lanes being the rows.
+// TP1 GEMV (one column): AVX-512 (VBMI for the vpermb that spreads the bytes, VNNI for vpdpwssd) with
+// 16 int32 lanes = 8 rows x 2 pairs, or AVX2 with two halves of 4 rows; a few columns run the GEMV
+// once each. TP1 GEMM decodes a tile block once into 32 vectors "pair p of rows 0..7" (w = c - 1) and
+// multiplies each with the column's pair p broadcast, four columns at a time, the lanes being the rows.
 //
 // The SIMD paths are compiled with the target pragma below and chosen at run time (the CPU's AVX2, FMA
-// and F16C; AVX512-VNNI/VL for TP4's vpdpbusd); otherwise the generic path runs. All give the same
-// integer block sums.
+// and F16C; AVX512-VNNI/VL for TP4's vpdpbusd; AVX512-F/BW/VBMI/VNNI for TP1's GEMV, a function with
+// its own target attribute); otherwise the generic path runs. All give the same integer block sums.
 
 #define GGML_COMMON_DECL_C
 #include "ggml-common.h"
@@ -57,6 +65,66 @@
 
 // ggml-cpu's from_float of Q8_0 (quants.h): the activations of TP4's plain vec_dot, the same bytes here
 void quantize_row_q8_0(const float * GGML_RESTRICT x, void * GGML_RESTRICT y, int64_t k);
+
+// ---------------------------------------------------------------------------------------------
+// TP1 tile layout
+// ---------------------------------------------------------------------------------------------
+
+// The trits of a TP1 row block are re-encoded at load into 13 bytes of five base-3 levels each, in
+// the file's byte code (c_n = ((uint8_t)(q * 3^n) * 3) >> 8, level 0 the most significant digit),
+// but with the weights placed so that one level of four bytes of a row meets four consecutive
+// activations: slot 4k+m (k = 0..2, m = 0..3), level n holds weight 20k + 4n + m; slot 12 holds
+// weights 60, 62, 61, 63 at levels 0..3 (pairs (60, 61) and (62, 63) two levels apart) and nothing
+// at level 4 (code 1, a zero). The kernels then walk the levels with X <- 3X (mod 2^16) in 16-bit
+// lanes that hold a byte in their high half, the digit being mulhi(X, 3).
+static inline int tp1x8_weight(int slot, int level) {
+    if (slot < 12) {
+        return 20*(slot/4) + 4*level + slot%4;
+    }
+    return level < 4 ? 60 + 2*(level & 1) + (level >> 1) : -1;
+}
+
+static inline int tp1_code(uint8_t q, int level) {
+    static const uint8_t pow3[5] = { 1, 3, 9, 27, 81 };
+    return (((uint8_t) (q * pow3[level])) * 3) >> 8;
+}
+
+// the 64 trit codes (0..2) of a plain TP1 block, in element order (tritpack-common.h)
+static void tp1_codes(const block_tp1 * xb, uint8_t c[64]) {
+    for (int j = 0; j < 4; ++j) {
+        for (int m = 0; m < 13; ++m) {
+            c[16*j + m] = (uint8_t) tp1_code(xb->qs[m], j);
+        }
+    }
+    for (int m = 0; m < 12; ++m) {
+        c[16*(m/3) + 13 + m%3] = (uint8_t) tp1_code(xb->qs[m], 4);
+    }
+}
+
+// block b of rows 0..7 (x: row 0's block b; rows are nb blocks apart) -> one tile block
+static void tp1x8_encode(block_tp1x8 * y, const block_tp1 * x, int64_t nb) {
+    for (int r = 0; r < TP_NR; ++r) {
+        const block_tp1 * xb = x + r*nb;
+        uint8_t c[64];
+        tp1_codes(xb, c);
+        for (int j = 0; j < 13; ++j) {
+            int v = 0;
+            for (int n = 0; n < 5; ++n) {
+                const int i = tp1x8_weight(j, n);
+                v = 3*v + (i >= 0 ? c[i] : 1);
+            }
+            const uint8_t q = (uint8_t) ((v*256 + 242) / 243);  // ceil(v * 256 / 243), as tp1.c
+            if (j < 8) {
+                y->qa[r][j] = q;
+            } else if (j < 12) {
+                y->qb[r][j - 8] = q;
+            } else {
+                y->qc[r] = q;
+            }
+        }
+        memcpy(y->d[r], xb->d, 2);
+    }
+}
 
 // ---------------------------------------------------------------------------------------------
 // repacking
@@ -101,12 +169,7 @@ void ggml_tritpack_repack(enum ggml_type type, void * GGML_RESTRICT dst, const v
         block_tp1x8 * y = (block_tp1x8 *) dst;
         for (int64_t t = 0; t < nrows / TP_NR; ++t) {
             for (int64_t b = 0; b < nb; ++b) {
-                block_tp1x8 * yb = y + t*nb + b;
-                for (int r = 0; r < TP_NR; ++r) {
-                    const block_tp1 * xb = x + (t*TP_NR + r)*nb + b;
-                    memcpy(yb->qs[r], xb->qs, 13);
-                    memcpy(yb->d[r],  xb->d,  2);
-                }
+                tp1x8_encode(y + t*nb + b, x + t*TP_NR*nb + b, nb);
             }
         }
     }
@@ -117,14 +180,14 @@ void ggml_tritpack_repack(enum ggml_type type, void * GGML_RESTRICT dst, const v
 // ---------------------------------------------------------------------------------------------
 
 static void tp1x8_decode_generic(const block_tp1x8 * xb, int r, int16_t w[64], float * d) {
-    static const uint8_t pow3[5] = { 1, 3, 9, 27, 81 };
-    for (int j = 0; j < 4; ++j) {
-        for (int m = 0; m < 13; ++m) {
-            w[16*j + m] = (int16_t) ((((uint8_t) (xb->qs[r][m] * pow3[j]) * 3) >> 8) - 1);
+    for (int j = 0; j < 13; ++j) {
+        const uint8_t q = j < 8 ? xb->qa[r][j] : j < 12 ? xb->qb[r][j - 8] : xb->qc[r];
+        for (int n = 0; n < 5; ++n) {
+            const int i = tp1x8_weight(j, n);
+            if (i >= 0) {
+                w[i] = (int16_t) (tp1_code(q, n) - 1);
+            }
         }
-    }
-    for (int m = 0; m < 12; ++m) {
-        w[16*(m/3) + 13 + m%3] = (int16_t) ((((uint8_t) (xb->qs[r][m] * pow3[4]) * 3) >> 8) - 1);
     }
     *d = GGML_CPU_FP16_TO_FP32(tritpack_scale_bits(xb->d[r]));
 }
@@ -198,35 +261,7 @@ static void tp1_gemm_generic(int n, const void * GGML_RESTRICT vx, const void * 
 #define TP_DOT(acc, w, y) _mm256_add_epi32(acc, _mm256_madd_epi16(w, y))
 #endif
 
-// TP1 decode constants: tritpack_tp1_shuf and tritpack_tp1_pow of tp1-cpu.c (tritpack-cpu.h)
-
-// row r of a TP1 tile block: four int16 vectors of trits, natural order. The 16-byte load reads the
-// row's 13 bytes and 3 more of the same tile (the next row's, or the scales after row 7).
-static inline __attribute__((always_inline)) void tp1x8_decode_avx2(const block_tp1x8 * xb, int r, __m256i w[4]) {
-    const __m256i qq = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *) xb->qs[r]));
-    const __m256i k3 = _mm256_set1_epi16(3);
-    const __m256i one = _mm256_set1_epi16(1);
-#pragma GCC unroll 4
-    for (int g = 0; g < 4; ++g) {
-        const __m256i t = _mm256_shuffle_epi8(qq, _mm256_loadu_si256((const __m256i *) tritpack_tp1_shuf[g]));
-        const __m256i c = _mm256_mulhi_epu16(_mm256_mullo_epi16(t, _mm256_loadu_si256((const __m256i *) tritpack_tp1_pow[g])), k3);
-        w[g] = _mm256_sub_epi16(c, one);
-    }
-}
-
-// eight int32 vectors -> the eight sums, in order
-static inline __attribute__((always_inline)) __m256i tp_hsum8_epi32(const __m256i v[8]) {
-    const __m256i a = _mm256_hadd_epi32(_mm256_hadd_epi32(v[0], v[1]), _mm256_hadd_epi32(v[2], v[3]));
-    const __m256i b = _mm256_hadd_epi32(_mm256_hadd_epi32(v[4], v[5]), _mm256_hadd_epi32(v[6], v[7]));
-    return _mm256_add_epi32(_mm256_permute2x128_si256(a, b, 0x20), _mm256_permute2x128_si256(a, b, 0x31));
-}
-
-static inline __attribute__((always_inline)) __m256i tp_dot64(const __m256i w[4], const __m256i y[4]) {
-    __m256i acc = _mm256_madd_epi16(w[0], y[0]);
-    acc = TP_DOT(acc, w[1], y[1]);
-    acc = TP_DOT(acc, w[2], y[2]);
-    return TP_DOT(acc, w[3], y[3]);
-}
+// ---- TP1 x TPQ16 ----
 
 // pair p (int16 elements 2p, 2p+1) of an activation block in all eight int32 lanes
 static inline __attribute__((always_inline)) __m256i tp_pair(const block_tpq16 * y, int p) {
@@ -235,24 +270,130 @@ static inline __attribute__((always_inline)) __m256i tp_pair(const block_tpq16 *
     return _mm256_set1_epi32(v);
 }
 
-// vector k of the 8 rows w[r][k] (8 int32 pairs each) -> t[p] = pair p of rows 0..7
-static inline __attribute__((always_inline)) void tp_transpose8_epi32(__m256i w[TP_NR][4], int k, __m256i t[8]) {
-    const __m256i t0 = _mm256_unpacklo_epi32(w[0][k], w[1][k]), t1 = _mm256_unpackhi_epi32(w[0][k], w[1][k]);
-    const __m256i t2 = _mm256_unpacklo_epi32(w[2][k], w[3][k]), t3 = _mm256_unpackhi_epi32(w[2][k], w[3][k]);
-    const __m256i t4 = _mm256_unpacklo_epi32(w[4][k], w[5][k]), t5 = _mm256_unpackhi_epi32(w[4][k], w[5][k]);
-    const __m256i t6 = _mm256_unpacklo_epi32(w[6][k], w[7][k]), t7 = _mm256_unpackhi_epi32(w[6][k], w[7][k]);
-    const __m256i u0 = _mm256_unpacklo_epi64(t0, t2), u1 = _mm256_unpackhi_epi64(t0, t2);
-    const __m256i u2 = _mm256_unpacklo_epi64(t1, t3), u3 = _mm256_unpackhi_epi64(t1, t3);
-    const __m256i u4 = _mm256_unpacklo_epi64(t4, t6), u5 = _mm256_unpackhi_epi64(t4, t6);
-    const __m256i u6 = _mm256_unpacklo_epi64(t5, t7), u7 = _mm256_unpackhi_epi64(t5, t7);
-    t[0] = _mm256_permute2x128_si256(u0, u4, 0x20); t[4] = _mm256_permute2x128_si256(u0, u4, 0x31);
-    t[1] = _mm256_permute2x128_si256(u1, u5, 0x20); t[5] = _mm256_permute2x128_si256(u1, u5, 0x31);
-    t[2] = _mm256_permute2x128_si256(u2, u6, 0x20); t[6] = _mm256_permute2x128_si256(u2, u6, 0x31);
-    t[3] = _mm256_permute2x128_si256(u3, u7, 0x20); t[7] = _mm256_permute2x128_si256(u3, u7, 0x31);
+// four activations (elements 4i..4i+3) in every 64-bit lane
+static inline __attribute__((always_inline)) __m256i tp_quad(const block_tpq16 * y, int i) {
+    int64_t v;
+    memcpy(&v, y->qs + 4*i, sizeof(v));
+    return _mm256_set1_epi64x(v);
+}
+
+// pshufb indices (per 128-bit lane; 0x80: zero) putting trit bytes in the high halves of 16-bit lanes:
+// a 32-byte load of qa rows 4h..4h+3 -> slots 0..3 (chunk 0) or 4..7 (chunk 1) of those rows, four lanes
+// per row; qb rows 4h..4h+3 (16 bytes in both halves) -> their slots 8..11; qc (8 bytes in both
+// halves) -> slot 12 of rows 0..7 twice per row (words 2r, 2r+1).
+#define Z 0x80
+static const uint8_t tp1x8_shuf_avx2[4][32] = {
+    { Z, 0, Z, 1, Z, 2, Z, 3, Z, 8, Z, 9, Z,10, Z,11,   Z, 0, Z, 1, Z, 2, Z, 3, Z, 8, Z, 9, Z,10, Z,11 },
+    { Z, 4, Z, 5, Z, 6, Z, 7, Z,12, Z,13, Z,14, Z,15,   Z, 4, Z, 5, Z, 6, Z, 7, Z,12, Z,13, Z,14, Z,15 },
+    { Z, 0, Z, 1, Z, 2, Z, 3, Z, 4, Z, 5, Z, 6, Z, 7,   Z, 8, Z, 9, Z,10, Z,11, Z,12, Z,13, Z,14, Z,15 },
+    { Z, 0, Z, 0, Z, 1, Z, 1, Z, 2, Z, 2, Z, 3, Z, 3,   Z, 4, Z, 4, Z, 5, Z, 5, Z, 6, Z, 6, Z, 7, Z, 7 },
+};
+#undef Z
+
+// slot 12 of rows 0..7: words 2r, 2r+1 = its byte times 1 and 9 (levels 0 and 2), high halves
+static inline __attribute__((always_inline)) __m256i tp1x8_slot12_avx2(const block_tp1x8 * xb) {
+    int64_t v;
+    memcpy(&v, xb->qc, sizeof(v));
+    const __m256i q = _mm256_shuffle_epi8(_mm256_set1_epi64x(v), _mm256_loadu_si256((const __m256i *) tp1x8_shuf_avx2[3]));
+    return _mm256_mullo_epi16(q, _mm256_set1_epi32(1 | (9 << 16)));
+}
+
+// slots 0..3, 4..7, 8..11 (X[0..2]) of rows 4h..4h+3: 16-bit lanes 4r'+m with the byte in the high half
+static inline __attribute__((always_inline)) void tp1x8_chunks_avx2(const block_tp1x8 * xb, int h, __m256i X[3]) {
+    const __m256i a = _mm256_loadu_si256((const __m256i *) xb->qa[4*h]);
+    const __m256i b = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *) xb->qb[4*h]));
+    X[0] = _mm256_shuffle_epi8(a, _mm256_loadu_si256((const __m256i *) tp1x8_shuf_avx2[0]));
+    X[1] = _mm256_shuffle_epi8(a, _mm256_loadu_si256((const __m256i *) tp1x8_shuf_avx2[1]));
+    X[2] = _mm256_shuffle_epi8(b, _mm256_loadu_si256((const __m256i *) tp1x8_shuf_avx2[2]));
+}
+
+// X <- 3X: the next base-3 level of every byte (mod 2^16, the low half stays zero)
+static inline __attribute__((always_inline)) __m256i tp_times3(const __m256i x) {
+    return _mm256_add_epi16(_mm256_add_epi16(x, x), x);
+}
+
+// the column sums of the activations (ggml_tritpack_quantize_act appends them to a TP1 column)
+static inline const int32_t * tp1_act_sums(const void * y, int nb) {
+    return (const int32_t *) ((const char *) y + (size_t) nb*sizeof(block_tpq16));
+}
+
+// GEMV: the codes c = w + 1 (0..2) straight into the products; sum c*y - sum y = sum w*y per row block
+static void tp1_gemv_avx2(int n, const void * GGML_RESTRICT vx, const void * GGML_RESTRICT vy, float * GGML_RESTRICT s) {
+    const int nb = n / 64;
+    const block_tp1x8 * x = (const block_tp1x8 *) vx;
+    const block_tpq16 * y = (const block_tpq16 *) vy;
+    const int32_t * ysum = tp1_act_sums(vy, nb);
+    const __m256i k3 = _mm256_set1_epi16(3);
+    __m256 acc = _mm256_setzero_ps();
+    for (int b = 0; b < nb; ++b) {
+        const block_tp1x8 * xb = x + b;
+        const block_tpq16 * yb = y + b;
+        __m256i a[2];
+        for (int h = 0; h < 2; ++h) {
+            __m256i X[3];
+            tp1x8_chunks_avx2(xb, h, X);
+            __m256i a0 = _mm256_setzero_si256(), a1 = a0, a2 = a0;
+#pragma GCC unroll 5
+            for (int l = 0; l < 5; ++l) {
+                a0 = TP_DOT(a0, _mm256_mulhi_epu16(X[0], k3), tp_quad(yb, l));
+                a1 = TP_DOT(a1, _mm256_mulhi_epu16(X[1], k3), tp_quad(yb, 5 + l));
+                a2 = TP_DOT(a2, _mm256_mulhi_epu16(X[2], k3), tp_quad(yb, 10 + l));
+                if (l < 4) {
+                    X[0] = tp_times3(X[0]);
+                    X[1] = tp_times3(X[1]);
+                    X[2] = tp_times3(X[2]);
+                }
+            }
+            a[h] = _mm256_add_epi32(_mm256_add_epi32(a0, a1), a2);  // lanes (row 4h + r', pair s)
+        }
+        __m256i XC = tp1x8_slot12_avx2(xb);
+        __m256i ac = _mm256_madd_epi16(_mm256_mulhi_epu16(XC, k3), tp_pair(yb, 30));
+        XC = tp_times3(XC);
+        ac = TP_DOT(ac, _mm256_mulhi_epu16(XC, k3), tp_pair(yb, 31));
+        // hadd: rows 0, 1, 4, 5 | 2, 3, 6, 7 -> rows 0..7
+        __m256i rows = _mm256_permute4x64_epi64(_mm256_hadd_epi32(a[0], a[1]), 0xd8);
+        rows = _mm256_sub_epi32(_mm256_add_epi32(rows, ac), _mm256_set1_epi32(ysum[b]));
+        const __m256 d8 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *) xb->d));
+        acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(rows), _mm256_mul_ps(d8, _mm256_set1_ps(yb->d)), acc);
+    }
+    _mm256_storeu_ps(s, acc);
+}
+
+// GEMM decode: the weights w (-1..1) of a tile block as 32 vectors wt[p] = pair p (elements 2p, 2p+1
+// of the activations) of rows 0..7, one row per int32 lane
+static inline __attribute__((always_inline)) void tp1x8_decode_pairs_avx2(const block_tp1x8 * xb, __m256i wt[32]) {
+    const __m256i k3 = _mm256_set1_epi16(3);
+    const __m256i one = _mm256_set1_epi16(1);
+    const __m256i even_odd = _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7);
+    __m256i X[2][3];
+    tp1x8_chunks_avx2(xb, 0, X[0]);
+    tp1x8_chunks_avx2(xb, 1, X[1]);
+#pragma GCC unroll 3
+    for (int k = 0; k < 3; ++k) {
+#pragma GCC unroll 5
+        for (int l = 0; l < 5; ++l) {
+            // lanes (row, pair s) of rows 0..3 and 4..7 -> pairs 2(5k+l) + s of rows 0..7
+            const __m256i lo = _mm256_permutevar8x32_epi32(_mm256_sub_epi16(_mm256_mulhi_epu16(X[0][k], k3), one), even_odd);
+            const __m256i hi = _mm256_permutevar8x32_epi32(_mm256_sub_epi16(_mm256_mulhi_epu16(X[1][k], k3), one), even_odd);
+            wt[2*(5*k + l) + 0] = _mm256_permute2x128_si256(lo, hi, 0x20);
+            wt[2*(5*k + l) + 1] = _mm256_permute2x128_si256(lo, hi, 0x31);
+            X[0][k] = tp_times3(X[0][k]);
+            X[1][k] = tp_times3(X[1][k]);
+        }
+    }
+    __m256i XC = tp1x8_slot12_avx2(xb);
+    wt[30] = _mm256_sub_epi16(_mm256_mulhi_epu16(XC, k3), one);
+    wt[31] = _mm256_sub_epi16(_mm256_mulhi_epu16(tp_times3(XC), k3), one);
 }
 
 static void tp1_gemm_avx2(int n, const void * GGML_RESTRICT vx, const void * GGML_RESTRICT vy, size_t by, int ncols,
                           float * GGML_RESTRICT s, size_t bs) {
+    if (ncols < 3) {
+        for (int c = 0; c < ncols; ++c) {
+            tp1_gemv_avx2(n, vx, (const char *) vy + c*by, s + c*bs);
+        }
+        return;
+    }
     const int nb = n / 64;
     for (int c0 = 0; c0 < ncols; c0 += TP_NCOL) {
         const int nc = ncols - c0 < TP_NCOL ? ncols - c0 : TP_NCOL;
@@ -263,36 +404,11 @@ static void tp1_gemm_avx2(int n, const void * GGML_RESTRICT vx, const void * GGM
         for (int b = 0; b < nb; ++b) {
             const __m128i dh = _mm_loadu_si128((const __m128i *) ((const block_tp1x8 *) vx + b)->d);
             const __m256 d8 = _mm256_cvtph_ps(dh);
-            if (nc == 1) {
-                // GEMV: decode straight into the products
-                const block_tpq16 * y = (const block_tpq16 *) ((const char *) vy + c0*by) + b;
-                __m256i yv[4], v[8];
-                for (int k = 0; k < 4; ++k) {
-                    yv[k] = _mm256_loadu_si256((const __m256i *) (y->qs + 16*k));
-                }
-#pragma GCC unroll 8
-                for (int r = 0; r < TP_NR; ++r) {
-                    __m256i w[4];
-                    tp1x8_decode_avx2((const block_tp1x8 *) vx + b, r, w);
-                    v[r] = tp_dot64(w, yv);
-                }
-                acc[0] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(tp_hsum8_epi32(v)), _mm256_mul_ps(d8, _mm256_set1_ps(y->d)), acc[0]);
-                continue;
-            }
-            // GEMM: decode the 8 rows once, then transpose so that vector p holds pair p (elements
-            // 2p, 2p+1 in the activations' order) of rows 0..7: a product is then one vpmaddwd of
-            // that vector with the column's pair p broadcast, the 8 lanes being the 8 rows
+            // vector p holds pair p (elements 2p, 2p+1 in the activations' order) of rows 0..7: a
+            // product is one vpmaddwd of that vector with the column's pair p broadcast, the 8 lanes
+            // being the 8 rows
             __m256i wt[32];
-            {
-                __m256i w[TP_NR][4];
-#pragma GCC unroll 8
-                for (int r = 0; r < TP_NR; ++r) {
-                    tp1x8_decode_avx2((const block_tp1x8 *) vx + b, r, w[r]);
-                }
-                for (int k = 0; k < 4; ++k) {
-                    tp_transpose8_epi32(w, k, wt + 8*k);
-                }
-            }
+            tp1x8_decode_pairs_avx2((const block_tp1x8 *) vx + b, wt);
             int c = 0;
             for (; c + 4 <= nc; c += 4) {
                 const block_tpq16 * y0 = (const block_tpq16 *) ((const char *) vy + (c0 + c + 0)*by) + b;
@@ -505,6 +621,89 @@ static int tritpack_gemm_have_vnni(void) {
     }
     return have;
 }
+
+// TP1's AVX-512 GEMV: vpermb, vpdpwssd on zmm (AVX512-VBMI and -VNNI), unless GGML_TRITPACK_NO_VNNI is set
+static int tritpack_gemm_have_avx512_tp1(void) {
+    static int have = -1;
+    if (have < 0) {
+        __builtin_cpu_init();
+        have = tritpack_gemm_have_avx2() && tritpack_gemm_have_vnni() && __builtin_cpu_supports("avx512f") &&
+               __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vbmi");
+    }
+    return have;
+}
+
+// vpermb indices: 16-bit lane w = 4r + m (row r, m = 0..3) gets, in its high half, qa[r][m] (chunk 0),
+// qa[r][4 + m] (chunk 1) or qb[r][m] (chunk 2); slot 12 as in tp1x8_shuf_avx2[3]
+#define TP_W4(f) f(0), f(1), f(2), f(3), f(4), f(5), f(6), f(7), f(8), f(9), f(10), f(11), f(12), f(13), f(14), f(15), \
+                 f(16), f(17), f(18), f(19), f(20), f(21), f(22), f(23), f(24), f(25), f(26), f(27), f(28), f(29), f(30), f(31)
+#define TP_I0(w) 0, 8*((w)/4) + (w)%4
+#define TP_I1(w) 0, 8*((w)/4) + 4 + (w)%4
+#define TP_I2(w) 0, (w)
+static const uint8_t tp1x8_perm_avx512[3][64] = { { TP_W4(TP_I0) }, { TP_W4(TP_I1) }, { TP_W4(TP_I2) } };
+#undef TP_W4
+#undef TP_I0
+#undef TP_I1
+#undef TP_I2
+
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512vbmi,avx512vnni,avx2,fma,f16c")))
+static void tp1_gemv_avx512(int n, const void * GGML_RESTRICT vx, const void * GGML_RESTRICT vy, float * GGML_RESTRICT s) {
+    const int nb = n / 64;
+    const block_tp1x8 * x = (const block_tp1x8 *) vx;
+    const block_tpq16 * y = (const block_tpq16 *) vy;
+    const int32_t * ysum = (const int32_t *) ((const char *) vy + (size_t) nb*sizeof(block_tpq16));
+    const __m512i k3 = _mm512_set1_epi16(3);
+    const __m256i k3y = _mm256_set1_epi16(3);
+    const __mmask64 hi = 0xAAAAAAAAAAAAAAAAull;
+    const __m512i p0 = _mm512_loadu_si512(tp1x8_perm_avx512[0]);
+    const __m512i p1 = _mm512_loadu_si512(tp1x8_perm_avx512[1]);
+    const __m512i p2 = _mm512_loadu_si512(tp1x8_perm_avx512[2]);
+    const __m256i pc = _mm256_loadu_si256((const __m256i *) tp1x8_shuf_avx2[3]);
+    const __m256i k19 = _mm256_set1_epi32(1 | (9 << 16));
+    __m256 acc = _mm256_setzero_ps();
+    for (int b = 0; b < nb; ++b) {
+        const block_tp1x8 * xb = x + b;
+        const block_tpq16 * yb = y + b;
+        const __m512i qa = _mm512_loadu_si512(xb->qa);
+        const __m512i qb = _mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *) xb->qb));
+        __m512i X0 = _mm512_maskz_permutexvar_epi8(hi, p0, qa);
+        __m512i X1 = _mm512_maskz_permutexvar_epi8(hi, p1, qa);
+        __m512i X2 = _mm512_maskz_permutexvar_epi8(hi, p2, qb);
+        __m512i a0 = _mm512_setzero_si512(), a1 = a0, a2 = a0;
+#pragma GCC unroll 5
+        for (int l = 0; l < 5; ++l) {
+            int64_t q0, q1, q2;
+            memcpy(&q0, yb->qs + 4*l, 8);
+            memcpy(&q1, yb->qs + 4*(5 + l), 8);
+            memcpy(&q2, yb->qs + 4*(10 + l), 8);
+            a0 = _mm512_dpwssd_epi32(a0, _mm512_mulhi_epu16(X0, k3), _mm512_set1_epi64(q0));
+            a1 = _mm512_dpwssd_epi32(a1, _mm512_mulhi_epu16(X1, k3), _mm512_set1_epi64(q1));
+            a2 = _mm512_dpwssd_epi32(a2, _mm512_mulhi_epu16(X2, k3), _mm512_set1_epi64(q2));
+            if (l < 4) {
+                X0 = _mm512_add_epi16(_mm512_add_epi16(X0, X0), X0);
+                X1 = _mm512_add_epi16(_mm512_add_epi16(X1, X1), X1);
+                X2 = _mm512_add_epi16(_mm512_add_epi16(X2, X2), X2);
+            }
+        }
+        int64_t qc;
+        memcpy(&qc, xb->qc, 8);
+        __m256i XC = _mm256_mullo_epi16(_mm256_shuffle_epi8(_mm256_set1_epi64x(qc), pc), k19);
+        int32_t y60, y62;
+        memcpy(&y60, yb->qs + 60, 4);
+        memcpy(&y62, yb->qs + 62, 4);
+        __m256i ac = _mm256_madd_epi16(_mm256_mulhi_epu16(XC, k3y), _mm256_set1_epi32(y60));
+        XC = _mm256_add_epi16(_mm256_add_epi16(XC, XC), XC);
+        ac = _mm256_dpwssd_epi32(ac, _mm256_mulhi_epu16(XC, k3y), _mm256_set1_epi32(y62));
+        // lanes (row r, pair s) -> row r: add the odd lanes to the even ones, keep the even
+        __m512i t = _mm512_add_epi32(_mm512_add_epi32(a0, a1), a2);
+        t = _mm512_add_epi32(t, _mm512_srli_epi64(t, 32));
+        __m256i rows = _mm256_add_epi32(_mm512_cvtepi64_epi32(t), ac);
+        rows = _mm256_sub_epi32(rows, _mm256_set1_epi32(ysum[b]));
+        const __m256 d8 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *) xb->d));
+        acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(rows), _mm256_mul_ps(d8, _mm256_set1_ps(yb->d)), acc);
+    }
+    _mm256_storeu_ps(s, acc);
+}
 #endif // TRITPACK_GEMM_X86
 
 // ---------------------------------------------------------------------------------------------
@@ -522,7 +721,11 @@ bool ggml_tritpack_gemm_simd(void) {
 }
 
 size_t ggml_tritpack_act_row_size(enum ggml_type type, int64_t n) {
-    return (int) type == TRITPACK_TYPE_TP4 ? ggml_row_size(GGML_TYPE_Q8_0, n) : ggml_row_size((enum ggml_type) TRITPACK_TYPE_TPQ16, n);
+    if ((int) type == TRITPACK_TYPE_TP4) {
+        return ggml_row_size(GGML_TYPE_Q8_0, n);
+    }
+    // TP1: the TPQ16 row, then each block's sum of its 64 int16 (int32), for the GEMV's codes c = w + 1
+    return ggml_row_size((enum ggml_type) TRITPACK_TYPE_TPQ16, n) + (size_t) (n / QK_TPQ16)*sizeof(int32_t);
 }
 
 void ggml_tritpack_quantize_act(enum ggml_type type, const float * GGML_RESTRICT x, void * GGML_RESTRICT y, int64_t n, bool simd) {
@@ -539,6 +742,15 @@ void ggml_tritpack_quantize_act(enum ggml_type type, const float * GGML_RESTRICT
 #else
     quantize_row_tpq16_ref(x, (block_tpq16 *) y, n);
 #endif
+    const block_tpq16 * yb = (const block_tpq16 *) y;
+    char * sums = (char *) y + (size_t) (n / QK_TPQ16)*sizeof(block_tpq16);
+    for (int64_t b = 0; b < n / QK_TPQ16; ++b) {
+        int32_t sum = 0;
+        for (int j = 0; j < QK_TPQ16; ++j) {
+            sum += yb[b].qs[j];
+        }
+        memcpy(sums + b*sizeof(int32_t), &sum, sizeof(sum));
+    }
     (void) type;
 }
 
@@ -552,6 +764,11 @@ void ggml_tritpack_gemm(enum ggml_type type, int n, const void * GGML_RESTRICT v
                 tp4_gemm_vnni(n, vx, vy, by, ncols, s, bs);
             } else {
                 tp4_gemm_avx2(n, vx, vy, by, ncols, s, bs);
+            }
+        } else if (ncols < 4 && tritpack_gemm_have_avx512_tp1()) {
+            // a few columns: one GEMV each beats decoding for a GEMM (measured: 3 columns)
+            for (int c = 0; c < ncols; ++c) {
+                tp1_gemv_avx512(n, vx, (const char *) vy + c*by, s + c*bs);
             }
         } else {
             tp1_gemm_avx2(n, vx, vy, by, ncols, s, bs);
