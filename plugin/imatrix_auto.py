@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import hashlib
 import os
-import subprocess
 import time
 from pathlib import Path
 
 from .digest import sha256_file
 from .errors import TritpackError
 from .paths import tritpack_home
+from .programs import program, run_program
 
 CALIBRATION_TEXT = Path(__file__).with_name("imatrix_calibration.txt")
 CALIBRATION_NAME = "northanger-abbey-1-8"
@@ -38,9 +38,7 @@ def auto_imatrix(model: Path, source_sha256: str, lib_dir: Path, threads: int | 
     out = d / f"{key}.gguf"
     if out.is_file():
         return out, True
-    exe = lib_dir / "llama-imatrix"
-    if not exe.is_file():
-        raise TritpackError("no llama-imatrix in the build", path=lib_dir, hint="run `tritpack-gguf build`")
+    exe = program(lib_dir, "llama-imatrix")
     d.mkdir(parents=True, exist_ok=True)
     tmp = d / f"{key}.{os.getpid()}.tmp.gguf"
     log = d / f"{key}.log"
@@ -48,12 +46,10 @@ def auto_imatrix(model: Path, source_sha256: str, lib_dir: Path, threads: int | 
            "--chunks", str(AUTO_CHUNKS), "-o", str(tmp), "--no-ppl"]
     if threads:
         cmd += ["-t", str(threads)]
-    env = dict(os.environ)
-    env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in (str(lib_dir), env.get("LD_LIBRARY_PATH", "")) if p)
     progress("imatrix (llama-imatrix over the calibration text)", 0, 0)
     t0 = time.monotonic()
     try:
-        r = subprocess.run(cmd, capture_output=True, env=env)
+        r = run_program(cmd, lib_dir, what="llama-imatrix", path=model)
         text = (r.stdout + r.stderr).decode("utf-8", errors="replace")
         log.write_text(" ".join(cmd) + "\n\n" + text + f"\n[{time.monotonic() - t0:.1f} s]\n")
         if r.returncode != 0 or not tmp.is_file():
