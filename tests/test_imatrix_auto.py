@@ -70,3 +70,51 @@ def test_bad_imatrix_file_one_clear_error(model, tmp_path, capsys, bad):
     assert len(errors) == 1 and str(im) in errors[0], err
     assert "Traceback" not in err
     assert not (tmp_path / "out.gguf").exists()
+
+
+def test_the_default_makes_one_for_a_small_model(model, tmp_path, monkeypatch, capsys):
+    """Without --imatrix (and without TRITPACK_IMATRIX_DEFAULT), convert makes the automatic imatrix
+    for a TP4 model up to 1B weights and says so; the same bytes as --imatrix auto."""
+    monkeypatch.setenv("TRITPACK_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("TRITPACK_IMATRIX_DEFAULT")
+    rc, rep, err = _convert(capsys, model, "-o", tmp_path / "d.gguf")
+    assert rc == 0, err
+    assert rep["imatrix"] == auto_label() and "default for models up to 1B weights" in rep["imatrix_note"]
+    rc, rep2, err = _convert(capsys, model, "-o", tmp_path / "a.gguf", "--imatrix", "auto")
+    assert rc == 0 and rep2["imatrix_seconds"] == 0, err  # the default's imatrix, from the cache
+    assert (tmp_path / "d.gguf").read_bytes() == (tmp_path / "a.gguf").read_bytes()
+    # in words: the imatrix line says where it came from
+    assert cli_main(["convert", str(model), "-o", str(tmp_path / "w.gguf")]) == 0
+    assert "imatrix: auto:" in capsys.readouterr().out
+    # TP1 (exact for ternary weights, the case it is for) is not given one by default
+    rc, rep, err = _convert(capsys, model, "-o", tmp_path / "t.gguf", "--type", "tp1")
+    assert rc == 0 and rep["imatrix"] is None and rep["imatrix_note"] is None, err
+
+
+def test_the_default_stays_out_of_the_way(model, tmp_path, monkeypatch, capsys):
+    """Above the size limit the default makes none and says why; a llama-imatrix that fails under the
+    default is a note, not a failed conversion (asked for with --imatrix auto it is an error); a
+    bad TRITPACK_IMATRIX_DEFAULT is one clear error."""
+    from tritpack_gguf import convert as C
+    from tritpack_gguf import imatrix_auto
+    from tritpack_gguf.errors import TritpackError
+
+    monkeypatch.setenv("TRITPACK_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("TRITPACK_IMATRIX_DEFAULT")
+    monkeypatch.setattr(C, "SMALL_MODEL_WEIGHTS", 1000)
+    rc, rep, err = _convert(capsys, model, "-o", tmp_path / "big.gguf")
+    assert rc == 0 and rep["imatrix"] is None and "above the 1B" in rep["imatrix_note"], err
+    monkeypatch.setattr(C, "SMALL_MODEL_WEIGHTS", 10**9)
+
+    def broken(*a, **k):
+        raise TritpackError("llama-imatrix failed (exit 1): out of luck", path=model)
+
+    monkeypatch.setattr(imatrix_auto, "auto_imatrix", broken)
+    rc, rep, err = _convert(capsys, model, "-o", tmp_path / "fell-back.gguf")
+    assert rc == 0 and rep["imatrix"] is None and "llama-imatrix failed (exit 1): out of luck" in rep["imatrix_note"], err
+    assert "tritpack.imatrix" not in GGUFFile(tmp_path / "fell-back.gguf").fields
+    rc, _, err = _convert(capsys, model, "-o", tmp_path / "asked.gguf", "--imatrix", "auto")
+    assert rc != 0 and "out of luck" in err and not (tmp_path / "asked.gguf").exists()
+    monkeypatch.setenv("TRITPACK_IMATRIX_DEFAULT", "sometimes")
+    rc, _, err = _convert(capsys, model, "-o", tmp_path / "x.gguf")
+    assert rc != 0 and "TRITPACK_IMATRIX_DEFAULT must be small, auto or none" in err

@@ -28,7 +28,9 @@ def print_convert_report(r, console: Console | None = None) -> None:
         c.print(f"[yellow]ternary sources NOT reproduced exactly: {', '.join(not_lossless)}[/yellow]")
     if r.imatrix:
         ran = f" (llama-imatrix: {r.imatrix_seconds:.0f} s)" if r.imatrix_seconds else ""
-        c.print(f"imatrix: {r.imatrix}{ran}")
+        c.print(f"imatrix: {r.imatrix}{ran}" + (f"; {r.imatrix_note}" if r.imatrix_note else ""))
+    elif r.imatrix_note:
+        c.print(f"[yellow]{r.imatrix_note}[/yellow]")
     elif r.type in ("tp4", "mixed") and not any(t.lossless for t in r.tensors):
         # measured on SmolLM2-135M (README, convert): TP4's mean KL divergence 0.103 -> 0.035, its
         # answers right where the plain file's were wrong; llama-imatrix took ~2 min on 2 cores there

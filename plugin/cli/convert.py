@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -22,7 +23,7 @@ def convert_command(
     like: Annotated[str | None, typer.Option("--like", help="For --type mixed: the budget is the size llama-quantize gives this model as that preset (Q4_K_M, Q3_K_M, Q6_K, ...).")] = None,
     target_cos: Annotated[float | None, typer.Option("--target-cos", help="TP1: smallest error meeting this cosine similarity.")] = None,
     alpha: Annotated[str, typer.Option("--alpha", help="TP1 threshold factor: auto (searched per tensor) or a number.")] = "auto",
-    imatrix: Annotated[str | None, typer.Option("--imatrix", help="llama-imatrix file weighting the errors; auto: made by llama-imatrix from the package's calibration text (cached); none: no imatrix.")] = None,
+    imatrix: Annotated[str | None, typer.Option("--imatrix", help="llama-imatrix file weighting the errors; auto: made by llama-imatrix from the package's calibration text (cached); small: auto for TP4/mixed models up to 1B weights (the default; TRITPACK_IMATRIX_DEFAULT=none changes it); none: no imatrix.")] = None,
     keep: Annotated[list[str] | None, typer.Option("--keep", help="Keep tensors matching this pattern as they are (repeatable).")] = None,
     threads: ThreadsOpt = None,
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing output file.")] = False,
@@ -41,6 +42,10 @@ def convert_command(
         alpha_v = None
     if target_cos is not None and not 0.0 < target_cos < 1.0:
         raise TritpackError("--target-cos must be between 0 and 1")
+    if imatrix is None:
+        imatrix = os.environ.get("TRITPACK_IMATRIX_DEFAULT") or "small"
+        if imatrix not in ("small", "auto", "none"):
+            raise TritpackError(f"TRITPACK_IMATRIX_DEFAULT must be small, auto or none, not {imatrix!r}")
     if (budget or bpw or like) and type_.lower() != "mixed":
         raise TritpackError("--budget, --bpw and --like apply to --type mixed")
     path, stem = resolve_model_arg(model)
@@ -54,7 +59,7 @@ def convert_command(
                                        budget=_convert.parse_size(budget) if budget else None, bpw=bpw,
                                        like=_convert.policy.preset(like) if like else None,
                                        target_cos=target_cos, alpha=alpha_v,
-                                       imatrix=imatrix if imatrix in (None, "auto", "none") else Path(imatrix), keep=keep or [],
+                                       imatrix=imatrix if imatrix in ("small", "auto", "none") else Path(imatrix), keep=keep or [],
                                        threads=threads, force=force, dry_run=dry_run)
     except BaseException:
         if source_hash is not None:
