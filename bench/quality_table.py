@@ -540,7 +540,9 @@ def goals(rows: dict[str, dict], error, name: str, spec: str) -> list[str]:
         if tp4 and km:
             out.append(f"- TP4{which} against Q4_K_M{which}: {name} {error(tp4):{spec}} vs {error(km):{spec}} = "
                        f"**{error(tp4) / error(km):.2f}x** at {tp4['bpw']:.3f} vs {km['bpw']:.3f} bpw (Q4_K_M spends "
-                       f"{km['bpw'] - tp4['bpw']:+.3f} bpw more)")
+                       f"{km['bpw'] - tp4['bpw']:+.3f} bpw more)"
+                       + ("; which tensors cost TP4 the most, and why: [tp4-tensor-cost.md](tp4-tensor-cost.md)"
+                          if not suffix and name == "KLD" else ""))
     for p in LIKE:
         for suffix in ("", " +imat"):
             stock, mix = p + suffix, like_label(p) + suffix
