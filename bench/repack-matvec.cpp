@@ -7,6 +7,7 @@
 //   g++ -O2 -std=c++17 -I$SRC/ggml/include -Iggml_kernels bench/repack-matvec.cpp -o matvec
 //       -L$LIB -lggml -lggml-base -lggml-cpu -Wl,-rpath,$LIB            (one command line)
 //   ./matvec THREADS K N COLS REPS        e.g. ./matvec 1 2048 5632 1 200
+//   ./matvec THREADS K N COLS REPS tp4    TP4 (repacked, plain) beside IQ4_NL and Q4_0 (repacked)
 //
 // ($LIB: the folder `tritpack-gguf build` prints; $SRC: its source_dir, `tritpack-gguf build --json`.)
 #include "ggml.h"
@@ -56,11 +57,19 @@ int main(int argc, char ** argv) {
     auto get_extra = (ggml_backend_buffer_type_t * (*)(ggml_backend_dev_t)) ggml_backend_reg_get_proc_address(reg, "ggml_backend_dev_get_extra_bufts");
     ggml_backend_buffer_type_t rp = nullptr;
     for (ggml_backend_buffer_type_t * b = get_extra(dev); b && *b; ++b) if (strcmp(ggml_backend_buft_name(*b), "CPU_REPACK") == 0) rp = *b;
+    const bool tp4 = argc > 6 && strcmp(argv[6], "tp4") == 0;
     std::vector<Op> ops;
-    if (tp) ops.push_back(make(tp, (ggml_type) 80, K, N, nc, "TP1 repacked"));
-    ops.push_back(make(ggml_backend_cpu_buffer_type(), (ggml_type) 80, K, N, nc, "TP1 plain"));
-    if (K % 256 == 0) ops.push_back(make(ggml_backend_cpu_buffer_type(), GGML_TYPE_TQ2_0, K, N, nc, "TQ2_0"));
-    if (K % 256 == 0) ops.push_back(make(ggml_backend_cpu_buffer_type(), GGML_TYPE_TQ1_0, K, N, nc, "TQ1_0"));
+    if (tp4) {
+        // TP4 beside the stock types of its size, both in ggml's CPU_REPACK
+        if (tp) ops.push_back(make(tp, (ggml_type) 81, K, N, nc, "TP4 repacked"));
+        ops.push_back(make(ggml_backend_cpu_buffer_type(), (ggml_type) 81, K, N, nc, "TP4 plain"));
+        if (rp) ops.push_back(make(rp, GGML_TYPE_IQ4_NL, K, N, nc, "IQ4_NL repacked"));
+    } else {
+        if (tp) ops.push_back(make(tp, (ggml_type) 80, K, N, nc, "TP1 repacked"));
+        ops.push_back(make(ggml_backend_cpu_buffer_type(), (ggml_type) 80, K, N, nc, "TP1 plain"));
+        if (K % 256 == 0) ops.push_back(make(ggml_backend_cpu_buffer_type(), GGML_TYPE_TQ2_0, K, N, nc, "TQ2_0"));
+        if (K % 256 == 0) ops.push_back(make(ggml_backend_cpu_buffer_type(), GGML_TYPE_TQ1_0, K, N, nc, "TQ1_0"));
+    }
     if (rp) ops.push_back(make(rp, GGML_TYPE_Q4_0, K, N, nc, "Q4_0 repacked"));
     for (int r = 0; r < reps; ++r) for (auto & o : ops) {
         auto t0 = std::chrono::high_resolution_clock::now();
@@ -69,7 +78,7 @@ int main(int argc, char ** argv) {
         o.best = std::min(o.best, dt); o.ts.push_back(dt);
     }
     for (auto & o : ops) { std::sort(o.ts.begin(), o.ts.end());
-        printf("%-14s t=%d K=%lld N=%lld cols=%lld: best %7.1f us (%5.1f Gw/s)  median %7.1f us\n", o.name, nth, (long long) K, (long long) N, (long long) nc,
+        printf("%-15s t=%d K=%lld N=%lld cols=%lld: best %7.1f us (%5.1f Gw/s)  median %7.1f us\n", o.name, nth, (long long) K, (long long) N, (long long) nc,
                o.best*1e6, K*N*nc/o.best*1e-9, o.ts[o.ts.size()/2]*1e6); }
     return 0;
 }

@@ -63,7 +63,8 @@ bool ggml_tritpack_can_repack(enum ggml_type type, int64_t n_per_row, int64_t nr
 void ggml_tritpack_repack(enum ggml_type type, void * GGML_RESTRICT dst, const void * GGML_RESTRICT src, int64_t nrows, int64_t n_per_row);
 // whether the SIMD path runs here (AVX2 + FMA + F16C at run time, and GGML_TRITPACK_GENERIC unset)
 bool ggml_tritpack_gemm_simd(void);
-// the activations of a repacked product: Q8_0 for TP4 (as its plain vec_dot), TPQ16 for TP1; bytes per column
+// the activations of a repacked product: Q8_0 for TP4 (as its plain vec_dot; followed by the blocks' scales as
+// float and -128 x the sums of each 16 values, for TP4's batch kernels), TPQ16 for TP1; bytes per column
 size_t ggml_tritpack_act_row_size(enum ggml_type type, int64_t n);
 // one column of activations in that type (simd: which TPQ16 quantizer runs; the bytes are the same)
 void ggml_tritpack_quantize_act(enum ggml_type type, const float * GGML_RESTRICT x, void * GGML_RESTRICT y, int64_t n, bool simd);

@@ -19,7 +19,12 @@
 //     activations, started from -128 * (the activations' sums of 4): one instruction per 32 weights;
 //   - AVX2: the sign trick, |w| x sign(y, w) by vpmaddubsw (|pair| <= 2*127*127), then vpmaddwd by 1.
 // The vpdpbusd is written as inline assembly so that one function body serves both paths, each in
-// a function compiled for AVX2 only (no AVX-512 code can leak into the AVX2 path).
+// a function compiled for AVX2 only (no AVX-512 code can leak into the AVX2 path). That is the GEMV
+// (one column). From two columns on, with AVX512-VNNI, tp4_gemm_vnni_cols turns a tile block around
+// once instead (rows in the int32 lanes, so no horizontal sums) and reuses it for every column of the
+// pass: it needs two more things per column, which ggml_tritpack_quantize_act stores after the Q8_0
+// blocks (the same values: the integer sums per 32 weights are those above). Without VNNI,
+// tp4_gemm_avx2_cols does the same from eight columns on, with the sign trick.
 //
 // TP1 multiplies with TPQ16 activations (int16 and a float scale per 64; tritpack-common.h), as its
 // plain vec_dot does, so that it stays exact on ternary models; the integer sum of every row block is
@@ -62,6 +67,12 @@
 
 #define TP_NR   8   // rows per tile
 #define TP_NCOL 32  // columns per pass: their activations stay in L2 while a tile's blocks are decoded
+#ifndef TP4_AVX2_COLS
+#define TP4_AVX2_COLS 8  // likewise without VNNI (measured: 1.27x at 32 columns, even at 8)
+#endif
+#ifndef TP4_VNNI_COLS
+#define TP4_VNNI_COLS 2  // from this many columns on, TP4 decodes a tile block once into the rows-in-lanes form
+#endif
 
 // ggml-cpu's from_float of Q8_0 (quants.h): the activations of TP4's plain vec_dot, the same bytes here
 void quantize_row_q8_0(const float * GGML_RESTRICT x, void * GGML_RESTRICT y, int64_t k);
@@ -592,6 +603,94 @@ static inline __attribute__((always_inline)) void tp4_gemm_q8(const int vnni, in
     }
 }
 
+// 8 vectors of 8 int32 (one per row) -> t[k] = int32 k of rows 0..7
+static inline __attribute__((always_inline)) void tp_transpose8_epi32_tp4(const __m256i w[TP_NR], __m256i t[8]) {
+    const __m256i t0 = _mm256_unpacklo_epi32(w[0], w[1]), t1 = _mm256_unpackhi_epi32(w[0], w[1]);
+    const __m256i t2 = _mm256_unpacklo_epi32(w[2], w[3]), t3 = _mm256_unpackhi_epi32(w[2], w[3]);
+    const __m256i t4 = _mm256_unpacklo_epi32(w[4], w[5]), t5 = _mm256_unpackhi_epi32(w[4], w[5]);
+    const __m256i t6 = _mm256_unpacklo_epi32(w[6], w[7]), t7 = _mm256_unpackhi_epi32(w[6], w[7]);
+    const __m256i u0 = _mm256_unpacklo_epi64(t0, t2), u1 = _mm256_unpackhi_epi64(t0, t2);
+    const __m256i u2 = _mm256_unpacklo_epi64(t1, t3), u3 = _mm256_unpackhi_epi64(t1, t3);
+    const __m256i u4 = _mm256_unpacklo_epi64(t4, t6), u5 = _mm256_unpackhi_epi64(t4, t6);
+    const __m256i u6 = _mm256_unpacklo_epi64(t5, t7), u7 = _mm256_unpackhi_epi64(t5, t7);
+    t[0] = _mm256_permute2x128_si256(u0, u4, 0x20); t[4] = _mm256_permute2x128_si256(u0, u4, 0x31);
+    t[1] = _mm256_permute2x128_si256(u1, u5, 0x20); t[5] = _mm256_permute2x128_si256(u1, u5, 0x31);
+    t[2] = _mm256_permute2x128_si256(u2, u6, 0x20); t[6] = _mm256_permute2x128_si256(u2, u6, 0x31);
+    t[3] = _mm256_permute2x128_si256(u3, u7, 0x20); t[7] = _mm256_permute2x128_si256(u3, u7, 0x31);
+}
+
+// TP4 x Q8_0, several columns, AVX2 (no VNNI): the rows in the lanes as in tp4_gemm_vnni_cols below, with the
+// sign trick per 4 weights (|w| by vpmaddubsw with sign(y, w), |pair| <= 2*127*127) and the sub-block scale
+// applied by the vpmaddwd that widens the pairs (int16 s in both halves of row r's lane), so that the
+// two sub-blocks of a Q8_0 block share one accumulator: no hadd, no vpmulld, no bias
+static void tp4_gemm_avx2_cols(int n, const void * GGML_RESTRICT vx, const void * GGML_RESTRICT vy, size_t by, int ncols,
+                               float * GGML_RESTRICT s, size_t bs) {
+    const int nb = n / QK_TP4;
+    const size_t q8 = (size_t) (n / QK8_0) * sizeof(block_q8_0);  // then the float scales (tritpack_quantize_act)
+    const __m256i m4   = _mm256_set1_epi8(0x0f);
+    const __m256i lo16 = _mm256_set1_epi32(0xffff);
+    const __m256i stbl = _mm256_setr_epi32(TRITPACK_TP4_SCALE(0), TRITPACK_TP4_SCALE(1), TRITPACK_TP4_SCALE(2),
+                                           TRITPACK_TP4_SCALE(3), TRITPACK_TP4_SCALE(4), TRITPACK_TP4_SCALE(5),
+                                           TRITPACK_TP4_SCALE(6), TRITPACK_TP4_SCALE(7));
+    for (int c0 = 0; c0 < ncols; c0 += TP_NCOL) {
+        const int nc = ncols - c0 < TP_NCOL ? ncols - c0 : TP_NCOL;
+        __m256 acc[TP_NCOL];
+        for (int c = 0; c < nc; ++c) {
+            acc[c] = _mm256_setzero_ps();
+        }
+        for (int b = 0; b < nb; ++b) {
+            const block_tp4x8 * xb = (const block_tp4x8 *) vx + b;
+            const __m256 d8 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *) xb->d));
+            const __m256i sc = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *) xb->sc));
+            __m256i sv[TP4_NSUB];
+            for (int i = 0; i < TP4_NSUB; ++i) {
+                const __m256i v = _mm256_permutevar8x32_epi32(stbl, _mm256_srli_epi32(sc, 4 + 3*i));
+                sv[i] = _mm256_or_si256(_mm256_and_si256(v, lo16), _mm256_slli_epi32(v, 16));
+            }
+            // W[8h + k]: lane r = weights 32h + 4k .. 32h + 4k + 3 of row r; A: their absolute values
+            __m256i W[16], A[16];
+            {
+                __m256i u[2][TP_NR];
+#pragma GCC unroll 8
+                for (int r = 0; r < TP_NR; ++r) {
+                    const unsigned scr = xb->sc[r][0] | ((unsigned) xb->sc[r][1] << 8);
+                    const __m256i cb = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *) tp4_codebooks[scr & 15]));
+                    const __m256i q = _mm256_loadu_si256((const __m256i *) xb->qs[r]);
+                    u[0][r] = _mm256_shuffle_epi8(cb, _mm256_and_si256(q, m4));
+                    u[1][r] = _mm256_shuffle_epi8(cb, _mm256_and_si256(_mm256_srli_epi16(q, 4), m4));
+                }
+                tp_transpose8_epi32_tp4(u[0], W);
+                tp_transpose8_epi32_tp4(u[1], W + 8);
+                for (int k = 0; k < 16; ++k) {
+                    A[k] = _mm256_sign_epi8(W[k], W[k]);
+                }
+            }
+            for (int c = 0; c < nc; ++c) {
+                const char * yc = (const char *) vy + (size_t) (c0 + c)*by;
+                const block_q8_0 * y = (const block_q8_0 *) yc + 2*b;
+                const float * yd = (const float *) (yc + q8) + 2*b;
+                _mm_prefetch((const char *) (y + 2), _MM_HINT_T0);
+                _mm_prefetch((const char *) (y + 2) + 64, _MM_HINT_T0);
+#pragma GCC unroll 2
+                for (int h = 0; h < 2; ++h) {
+                    __m256i a = _mm256_setzero_si256();
+#pragma GCC unroll 8
+                    for (int k = 0; k < 8; ++k) {
+                        int32_t v;
+                        memcpy(&v, y[h].qs + 4*k, sizeof(v));
+                        const __m256i p = _mm256_maddubs_epi16(A[8*h + k], _mm256_sign_epi8(_mm256_set1_epi32(v), W[8*h + k]));
+                        a = _mm256_add_epi32(a, _mm256_madd_epi16(p, sv[2*h + k/4]));
+                    }
+                    acc[c] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(a), _mm256_mul_ps(d8, _mm256_broadcast_ss(yd + h)), acc[c]);
+                }
+            }
+        }
+        for (int c = 0; c < nc; ++c) {
+            _mm256_storeu_ps(s + (c0 + c)*bs, acc[c]);
+        }
+    }
+}
+
 static void tp4_gemm_avx2(int n, const void * vx, const void * vy, size_t by, int ncols, float * s, size_t bs) {
     tp4_gemm_q8(0, n, vx, vy, by, ncols, s, bs);
 }
@@ -601,6 +700,112 @@ static void tp4_gemm_vnni(int n, const void * vx, const void * vy, size_t by, in
 }
 
 #undef TP_DOT
+#pragma GCC pop_options
+
+// ---- TP4 x Q8_0, several columns: AVX512-VNNI with the rows in the lanes ----
+//
+// For a batch the 8 rows' blocks are decoded once per tile block into sixteen vectors V_k whose int32
+// lane r holds weights 4k..4k+3 of row r (the entry plus 128, unsigned), so that one vpdpbusd with
+// four activations broadcast from memory (the EVEX {1to8} form) adds four products to each of the
+// 8 rows at once: 16 instructions per 64 weights, 8 rows and column, and no horizontal sums. The
+// 128 * (sum of the activations) that the unsigned weights add is taken off by starting each
+// sub-block's accumulator from -128 * the sum of its 16 activations, which ggml_tritpack_quantize_act
+// stores after the column's Q8_0 blocks (with their scales as float), so a column costs no more than
+// its products, two vpmulld by the sub-block scales per Q8_0 block and one FMA.
+#pragma GCC push_options
+#pragma GCC target("avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512vnni")
+
+// 8 vectors of 8 int32 (one per row) -> t[k] = int32 k of rows 0..7
+static inline __attribute__((always_inline)) void tp4_transpose8x8(const __m256i w[TP_NR], __m256i t[8]) {
+    const __m256i t0 = _mm256_unpacklo_epi32(w[0], w[1]), t1 = _mm256_unpackhi_epi32(w[0], w[1]);
+    const __m256i t2 = _mm256_unpacklo_epi32(w[2], w[3]), t3 = _mm256_unpackhi_epi32(w[2], w[3]);
+    const __m256i t4 = _mm256_unpacklo_epi32(w[4], w[5]), t5 = _mm256_unpackhi_epi32(w[4], w[5]);
+    const __m256i t6 = _mm256_unpacklo_epi32(w[6], w[7]), t7 = _mm256_unpackhi_epi32(w[6], w[7]);
+    const __m256i u0 = _mm256_unpacklo_epi64(t0, t2), u1 = _mm256_unpackhi_epi64(t0, t2);
+    const __m256i u2 = _mm256_unpacklo_epi64(t1, t3), u3 = _mm256_unpackhi_epi64(t1, t3);
+    const __m256i u4 = _mm256_unpacklo_epi64(t4, t6), u5 = _mm256_unpackhi_epi64(t4, t6);
+    const __m256i u6 = _mm256_unpacklo_epi64(t5, t7), u7 = _mm256_unpackhi_epi64(t5, t7);
+    t[0] = _mm256_permute2x128_si256(u0, u4, 0x20); t[4] = _mm256_permute2x128_si256(u0, u4, 0x31);
+    t[1] = _mm256_permute2x128_si256(u1, u5, 0x20); t[5] = _mm256_permute2x128_si256(u1, u5, 0x31);
+    t[2] = _mm256_permute2x128_si256(u2, u6, 0x20); t[6] = _mm256_permute2x128_si256(u2, u6, 0x31);
+    t[3] = _mm256_permute2x128_si256(u3, u7, 0x20); t[7] = _mm256_permute2x128_si256(u3, u7, 0x31);
+}
+
+// acc + the products of the unsigned bytes u with the four signed bytes at p, broadcast (the {1to8} memory
+// form, one instruction: the compiler would load the broadcast separately)
+static inline __attribute__((always_inline)) __m256i tp4_dpbusd_bcst(__m256i acc, const __m256i u, const void * p) {
+    __asm__("vpdpbusd %2%{1to8%}, %1, %0" : "+v"(acc) : "v"(u), "m"(*(const int32_t *) p));
+    return acc;
+}
+
+static void tp4_gemm_vnni_cols(int n, const void * GGML_RESTRICT vx, const void * GGML_RESTRICT vy, size_t by, int ncols,
+                               float * GGML_RESTRICT s, size_t bs) {
+    const int nb = n / QK_TP4;
+    const size_t q8 = (size_t) (n / QK8_0) * sizeof(block_q8_0);  // then float d[n/32], int32 -128*sums[n/16]
+    const __m256i m4   = _mm256_set1_epi8(0x0f);
+    const __m256i k80  = _mm256_set1_epi8((char) 0x80);
+    const __m256i stbl = _mm256_setr_epi32(TRITPACK_TP4_SCALE(0), TRITPACK_TP4_SCALE(1), TRITPACK_TP4_SCALE(2),
+                                           TRITPACK_TP4_SCALE(3), TRITPACK_TP4_SCALE(4), TRITPACK_TP4_SCALE(5),
+                                           TRITPACK_TP4_SCALE(6), TRITPACK_TP4_SCALE(7));
+    for (int c0 = 0; c0 < ncols; c0 += TP_NCOL) {
+        const int nc = ncols - c0 < TP_NCOL ? ncols - c0 : TP_NCOL;
+        __m256 acc[TP_NCOL];
+        for (int c = 0; c < nc; ++c) {
+            acc[c] = _mm256_setzero_ps();
+        }
+        for (int b = 0; b < nb; ++b) {
+            const block_tp4x8 * xb = (const block_tp4x8 *) vx + b;
+            const __m256 d8 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *) xb->d));
+            const __m256i sc = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *) xb->sc));
+            __m256i sv[TP4_NSUB];
+            for (int i = 0; i < TP4_NSUB; ++i) {
+                sv[i] = _mm256_permutevar8x32_epi32(stbl, _mm256_srli_epi32(sc, 4 + 3*i));
+            }
+            // V[8h + k]: lane r = weights 32h + 4k .. 32h + 4k + 3 of row r, plus 128
+            __m256i V[16];
+            {
+                __m256i u[2][TP_NR];
+#pragma GCC unroll 8
+                for (int r = 0; r < TP_NR; ++r) {
+                    const unsigned scr = xb->sc[r][0] | ((unsigned) xb->sc[r][1] << 8);
+                    const __m256i cb = _mm256_xor_si256(
+                        _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *) tp4_codebooks[scr & 15])), k80);
+                    const __m256i q = _mm256_loadu_si256((const __m256i *) xb->qs[r]);
+                    u[0][r] = _mm256_shuffle_epi8(cb, _mm256_and_si256(q, m4));
+                    u[1][r] = _mm256_shuffle_epi8(cb, _mm256_and_si256(_mm256_srli_epi16(q, 4), m4));
+                }
+                tp4_transpose8x8(u[0], V);
+                tp4_transpose8x8(u[1], V + 8);
+            }
+            for (int c = 0; c < nc; ++c) {
+                const char * yc = (const char *) vy + (size_t) (c0 + c)*by;
+                const block_q8_0 * y = (const block_q8_0 *) yc + 2*b;
+                const float * yd = (const float *) (yc + q8) + 2*b;
+                const int32_t * yb = (const int32_t *) (yc + q8 + (size_t) (n / QK8_0)*sizeof(float)) + 4*b;
+                // the column's next two Q8_0 blocks: 32 columns of a pass are too many streams for the
+                // hardware prefetcher (+5% at n = 5632)
+                _mm_prefetch((const char *) (y + 2), _MM_HINT_T0);
+                _mm_prefetch((const char *) (y + 2) + 64, _MM_HINT_T0);
+#pragma GCC unroll 2
+                for (int h = 0; h < 2; ++h) {
+                    __m256i a0 = _mm256_set1_epi32(yb[2*h + 0]);
+                    __m256i a1 = _mm256_set1_epi32(yb[2*h + 1]);
+#pragma GCC unroll 4
+                    for (int k = 0; k < 4; ++k) {
+                        a0 = tp4_dpbusd_bcst(a0, V[8*h + k],     y[h].qs + 4*k);
+                        a1 = tp4_dpbusd_bcst(a1, V[8*h + 4 + k], y[h].qs + 16 + 4*k);
+                    }
+                    const __m256i isum = _mm256_add_epi32(_mm256_mullo_epi32(a0, sv[2*h]), _mm256_mullo_epi32(a1, sv[2*h + 1]));
+                    acc[c] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_mul_ps(d8, _mm256_broadcast_ss(yd + h)), acc[c]);
+                }
+            }
+        }
+        for (int c = 0; c < nc; ++c) {
+            _mm256_storeu_ps(s + (c0 + c)*bs, acc[c]);
+        }
+    }
+}
+
 #pragma GCC pop_options
 
 static int tritpack_gemm_have_avx2(void) {
@@ -617,7 +822,8 @@ static int tritpack_gemm_have_vnni(void) {
     static int have = -1;
     if (have < 0) {
         __builtin_cpu_init();
-        have = __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512vl") && getenv("GGML_TRITPACK_NO_VNNI") == NULL;
+        have = __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512f") &&
+               __builtin_cpu_supports("avx512bw") && getenv("GGML_TRITPACK_NO_VNNI") == NULL;
     }
     return have;
 }
@@ -720,9 +926,11 @@ bool ggml_tritpack_gemm_simd(void) {
 #endif
 }
 
+// TP4: the Q8_0 blocks, then their scales as float (n/32) and -128 times the sum of each 16 of their
+// values (int32, n/16) for the batch kernel (tp4_gemm_vnni_cols)
 size_t ggml_tritpack_act_row_size(enum ggml_type type, int64_t n) {
     if ((int) type == TRITPACK_TYPE_TP4) {
-        return ggml_row_size(GGML_TYPE_Q8_0, n);
+        return ggml_row_size(GGML_TYPE_Q8_0, n) + (size_t) (n / QK8_0)*sizeof(float) + (size_t) (n / 16)*sizeof(int32_t);
     }
     // TP1: the TPQ16 row, then each block's sum of its 64 int16 (int32), for the GEMV's codes c = w + 1
     return ggml_row_size((enum ggml_type) TRITPACK_TYPE_TPQ16, n) + (size_t) (n / QK_TPQ16)*sizeof(int32_t);
@@ -731,6 +939,19 @@ size_t ggml_tritpack_act_row_size(enum ggml_type type, int64_t n) {
 void ggml_tritpack_quantize_act(enum ggml_type type, const float * GGML_RESTRICT x, void * GGML_RESTRICT y, int64_t n, bool simd) {
     if ((int) type == TRITPACK_TYPE_TP4) {
         quantize_row_q8_0(x, y, n);  // what the plain path's vec_dot gets
+        const block_q8_0 * q = (const block_q8_0 *) y;
+        float * d = (float *) ((char *) y + ggml_row_size(GGML_TYPE_Q8_0, n));
+        int32_t * bias = (int32_t *) (d + n / QK8_0);
+        for (int64_t b = 0; b < n / QK8_0; ++b) {
+            d[b] = GGML_CPU_FP16_TO_FP32(q[b].d);
+            for (int h = 0; h < 2; ++h) {
+                int32_t sum = 0;
+                for (int j = 0; j < 16; ++j) {
+                    sum += q[b].qs[16*h + j];
+                }
+                bias[2*b + h] = -128*sum;
+            }
+        }
         return;
     }
 #if defined(TRITPACK_GEMM_X86)
@@ -760,8 +981,12 @@ void ggml_tritpack_gemm(enum ggml_type type, int n, const void * GGML_RESTRICT v
 #if defined(TRITPACK_GEMM_X86)
     if (simd) {
         if ((int) type == TRITPACK_TYPE_TP4) {
-            if (tritpack_gemm_have_vnni()) {
+            if (tritpack_gemm_have_vnni() && ncols >= TP4_VNNI_COLS) {
+                tp4_gemm_vnni_cols(n, vx, vy, by, ncols, s, bs);
+            } else if (tritpack_gemm_have_vnni()) {
                 tp4_gemm_vnni(n, vx, vy, by, ncols, s, bs);
+            } else if (ncols >= TP4_AVX2_COLS) {
+                tp4_gemm_avx2_cols(n, vx, vy, by, ncols, s, bs);
             } else {
                 tp4_gemm_avx2(n, vx, vy, by, ncols, s, bs);
             }
