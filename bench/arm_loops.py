@@ -53,7 +53,7 @@ def loops(disassembly: str, symbol: str) -> list[list[str]]:
     return out
 
 
-# the repacked tiles: label, symbol; ROW_LOOPS: GEMVs whose loop over a block runs a loop over its 8 rows
+# the repacked tiles: label, symbol; ROW_LOOPS: GEMVs whose loop over a block runs a loop over its rows (times)
 TILE_FUNCTIONS = [
     ("TP4 x Q8_0 GEMM, i8mm (ours)", "tp4_gemm_i8mm"),
     ("TP4 x Q8_0 GEMM, dotprod (ours)", "tp4_gemm_dot"),
@@ -68,12 +68,13 @@ TILE_FUNCTIONS = [
     ("IQ4_NL 4x4 GEMM, dotprod (ggml)", "ggml_gemm_iq4_nl_4x4_q8_0"),
     ("IQ4_NL 4x4 GEMV, dotprod (ggml)", "ggml_gemv_iq4_nl_4x4_q8_0"),
 ]
-ROW_LOOPS = {"tp1_gemv_neon": 8}
+ROW_LOOPS = {"tp1_gemv_neon": 4}  # TP1: rows in pairs
 # kernels that multiply each weight-activation pair by more than one instruction: TP1's i8mm GEMM splits
 # its 16-bit activations into two bytes (smmla on the high, usmmla on the low)
 SPLIT = {"tp1_gemm_i8mm": 2}
-# GEMMs whose block loop decodes its 8 rows in a loop of its own (which runs 8 times a block)
-DECODE_LOOPS = {"tp1_gemm_neon": 8}
+# GEMMs whose block loop decodes its rows in a loop of its own (and how many times it runs a block); none
+# now: TP1's GEMMs decode the row pairs unrolled
+DECODE_LOOPS: dict[str, int] = {}
 LANES = {"4s": 4, "8h": 8, "2d": 2}
 
 

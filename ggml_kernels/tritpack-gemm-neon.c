@@ -21,6 +21,12 @@
 // path's and the NEON vec_dot's (tritpack-neon.c) bit for bit; tests/arm/repack_check.c checks that
 // under qemu-aarch64.
 //
+// TP1's trits are decoded from the tile's re-encoded bytes (tritpack-gemm.c, "TP1 tile layout"; the TP1
+// tile decode section below) two rows at a time, with no tbl: one 16-byte load holds the first 8 bytes of
+// rows 2p and 2p+1, and each of its levels (a multiply by 3^n, two compares) gives 4 + 4 consecutive
+// weights of both rows; the GEMMs put them in element order by trn1/trn2 of 32-bit lanes, the GEMV
+// instead puts its column's activations in the order of the lanes, once a block for the 8 rows.
+//
 // Per 64-block of a tile, the GEMMs first decode the 8 rows into a small buffer (TP4: codebook entries
 // through vqtbl1q_s8; TP1: trits, int8 for i8mm, int16 for smlal), with their scales, then run every
 // column of the pass over it:
@@ -36,7 +42,8 @@
 //   - TP1 i8mm: the trits as int8, rows paired as TP4's; an activation is 256 * (high byte, signed) +
 //     (low byte, unsigned): smmla on the high bytes, shifted by 8, then usmmla on the low ones (exact).
 //   - TP1 smlal: each row's 64 trits as 8 int16x8; per column 16 smlal a row, the rows' lanes added by addp.
-// The GEMVs decode straight into the products (no buffer) and share the column's loads across the rows.
+// The GEMVs decode straight into the products (no buffer) and share the column's loads across the rows
+// (TP1's: a row pair at a time, 16 smlal a row).
 
 #if defined(__aarch64__) && defined(__ARM_NEON)
 
@@ -49,7 +56,6 @@
 #include "tritpack-cpu.h"
 #include "tritpack-quants.h"
 #include "tp4-codebooks.h"
-#include "tritpack-neon.h"
 
 #include <arm_neon.h>
 #include <assert.h>
@@ -341,17 +347,87 @@ static TP_KERNEL void tp4_gemm_i8mm(int n, const void * GGML_RESTRICT vx, const 
 #endif // __ARM_FEATURE_MATMUL_INT8
 
 // ---------------------------------------------------------------------------------------------
-// TP1 x TPQ16: smlal (any NEON)
+// TP1 x TPQ16: the tile decode
 // ---------------------------------------------------------------------------------------------
 
-// row r's 64 trits as int16: w[2g], w[2g+1] = elements 16g..16g+7, 16g+8..16g+15
-static inline void tp1_neon_row(const block_tp1x8 * xb, int r, const uint8x16_t idx[4], const uint8x16_t pow[4], int16x8_t w[8]) {
-    // bytes 0..7 and 5..12 of the row (as the plain vec_dot loads a block); never past the row's 13
-    const uint8x16_t q = vcombine_u8(vld1_u8(xb->qs[r]), vld1_u8(xb->qs[r] + 5));
-    for (int g = 0; g < 4; ++g) {
-        tp1_neon_trits(q, idx[g], pow[g], &w[2*g], &w[2*g + 1]);
-    }
+// The tiles' trit bytes (tritpack-gemm.c, "TP1 tile layout"): slot m, level n of a row holds weight
+// tp1x8_weight(m, n) = 20*(m/4) + 4n + m%4 for m < 12, and slot 12 weights 60, 62, 61, 63 at levels 0..3.
+// So in 4-byte groups (the 32-bit lanes below) one level of slots 0..3 is weights 4n..4n+3 ("chunk" n of
+// 4 weights), of slots 4..7 chunk 5 + n, of slots 8..11 chunk 10 + n. The kernels decode two rows at
+// once, with no tbl: a = qa of rows 2p, 2p+1 (one 16-byte load), times 3^n per lane, gives chunks n and
+// 5 + n of both rows in its 32-bit lanes; u = [row 2p: qb, qc x4 | row 2p+1: qb, qc x4] gives, times
+// per-lane powers, chunks 10..15.
+
+// u of rows 2p, 2p+1 (qb: 4 bytes of each row; qc: its byte in all four bytes of a 32-bit lane)
+static inline uint8x16_t tp1x8_neon_u(const block_tp1x8 * xb, int p) {
+    const uint8x16x2_t c = vld2q_dup_u8(xb->qc + 2*p);   // qc[2p], qc[2p+1] in every lane
+    const uint32x4_t cc = vzip1q_u32(vreinterpretq_u32_u8(c.val[0]), vreinterpretq_u32_u8(c.val[1]));
+    const uint32x4_t b = vreinterpretq_u32_u8(vcombine_u8(vld1_u8(xb->qb[2*p]), vdup_n_u8(0)));
+    return vreinterpretq_u8_u32(vzip1q_u32(b, cc));
 }
+
+// the trits (-1, 0, +1) of bytes already multiplied by their 3^n (code 0 below 86, 2 from 171), as int8
+static inline int8x16_t tp1x8_neon_t8(const uint8x16_t v) {
+    return vsubq_s8(vreinterpretq_s8_u8(vcltq_u8(v, vdupq_n_u8(86))), vreinterpretq_s8_u8(vcgeq_u8(v, vdupq_n_u8(171))));
+}
+
+// per-lane powers: [0]: chunks 0 | 9 of a (levels 0, 4), [1]: chunks 4 | 5 (levels 4, 0), [2]: x = u's qb
+// lanes twice, chunks 10 | 11 (levels 0, 1), [3]: chunks 12 | 13, [4]: u, chunks 14 | 15 (qb's level 4,
+// then qc's levels 0, 2, 1, 3: weights 60, 61, 62, 63)
+#define TP4X(a, b) a, a, a, a, b, b, b, b, a, a, a, a, b, b, b, b
+static const uint8_t tp1x8_neon_pow[5][16] = {
+    { TP4X(1, 81) }, { TP4X(81, 1) }, { TP4X(1, 3) }, { TP4X(9, 27) },
+    { 81, 81, 81, 81, 1, 9, 3, 27, 81, 81, 81, 81, 1, 9, 3, 27 },
+};
+#undef TP4X
+
+// the GEMMs' decode constants, hidden from the compiler (an empty asm) so that every multiply by 3^n stays
+// one mul (GCC makes a multiply by a constant 3 or 9 a shift and an add); volatile, so that they are set
+// where this is called (once a block) and do not take registers in the column loop
+typedef struct { uint8x16_t pw[5], k3, k9, k27; } tp1x8_neon_k;
+
+static inline void tp1x8_neon_consts(tp1x8_neon_k * k) {
+    for (int i = 0; i < 5; ++i) {
+        k->pw[i] = vld1q_u8(tp1x8_neon_pow[i]);
+        __asm__ volatile("" : "+w"(k->pw[i]));
+    }
+    k->k3 = vdupq_n_u8(3);
+    k->k9 = vdupq_n_u8(9);
+    k->k27 = vdupq_n_u8(27);
+    __asm__ volatile("" : "+w"(k->k3), "+w"(k->k9), "+w"(k->k27));
+}
+
+static inline int8x16_t tp_trn1_32(const int8x16_t a, const int8x16_t b) {
+    return vreinterpretq_s8_s32(vtrn1q_s32(vreinterpretq_s32_s8(a), vreinterpretq_s32_s8(b)));
+}
+static inline int8x16_t tp_trn2_32(const int8x16_t a, const int8x16_t b) {
+    return vreinterpretq_s8_s32(vtrn2q_s32(vreinterpretq_s32_s8(a), vreinterpretq_s32_s8(b)));
+}
+
+// rows 2p, 2p+1 as int8 trits in element order: w[j] = [row 2p: weights 8j..8j+7 | row 2p+1: the same]
+// (the operands of smmla as they are, two rows in 8-byte halves)
+static inline void tp1x8_neon_pair(const block_tp1x8 * xb, int p, const tp1x8_neon_k * k, int8x16_t w[8]) {
+    const uint8x16_t * pw = k->pw;
+    const uint8x16_t a = vld1q_u8(xb->qa[2*p]);
+    const uint8x16_t u = tp1x8_neon_u(xb, p);
+    const int8x16_t ta = tp1x8_neon_t8(vmulq_u8(a, pw[0]));               // chunks 0 | 9
+    const int8x16_t t1 = tp1x8_neon_t8(vmulq_u8(a, k->k3));       // chunks 1 | 6
+    const int8x16_t t2 = tp1x8_neon_t8(vmulq_u8(a, k->k9));       // chunks 2 | 7
+    const int8x16_t t3 = tp1x8_neon_t8(vmulq_u8(a, k->k27));      // chunks 3 | 8
+    w[0] = tp_trn1_32(ta, t1);
+    w[1] = tp_trn1_32(t2, t3);
+    w[2] = tp1x8_neon_t8(vmulq_u8(a, pw[1]));                             // chunks 4 | 5
+    w[3] = tp_trn2_32(t1, t2);
+    w[4] = tp_trn2_32(t3, ta);
+    const uint8x16_t x = vreinterpretq_u8_u32(vtrn1q_u32(vreinterpretq_u32_u8(u), vreinterpretq_u32_u8(u)));
+    w[5] = tp1x8_neon_t8(vmulq_u8(x, pw[2]));
+    w[6] = tp1x8_neon_t8(vmulq_u8(x, pw[3]));
+    w[7] = tp1x8_neon_t8(vmulq_u8(u, pw[4]));
+}
+
+// ---------------------------------------------------------------------------------------------
+// TP1 x TPQ16: smlal (any NEON)
+// ---------------------------------------------------------------------------------------------
 
 // the 64 products of a row with a column: int32 lanes
 static inline int32x4_t tp1_neon_dot64(const int16x8_t w[8], const int16x8_t y[8]) {
@@ -370,31 +446,84 @@ static inline void tp1_neon_d(const block_tp1x8 * xb, float32x4_t d[2]) {
     d[1] = vcvt_f32_f16(vreinterpret_f16_u16(vget_high_u16(h)));
 }
 
-// TP1 GEMV (one column): the rows decoded straight into the products
+// acc += low halves of a and b multiplied (smlal), written as asm: GCC copies a vget_low_s16 of a loop
+// invariant into a register of its own, which here (the GEMV's 8 activation vectors) costs a copy a block
+// and spills the constants
+static inline int32x4_t tp_smlal_lo(int32x4_t acc, const int16x8_t a, const int16x8_t b) {
+    __asm__("smlal %0.4s, %1.4h, %2.4h" : "+w"(acc) : "w"(a), "w"(b));
+    return acc;
+}
+static inline int32x4_t tp_smull_lo(const int16x8_t a, const int16x8_t b) {
+    int32x4_t r;
+    __asm__("smull %0.4s, %1.4h, %2.4h" : "=w"(r) : "w"(a), "w"(b));
+    return r;
+}
+
+// acc of row 2p (e) and row 2p+1 (o) += trits (one level's lanes of a pair: row 2p in the low 8, row 2p+1
+// in the high 8) times the 8 activations y of those lanes
+// (first: acc = the products)
+static inline void tp1_neon_pair_mla(const uint8x16_t v, const int16x8_t y, int32x4_t acc[4], const bool first) {
+    const int8x16_t c0 = vreinterpretq_s8_u8(vcltq_u8(v, vdupq_n_u8(86)));    // -1 where the code is 0
+    const int8x16_t c2 = vreinterpretq_s8_u8(vcgeq_u8(v, vdupq_n_u8(171)));   // -1 where the code is 2
+    const int16x8_t we = vsubl_s8(vget_low_s8(c0), vget_low_s8(c2));          // code - 1
+    const int16x8_t wo = vsubl_high_s8(c0, c2);
+    if (first) {
+        acc[0] = tp_smull_lo(we, y);
+        acc[1] = vmull_high_s16(we, y);
+        acc[2] = tp_smull_lo(wo, y);
+        acc[3] = vmull_high_s16(wo, y);
+    } else {
+        acc[0] = tp_smlal_lo(acc[0], we, y);
+        acc[1] = vmlal_high_s16(acc[1], we, y);
+        acc[2] = tp_smlal_lo(acc[2], wo, y);
+        acc[3] = vmlal_high_s16(acc[3], wo, y);
+    }
+}
+
+// TP1 GEMV (one column): the rows decoded straight into the products, two at a time, in the tile's order:
+// the column's activations are put in that order once a block (level n of qa: chunks n | 5 + n).
 static TP_KERNEL void tp1_gemv_neon(int n, const void * GGML_RESTRICT vx, const void * GGML_RESTRICT vy, float * GGML_RESTRICT s) {
     const int nb = n / QK_TP1;
-    uint8x16_t idx[4], pow[4];
-    for (int g = 0; g < 4; ++g) {
-        idx[g] = vld1q_u8(tp1_neon_idx[g]);
-        pow[g] = vld1q_u8(tp1_neon_pow[g]);
-    }
+    // the constants hidden from the compiler (tp1x8_neon_consts says why); levels 1..4 of qa as a chain of
+    // multiplies by 3, which keeps three registers free for the activations
+    uint8x16_t k3 = vdupq_n_u8(3), p01 = vld1q_u8(tp1x8_neon_pow[2]), p23 = vld1q_u8(tp1x8_neon_pow[3]);
+    uint8x16_t p4c = vld1q_u8(tp1x8_neon_pow[4]);
+    __asm__("" : "+w"(k3), "+w"(p01), "+w"(p23), "+w"(p4c));
     const block_tpq16 * y = (const block_tpq16 *) vy;
     float32x4_t acc0 = vdupq_n_f32(0.0f), acc1 = vdupq_n_f32(0.0f);
     for (int b = 0; b < nb; ++b) {
         const block_tp1x8 * xb = (const block_tp1x8 *) vx + b;
         const int16x8x4_t ya = vld1q_s16_x4(y[b].qs), yb = vld1q_s16_x4(y[b].qs + 32);
-        const int16x8_t yv[8] = { ya.val[0], ya.val[1], ya.val[2], ya.val[3], yb.val[0], yb.val[1], yb.val[2], yb.val[3] };
-        int32x4_t p[TP_NR];
+        // chunk c (activations 4c..4c+3) is half c%2 of ya/yb.val[c/2]
+        const int16x8_t yl[5] = {
+            vcombine_s16(vget_low_s16(ya.val[0]), vget_high_s16(ya.val[2])),  // chunks 0 | 5
+            vextq_s16(ya.val[0], ya.val[3], 4),                               // 1 | 6
+            vcombine_s16(vget_low_s16(ya.val[1]), vget_high_s16(ya.val[3])),  // 2 | 7
+            vextq_s16(ya.val[1], yb.val[0], 4),                               // 3 | 8
+            vcombine_s16(vget_low_s16(ya.val[2]), vget_high_s16(yb.val[0])),  // 4 | 9
+        };
+        int32x4_t pp[TP_NR/2];
 #pragma GCC unroll 1
-        for (int r = 0; r < TP_NR; ++r) {
-            int16x8_t w[8];
-            tp1_neon_row(xb, r, idx, pow, w);
-            p[r] = tp1_neon_dot64(w, yv);
+        for (int p = 0; p < TP_NR/2; ++p) {
+            const uint8x16_t a = vld1q_u8(xb->qa[2*p]);
+            const uint8x16_t u = tp1x8_neon_u(xb, p);
+            const uint8x16_t x = vreinterpretq_u8_u32(vtrn1q_u32(vreinterpretq_u32_u8(u), vreinterpretq_u32_u8(u)));
+            const uint8x16_t a1 = vmulq_u8(a, k3), a2 = vmulq_u8(a1, k3), a3 = vmulq_u8(a2, k3), a4 = vmulq_u8(a3, k3);
+            int32x4_t acc[4];
+            tp1_neon_pair_mla(a,  yl[0], acc, true);
+            tp1_neon_pair_mla(a1, yl[1], acc, false);
+            tp1_neon_pair_mla(a2, yl[2], acc, false);
+            tp1_neon_pair_mla(a3, yl[3], acc, false);
+            tp1_neon_pair_mla(a4, yl[4], acc, false);
+            tp1_neon_pair_mla(vmulq_u8(x, p01), yb.val[1], acc, false);  // activations 40..47
+            tp1_neon_pair_mla(vmulq_u8(x, p23), yb.val[2], acc, false);  // 48..55
+            tp1_neon_pair_mla(vmulq_u8(u, p4c), yb.val[3], acc, false);  // 56..63
+            pp[p] = vpaddq_s32(vaddq_s32(acc[0], acc[1]), vaddq_s32(acc[2], acc[3]));  // [row 2p: 2 | row 2p+1: 2]
         }
         float32x4_t d[2];
         tp1_neon_d(xb, d);
-        const int32x4_t s0 = vpaddq_s32(vpaddq_s32(p[0], p[1]), vpaddq_s32(p[2], p[3]));
-        const int32x4_t s1 = vpaddq_s32(vpaddq_s32(p[4], p[5]), vpaddq_s32(p[6], p[7]));
+        const int32x4_t s0 = vpaddq_s32(pp[0], pp[1]);
+        const int32x4_t s1 = vpaddq_s32(pp[2], pp[3]);
         acc0 = vfmaq_f32(acc0, vmulq_n_f32(d[0], y[b].d), vcvtq_f32_s32(s0));
         acc1 = vfmaq_f32(acc1, vmulq_n_f32(d[1], y[b].d), vcvtq_f32_s32(s1));
     }
@@ -405,11 +534,6 @@ static TP_KERNEL void tp1_gemv_neon(int n, const void * GGML_RESTRICT vx, const 
 static TP_KERNEL void tp1_gemm_neon(int n, const void * GGML_RESTRICT vx, const void * GGML_RESTRICT vy, size_t by, int ncols,
                           float * GGML_RESTRICT s, size_t bs) {
     const int nb = n / QK_TP1;
-    uint8x16_t idx[4], pow[4];
-    for (int g = 0; g < 4; ++g) {
-        idx[g] = vld1q_u8(tp1_neon_idx[g]);
-        pow[g] = vld1q_u8(tp1_neon_pow[g]);
-    }
     for (int c0 = 0; c0 < ncols; c0 += TP_NCOL) {
         const int nc = ncols - c0 < TP_NCOL ? ncols - c0 : TP_NCOL;
         float32x4_t acc[TP_NCOL][2];
@@ -418,9 +542,18 @@ static TP_KERNEL void tp1_gemm_neon(int n, const void * GGML_RESTRICT vx, const 
         }
         for (int b = 0; b < nb; ++b) {
             const block_tp1x8 * xb = (const block_tp1x8 *) vx + b;
+            tp1x8_neon_k k;  // here, not live in the column loop below
+            tp1x8_neon_consts(&k);
+            // row r's 64 trits as int16: w[r][j] = weights 8j..8j+7
             int16x8_t w[TP_NR][8];
-            for (int r = 0; r < TP_NR; ++r) {
-                tp1_neon_row(xb, r, idx, pow, w[r]);
+#pragma GCC unroll 4
+            for (int p = 0; p < TP_NR/2; ++p) {
+                int8x16_t t[8];
+                tp1x8_neon_pair(xb, p, &k, t);
+                for (int j = 0; j < 8; ++j) {
+                    w[2*p][j]     = vmovl_s8(vget_low_s8(t[j]));
+                    w[2*p + 1][j] = vmovl_high_s8(t[j]);
+                }
             }
             float32x4_t d[2];
             tp1_neon_d(xb, d);
@@ -450,16 +583,12 @@ static TP_KERNEL void tp1_gemm_neon(int n, const void * GGML_RESTRICT vx, const 
 // TP1 x TPQ16 GEMM with i8mm. An int16 activation is 256 * hi + lo (hi: its high byte, signed; lo: its low
 // byte, unsigned), so a row's sum is 256 * (trits . hi) + (trits . lo): smmla on the high bytes, shifted,
 // then usmmla (unsigned x signed) on the low bytes, both exact in int32 (|256 * 64 * 128| + 64 * 255 <
-// 2^22). The trits as int8, rows paired in 8-byte halves as TP4's; the activation operands are the columns
-// (smmla's first operand), so a result's lanes are [c0 r0, c0 r1, c1 r0, c1 r1].
+// 2^22). The trits as int8, rows paired in 8-byte halves as TP4's (tp1x8_neon_pair decodes them so); the
+// activation operands are the columns (smmla's first operand), so a result's lanes are [c0 r0, c0 r1,
+// c1 r0, c1 r1].
 static TP_KERNEL void tp1_gemm_i8mm(int n, const void * GGML_RESTRICT vx, const void * GGML_RESTRICT vy, size_t by, int ncols,
                                     float * GGML_RESTRICT s, size_t bs) {
     const int nb = n / QK_TP1;
-    uint8x16_t idx[4], pow[4];
-    for (int g = 0; g < 4; ++g) {
-        idx[g] = vld1q_u8(tp1_neon_idx[g]);
-        pow[g] = vld1q_u8(tp1_neon_pow[g]);
-    }
     for (int c0 = 0; c0 < ncols; c0 += TP_NCOL) {
         const int nc = ncols - c0 < TP_NCOL ? ncols - c0 : TP_NCOL;
         const int npair = (nc + 1) / 2;  // an odd last column is paired with itself
@@ -471,24 +600,15 @@ static TP_KERNEL void tp1_gemm_i8mm(int n, const void * GGML_RESTRICT vx, const 
         }
         for (int b = 0; b < nb; ++b) {
             const block_tp1x8 * xb = (const block_tp1x8 *) vx + b;
+            tp1x8_neon_k k;  // here, not live in the column loop below
+            tp1x8_neon_consts(&k);
             // wp[p][j]: trits 8j..8j+7 of rows 2p | 2p+1
             int8x16_t wp[4][8];
             float32x4_t dq[4];  // [d_2p, d_2p+1, d_2p, d_2p+1]
             {
 #pragma GCC unroll 4
                 for (int p = 0; p < 4; ++p) {  // one row pair after the other
-                    const uint8x16_t q0 = vcombine_u8(vld1_u8(xb->qs[2*p]), vld1_u8(xb->qs[2*p] + 5));
-                    const uint8x16_t q1 = vcombine_u8(vld1_u8(xb->qs[2*p + 1]), vld1_u8(xb->qs[2*p + 1] + 5));
-                    for (int g = 0; g < 4; ++g) {
-                        const uint8x16_t v0 = vmulq_u8(vqtbl1q_u8(q0, idx[g]), pow[g]);
-                        const uint8x16_t v1 = vmulq_u8(vqtbl1q_u8(q1, idx[g]), pow[g]);
-                        const int8x16_t t0 = vsubq_s8(vreinterpretq_s8_u8(vcltq_u8(v0, vdupq_n_u8(86))),    // code - 1
-                                                      vreinterpretq_s8_u8(vcgeq_u8(v0, vdupq_n_u8(171))));
-                        const int8x16_t t1 = vsubq_s8(vreinterpretq_s8_u8(vcltq_u8(v1, vdupq_n_u8(86))),
-                                                      vreinterpretq_s8_u8(vcgeq_u8(v1, vdupq_n_u8(171))));
-                        wp[p][2*g]     = tp_zip1_64(t0, t1);
-                        wp[p][2*g + 1] = tp_zip2_64(t0, t1);
-                    }
+                    tp1x8_neon_pair(xb, p, &k, wp[p]);
                 }
                 float32x4_t d[2];
                 tp1_neon_d(xb, d);

@@ -1,6 +1,6 @@
-// NEON helpers shared by the plain dot products (tritpack-neon.c) and the repacked tiles' kernels
-// (tritpack-gemm-neon.c), aarch64 only: one definition of TP1's trit decode (tritpack-neon.c's header
-// comment says how it works).
+// NEON helpers of the plain dot products (tritpack-neon.c), aarch64 only: TP1's trit decode of the file's
+// block layout (tritpack-neon.c's header comment says how it works). The repacked tiles re-encode their
+// bytes at load (tritpack-gemm.c), and tritpack-gemm-neon.c decodes that order its own way.
 #pragma once
 
 #include <arm_neon.h>
