@@ -48,6 +48,13 @@ _TRITPACK_BASE = {
     "quantize_row_tp1_ref": (None, [_P, _P, C.c_int64]),
     "quantize_row_tp4_ref": (None, [_P, _P, C.c_int64]),
     "quantize_row_tpq16_ref": (None, [_P, _P, C.c_int64]),
+    "quantize_row_q8_0_ref": (None, [_P, _P, C.c_int64]),   # ggml's own (TP4's activations)
+}
+# the CPU repack of libggml-cpu (tritpack-gemm.c; absent from a stock library)
+_TRITPACK_CPU = {
+    "ggml_tritpack_can_repack": (C.c_bool, [C.c_int, C.c_int64, C.c_int64]),
+    "ggml_tritpack_repack": (None, [C.c_int, _P, _P, C.c_int64, C.c_int64]),
+    "ggml_tritpack_mul_mat": (None, [C.c_int, C.c_int64, C.c_int64, _P, C.c_int64, _P, _P, C.c_bool]),
 }
 # ggml_vec_dot_* of libggml-cpu (named ones: the dispatching kernels and their generic twins)
 _VEC_DOT_ARGS = [C.c_int, _P, C.c_size_t, _P, C.c_size_t, _P, C.c_size_t, C.c_int]
@@ -96,10 +103,11 @@ class GGML:
         b.ggml_type_name.argtypes = [C.c_int]
         b.ggml_validate_row_data.restype = C.c_bool
         b.ggml_validate_row_data.argtypes = [C.c_int, C.c_void_p, C.c_size_t]
-        for name, (res, args) in _TRITPACK_BASE.items():
-            fn = getattr(b, name, None)   # absent from a stock library
-            if fn is not None:
-                fn.restype, fn.argtypes = res, args
+        for lib, table in ((b, _TRITPACK_BASE), (c, _TRITPACK_CPU)):
+            for name, (res, args) in table.items():
+                fn = getattr(lib, name, None)   # absent from a stock library
+                if fn is not None:
+                    fn.restype, fn.argtypes = res, args
         c.ggml_cpu_init()
 
     # --- type facts
@@ -193,6 +201,37 @@ class GGML:
     def validate_row_data(self, t: int, data: np.ndarray) -> bool:
         data = np.ascontiguousarray(data, dtype=np.uint8)
         return bool(self.base.ggml_validate_row_data(t, data.ctypes.data, data.nbytes))
+
+    def activations_ref(self, t: int, y: np.ndarray) -> np.ndarray:
+        """y quantized by the reference quantizer of our type `t`'s activations (TP1: TPQ16, TP4: Q8_0),
+        as bytes: what the plain vec_dot and the repacked kernels multiply with."""
+        fn = {80: self.base.quantize_row_tpq16_ref, 81: self.base.quantize_row_q8_0_ref}[t]
+        vt = self.cpu.ggml_get_type_traits_cpu(t).contents.vec_dot_type
+        y = _f32(y).ravel()
+        yq = np.empty(self.row_size(vt, y.size), dtype=np.uint8)
+        fn(y.ctypes.data, yq.ctypes.data, y.size)
+        return yq
+
+    # --- the CPU repack (tritpack-gemm.c): TP1/TP4 rows in tiles of 8 for the GEMV/GEMM kernels
+    def can_repack(self, t: int, n_per_row: int, nrows: int) -> bool:
+        return bool(self.cpu.ggml_tritpack_can_repack(t, n_per_row, nrows))
+
+    def repack(self, t: int, q: np.ndarray, nrows: int, n: int) -> np.ndarray:
+        """Quantized rows (uint8) in the repacked tile layout."""
+        q = np.ascontiguousarray(q, dtype=np.uint8)
+        out = np.empty_like(q)
+        self.cpu.ggml_tritpack_repack(t, out.ctypes.data, q.ctypes.data, nrows, n)
+        return out
+
+    def repacked_mul_mat(self, t: int, packed: np.ndarray, n: int, nrows: int, y: np.ndarray,
+                         simd: bool = True) -> np.ndarray:
+        """dst[c, i] = repacked row i . column c of y (ncols, n), on one thread (simd False: the generic
+        C kernels)."""
+        y = _f32(np.atleast_2d(y))
+        dst = np.full((y.shape[0], nrows), np.nan, dtype=np.float32)
+        self.cpu.ggml_tritpack_mul_mat(t, n, nrows, packed.ctypes.data, y.shape[0], y.ctypes.data,
+                                       dst.ctypes.data, simd)
+        return dst
 
     def vec_dot_fn(self, name: str):
         """A named CPU vec_dot of libggml-cpu (e.g. ggml_vec_dot_tp1_tpq16_generic) with its signature."""

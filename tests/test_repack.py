@@ -7,7 +7,6 @@ model with GGML_TRITPACK_NO_REPACK=1."""
 
 from __future__ import annotations
 
-import ctypes as C
 import os
 import subprocess
 import sys
@@ -20,52 +19,14 @@ T_TP1, T_TP4 = 80, 81
 TYPES = {"tp1": T_TP1, "tp4": T_TP4}
 
 
-def _fn(ggml, name, *argtypes, restype=None):
-    f = getattr(ggml.cpu, name)
-    f.argtypes = list(argtypes)
-    f.restype = restype
-    return f
-
-
-def _repack(ggml, t, q, nrows, n):
-    f = _fn(ggml, "ggml_tritpack_repack", C.c_int, C.c_void_p, C.c_void_p, C.c_int64, C.c_int64)
-    out = np.empty_like(q)
-    f(t, out.ctypes.data, q.ctypes.data, nrows, n)
-    return out
-
-
-def _mul_mat(ggml, t, packed, n, nrows, y, simd):
-    """dst[c, i] = repacked row i . column c of y (ncols, n), on one thread"""
-    f = _fn(ggml, "ggml_tritpack_mul_mat", C.c_int, C.c_int64, C.c_int64, C.c_void_p, C.c_int64, C.c_void_p,
-            C.c_void_p, C.c_bool)
-    y = np.ascontiguousarray(y, dtype=np.float32)
-    dst = np.full((y.shape[0], nrows), np.nan, dtype=np.float32)
-    f(t, n, nrows, packed.ctypes.data, y.shape[0], y.ctypes.data, dst.ctypes.data, simd)
-    return dst
-
-
-def _tpq16(ggml, y):
-    """TPQ16 activations as the kernels see them, dequantized (float64)"""
-    yq = np.empty(y.size // 64 * 132, dtype=np.uint8)
-    f = ggml.base.quantize_row_tpq16_ref
-    f.argtypes, f.restype = [C.c_void_p, C.c_void_p, C.c_int64], None
-    y = np.ascontiguousarray(y, dtype=np.float32)
-    f(y.ctypes.data, yq.ctypes.data, y.size)
-    b = yq.reshape(-1, 132)
-    d = b[:, 0:4].copy().view("<f4")[:, 0].astype(np.float64)
-    return (d[:, None] * b[:, 4:].copy().view("<i2").astype(np.float64)).ravel()
-
-
-def _q8_0(ggml, y):
-    """Q8_0 activations as TP4's kernels see them, dequantized (float64)"""
-    yq = np.empty(y.size // 32 * 34, dtype=np.uint8)
-    f = ggml.base.quantize_row_q8_0_ref
-    f.argtypes, f.restype = [C.c_void_p, C.c_void_p, C.c_int64], None
-    y = np.ascontiguousarray(y, dtype=np.float32)
-    f(y.ctypes.data, yq.ctypes.data, y.size)
-    b = yq.reshape(-1, 34)
-    d = b[:, 0:2].copy().view("<f2")[:, 0].astype(np.float64)
-    return (d[:, None] * b[:, 2:].copy().view("i1").astype(np.float64)).ravel()
+def _activations(ggml, t, y):
+    """The activations as the kernels see them (TP1: TPQ16, an f32 scale and 64 int16; TP4: Q8_0, an
+    f16 scale and 32 int8), dequantized in float64"""
+    scale, q, per = ("<f4", "<i2", 64) if t == T_TP1 else ("<f2", "i1", 32)
+    ds, qs = np.dtype(scale).itemsize, np.dtype(q).itemsize
+    b = ggml.activations_ref(t, y).reshape(-1, ds + per * qs)
+    d = b[:, :ds].copy().view(scale)[:, 0].astype(np.float64)
+    return (d[:, None] * b[:, ds:].copy().view(q).astype(np.float64)).ravel()
 
 
 @pytest.mark.parametrize("name", ["tp1", "tp4"])
@@ -79,14 +40,13 @@ def test_repacked_matches_reference_generic_and_plain(ggml, name, n, nrows, ncol
     y[0, :64] = 0.0  # an all-zero activation block
     q = ggml.quantize_chunk(t, w)
     wd = ggml.dequantize(t, q, n).astype(np.float64)
-    act = _tpq16 if t == T_TP1 else _q8_0
-    yd = np.stack([act(ggml, y[c]) for c in range(ncols)])
+    yd = np.stack([_activations(ggml, t, y[c]) for c in range(ncols)])
     ref = yd @ wd.T                                     # (ncols, nrows), float64
     tol = 2e-6 * (np.abs(yd) @ np.abs(wd).T) + 1e-30    # float32 sums of exact block products
 
-    packed = _repack(ggml, t, q, nrows, n)
-    simd = _mul_mat(ggml, t, packed, n, nrows, y, True)
-    gen = _mul_mat(ggml, t, packed, n, nrows, y, False)
+    packed = ggml.repack(t, q, nrows, n)
+    simd = ggml.repacked_mul_mat(t, packed, n, nrows, y, True)
+    gen = ggml.repacked_mul_mat(t, packed, n, nrows, y, False)
     assert np.all(np.abs(gen - ref) <= tol), float(np.max(np.abs(gen - ref) / tol))
     assert np.all(np.abs(simd - ref) <= tol), float(np.max(np.abs(simd - ref) / tol))
 
@@ -104,13 +64,13 @@ def test_the_layout_matters(ggml):
     y = r.standard_normal((4, n)).astype(np.float32)
     for t in (T_TP1, T_TP4):
         q = ggml.quantize_chunk(t, w)
-        good = _mul_mat(ggml, t, _repack(ggml, t, q, nrows, n), n, nrows, y, True)
-        bad = _mul_mat(ggml, t, q, n, nrows, y, True)
+        good = ggml.repacked_mul_mat(t, ggml.repack(t, q, nrows, n), n, nrows, y, True)
+        bad = ggml.repacked_mul_mat(t, q, n, nrows, y, True)
         assert not np.allclose(good, bad, rtol=1e-3, atol=1e-3)
 
 
 def test_can_repack_only_whole_tiles(ggml):
-    f = _fn(ggml, "ggml_tritpack_can_repack", C.c_int, C.c_int64, C.c_int64, restype=C.c_bool)
+    f = ggml.can_repack
     assert f(T_TP4, 576, 896) and f(T_TP1, 896, 8)
     assert not f(T_TP4, 576, 12) and not f(T_TP1, 576, 4)
     assert not f(2, 576, 896)  # Q4_0 is ggml's own repack's business
