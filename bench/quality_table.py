@@ -610,13 +610,14 @@ def write_report(data: dict, seconds: float | None) -> None:
           f"Making and measuring every row took {total / 60:.0f} min in all (2 shared cores; the imatrix and "
           f"downloads not counted); a re-run only redoes what is missing"
           + (f" (the last run: {seconds / 60:.1f} min)." if seconds else "."), ""]
-    if meta.get("rows") == "goals":
-        L += [f"**This run: the goal rows only** (`bench/quality.sh --only smollm2,minilm --rows goals --chunks "
-              f"{meta.get('chunks')}`, made in parts with `--stock-only`, `--ours-only` and `--row`, the table then "
-              "written with `--no-make`): the machine was shared by five engineers (load 10-15 on 2 cores), so "
-              f"SmolLM2 is evaluated over {meta.get('chunks')} chunks instead of 16 and its imatrix made from "
-              f"{IMATRIX_CHUNKS} chunks; rows the run could not reach say so. The full table is "
-              "`bench/quality.sh` without `--rows goals`.", ""]
+    run = data.get("smollm2", {}).get("run") or {"scope": meta.get("rows"), **meta}  # each section's own run
+    if run.get("scope") == "goals":
+        L += [f"**SmolLM2 and MiniLM: the goal rows only** (`bench/quality.sh --only smollm2,minilm --rows goals "
+              f"--chunks {run.get('chunks')}`, {run.get('date', '?')}, made in parts with `--stock-only`, `--ours-only` "
+              "and `--row`, the table then written with `--no-make`): the machine was shared by five engineers "
+              f"(load 10-15 on 2 cores), so SmolLM2 is evaluated over {run.get('chunks')} chunks instead of 16 and "
+              f"its imatrix made from {IMATRIX_CHUNKS} chunks; rows the run could not reach say so. The full table "
+              "is `bench/quality.sh` without `--rows goals`.", ""]
     L += ["**Bits per weight** (bpw) are file-level: 8 x (bytes of all tensor data) / (elements of all tensors), "
           "over every tensor (token embedding, output, norms included). **File size** is the true size on disk. "
           "Stock types are made with the patched `llama-quantize` from the F16 file, ours with `tritpack-gguf convert`; "
@@ -652,6 +653,10 @@ def write_report(data: dict, seconds: float | None) -> None:
                 L += alpha_summary(r.get("make", {})) + [""]
     if tern:
         L += ["## TP1 on ternary-valued models: the weights exactly", ""]
+        trun = data.get("ternary", {}).get("run")
+        if trun:
+            L += [f"Measured by `bench/quality.sh --only ternary` ({trun.get('date', '?')}, {trun.get('chunks')} "
+                  f"chunks), with the CPU kernels of that day (TP1's repacked GEMV/GEMM included).", ""]
         L += ["No ternary-trained model ships in a package reachable here, so two ternary-valued models are made: "
               "(1) SmolLM2-135M with every matrix except the tied token embedding snapped to {-s, 0, +s} per 64 "
               "weights (s = mean |w| above 0.7 x mean |w|, rounded to fp16) — real structure, but not trained ternary, "
@@ -772,6 +777,7 @@ def main() -> int:
         data["smollm2"] = {"model": "SmolLM2-135M-Instruct", "reference": f16.name, "text": EVAL_TEXT.name,
                            "imatrix_text": IMATRIX_TEXT.name, "imatrix_chunks": IMATRIX_CHUNKS, "ctx": CTX,
                            "chunks": any_row.get("chunks"), "tokens": any_row.get("tokens"), "rows": rows}
+        data["smollm2"]["run"] = section_run(args)
         json_path.write_text(json.dumps(data, indent=1))
     if "ternary" in only:
         tern: dict = {}
@@ -797,7 +803,7 @@ def main() -> int:
                     r["exact_tensors"], r["compared_tensors"] = exact_tensors(work / r["file"], tf16)
             any_row = next((r for r in rows.values() if "error" not in r), {})
             tern[key] = {"model": title, "chunks": any_row.get("chunks"), "keep": list(keep), "rows": rows}
-        data["ternary"] = tern
+        data["ternary"] = {**tern, "run": section_run(args)}
         json_path.write_text(json.dumps(data, indent=1))
     if "minilm" in only:
         work = home / "minilm"
@@ -816,6 +822,7 @@ def main() -> int:
         except (TritpackError, subprocess.CalledProcessError) as e:
             log(f"all-MiniLM-L6-v2 skipped: {e}")
             data["minilm"] = {"error": str(e), "rows": {}}
+        data["minilm"]["run"] = section_run(args)
         json_path.write_text(json.dumps(data, indent=1))
     seconds = time.monotonic() - t0
     import platform
@@ -828,6 +835,11 @@ def main() -> int:
     plot(data.get("smollm2", {}).get("rows", {}), data.get("minilm", {}).get("rows", {}), RESULTS / "quality.png")
     log(f"done in {seconds / 60:.1f} min: {RESULTS / 'quality.md'}")
     return 0
+
+
+def section_run(args) -> dict:
+    """What measured a section: the date, the rows and the chunks (a partial re-run keeps the others')."""
+    return {"date": time.strftime("%Y-%m-%d"), "scope": args.rows, "chunks": args.chunks}
 
 
 if __name__ == "__main__":
