@@ -243,7 +243,7 @@ def write(rows: list[dict], args, seconds: float, total_w: int) -> None:
         "- What closes the gap to Q4_K_M without an imatrix: the same bits in the same places, which "
         "`--type mixed --like Q4_K_M` does from measured error (quality.md: 0.91x Q4_K_M's divergence at "
         "its size, no imatrix); or an imatrix, which weights these tensors' errors by what the model "
-        "uses (the default for models up to 1B weights).",
+        "uses (the default when the source model fits in memory).",
         "",
     ]
     (RESULTS / "tp4-tensor-cost.md").write_text("\n".join(lines) + "\n")

@@ -30,7 +30,8 @@ def run_demo(type_: str = "tp4", prompt: str = PROMPT, n_tokens: int = 48, threa
     echo(f"size: F16 {report.size_before / 1e6:.1f} MB -> {type_.upper()} {report.size_after / 1e6:.1f} MB "
          f"(x{report.ratio:.2f} smaller; {report.bpw:.2f} bits per weight over all tensors, the tied "
          f"embedding at Q8_0), converted in {report.seconds:.1f} s"
-         + (f" (imatrix {report.imatrix}: llama-imatrix {report.imatrix_seconds:.0f} s, cached for the next run)"
+         + ((f" (imatrix {report.imatrix}: " + (f"llama-imatrix {report.imatrix_seconds:.0f} s, cached for the next run)"
+                                                    if report.imatrix_seconds else "from the cache)"))
             if report.imatrix else ""))
     worst = report.worst(1)
     if worst:

@@ -87,6 +87,19 @@ def check_model_for(path: str | Path, lib_dir: Path) -> Path:
 
 # ----------------------------------------------------------------------------- where a child listens
 
+def mem_available() -> int | None:
+    """MemAvailable of /proc/meminfo in bytes (None where there is none): whether a llama.cpp program
+    can hold a model in memory (the Ollama server's runners, convert's default imatrix)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
 def is_loopback(host: str) -> bool:
     if host == "localhost":
         return True

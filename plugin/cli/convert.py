@@ -23,7 +23,7 @@ def convert_command(
     like: Annotated[str | None, typer.Option("--like", help="For --type mixed: the budget is the size llama-quantize gives this model as that preset (Q4_K_M, Q3_K_M, Q6_K, ...).")] = None,
     target_cos: Annotated[float | None, typer.Option("--target-cos", help="TP1: smallest error meeting this cosine similarity.")] = None,
     alpha: Annotated[str, typer.Option("--alpha", help="TP1 threshold factor: auto (searched per tensor) or a number.")] = "auto",
-    imatrix: Annotated[str | None, typer.Option("--imatrix", help="llama-imatrix file weighting the errors; auto: made by llama-imatrix from the package's calibration text (cached); small: auto for TP4/mixed models up to 1B weights (the default; TRITPACK_IMATRIX_DEFAULT=none changes it); none: no imatrix.")] = None,
+    imatrix: Annotated[str | None, typer.Option("--imatrix", help="llama-imatrix file weighting the errors; auto: made by llama-imatrix from the package's calibration text (cached); small: auto for TP4/mixed when the source model fits in memory (the default; TRITPACK_IMATRIX_DEFAULT=none changes it); none: no imatrix.")] = None,
     keep: Annotated[list[str] | None, typer.Option("--keep", help="Keep tensors matching this pattern as they are (repeatable).")] = None,
     threads: ThreadsOpt = None,
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing output file.")] = False,

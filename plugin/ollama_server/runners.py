@@ -29,7 +29,7 @@ from typing import AsyncIterator
 import aiohttp
 
 from ..errors import TritpackError
-from ..programs import HelperWatch
+from ..programs import HelperWatch, mem_available
 from ..serve import ServerProcess, start_server
 from .registry import ApiError, LocalModel, ModelFacts, human_bytes, rfc3339
 
@@ -84,18 +84,6 @@ class Runner:
     def size(self) -> int:
         return self.model.blob.stat().st_size + self.facts.kv_bytes_per_token * self.spec.ctx * self.spec.parallel \
             if self.model.blob.exists() else 0
-
-
-def mem_available() -> int | None:
-    """MemAvailable of /proc/meminfo in bytes (None where there is none)."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
 
 
 def _slug(s: str) -> str:
