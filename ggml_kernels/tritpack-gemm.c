@@ -515,6 +515,18 @@ static inline __attribute__((always_inline)) __m256i tp_dpbusd(__m256i acc, cons
     return acc;
 }
 
+// the sub-block scales of rows 0..7 of a tile block, one vector per sub-block (int32 lane r = row r):
+// TRITPACK_TP4_SCALE of each 3-bit code (vpermd looks at the low 3 bits of each lane)
+static inline __attribute__((always_inline)) void tp4x8_sub_scales(const block_tp4x8 * xb, __m256i sv[TP4_NSUB]) {
+    const __m256i stbl = _mm256_setr_epi32(TRITPACK_TP4_SCALE(0), TRITPACK_TP4_SCALE(1), TRITPACK_TP4_SCALE(2),
+                                           TRITPACK_TP4_SCALE(3), TRITPACK_TP4_SCALE(4), TRITPACK_TP4_SCALE(5),
+                                           TRITPACK_TP4_SCALE(6), TRITPACK_TP4_SCALE(7));
+    const __m256i sc = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *) xb->sc));
+    for (int i = 0; i < TP4_NSUB; ++i) {
+        sv[i] = _mm256_permutevar8x32_epi32(stbl, _mm256_srli_epi32(sc, 4 + 3*i));
+    }
+}
+
 // rows 0..7, each 8 int32 lanes (0..3: sub-block lo, 4..7: sub-block hi) -> their integer sums per row
 // with the sub-block scales (int32 per row) slo, shi applied
 static inline __attribute__((always_inline)) __m256i tp4_rows_sum(const __m256i p[TP_NR], const __m256i slo, const __m256i shi) {
@@ -532,9 +544,6 @@ static inline __attribute__((always_inline)) void tp4_gemm_q8(const int vnni, in
     const __m256i m4   = _mm256_set1_epi8(0x0f);
     const __m256i k80  = _mm256_set1_epi8((char) 0x80);
     const __m256i one  = _mm256_set1_epi16(1);
-    const __m256i stbl = _mm256_setr_epi32(TRITPACK_TP4_SCALE(0), TRITPACK_TP4_SCALE(1), TRITPACK_TP4_SCALE(2),
-                                           TRITPACK_TP4_SCALE(3), TRITPACK_TP4_SCALE(4), TRITPACK_TP4_SCALE(5),
-                                           TRITPACK_TP4_SCALE(6), TRITPACK_TP4_SCALE(7));
     for (int c0 = 0; c0 < ncols; c0 += TP_NCOL) {
         const int nc = ncols - c0 < TP_NCOL ? ncols - c0 : TP_NCOL;
         __m256 acc[TP_NCOL];
@@ -544,12 +553,8 @@ static inline __attribute__((always_inline)) void tp4_gemm_q8(const int vnni, in
         for (int b = 0; b < nb; ++b) {
             const block_tp4x8 * xb = (const block_tp4x8 *) vx + b;
             const __m256 d8 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *) xb->d));
-            // the sub-block scales of rows 0..7 (vpermd looks at the low 3 bits of each lane)
-            const __m256i sc = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *) xb->sc));
             __m256i sv[TP4_NSUB];
-            for (int i = 0; i < TP4_NSUB; ++i) {
-                sv[i] = _mm256_permutevar8x32_epi32(stbl, _mm256_srli_epi32(sc, 4 + 3*i));
-            }
+            tp4x8_sub_scales(xb, sv);
             // row r, half h (weights 32h..32h+31): VNNI: entry + 128 (unsigned); AVX2: |entry| and entry
             __m256i wa[TP_NR][2], ws[TP_NR][2];
 #pragma GCC unroll 8
@@ -629,9 +634,6 @@ static void tp4_gemm_avx2_cols(int n, const void * GGML_RESTRICT vx, const void 
     const size_t q8 = (size_t) (n / QK8_0) * sizeof(block_q8_0);  // then the float scales (tritpack_quantize_act)
     const __m256i m4   = _mm256_set1_epi8(0x0f);
     const __m256i lo16 = _mm256_set1_epi32(0xffff);
-    const __m256i stbl = _mm256_setr_epi32(TRITPACK_TP4_SCALE(0), TRITPACK_TP4_SCALE(1), TRITPACK_TP4_SCALE(2),
-                                           TRITPACK_TP4_SCALE(3), TRITPACK_TP4_SCALE(4), TRITPACK_TP4_SCALE(5),
-                                           TRITPACK_TP4_SCALE(6), TRITPACK_TP4_SCALE(7));
     for (int c0 = 0; c0 < ncols; c0 += TP_NCOL) {
         const int nc = ncols - c0 < TP_NCOL ? ncols - c0 : TP_NCOL;
         __m256 acc[TP_NCOL];
@@ -641,11 +643,10 @@ static void tp4_gemm_avx2_cols(int n, const void * GGML_RESTRICT vx, const void 
         for (int b = 0; b < nb; ++b) {
             const block_tp4x8 * xb = (const block_tp4x8 *) vx + b;
             const __m256 d8 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *) xb->d));
-            const __m256i sc = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *) xb->sc));
             __m256i sv[TP4_NSUB];
+            tp4x8_sub_scales(xb, sv);
             for (int i = 0; i < TP4_NSUB; ++i) {
-                const __m256i v = _mm256_permutevar8x32_epi32(stbl, _mm256_srli_epi32(sc, 4 + 3*i));
-                sv[i] = _mm256_or_si256(_mm256_and_si256(v, lo16), _mm256_slli_epi32(v, 16));
+                sv[i] = _mm256_or_si256(_mm256_and_si256(sv[i], lo16), _mm256_slli_epi32(sv[i], 16));
             }
             // W[8h + k]: lane r = weights 32h + 4k .. 32h + 4k + 3 of row r; A: their absolute values
             __m256i W[16], A[16];
@@ -744,9 +745,6 @@ static void tp4_gemm_vnni_cols(int n, const void * GGML_RESTRICT vx, const void 
     const size_t q8 = (size_t) (n / QK8_0) * sizeof(block_q8_0);  // then float d[n/32], int32 -128*sums[n/16]
     const __m256i m4   = _mm256_set1_epi8(0x0f);
     const __m256i k80  = _mm256_set1_epi8((char) 0x80);
-    const __m256i stbl = _mm256_setr_epi32(TRITPACK_TP4_SCALE(0), TRITPACK_TP4_SCALE(1), TRITPACK_TP4_SCALE(2),
-                                           TRITPACK_TP4_SCALE(3), TRITPACK_TP4_SCALE(4), TRITPACK_TP4_SCALE(5),
-                                           TRITPACK_TP4_SCALE(6), TRITPACK_TP4_SCALE(7));
     for (int c0 = 0; c0 < ncols; c0 += TP_NCOL) {
         const int nc = ncols - c0 < TP_NCOL ? ncols - c0 : TP_NCOL;
         __m256 acc[TP_NCOL];
@@ -756,11 +754,8 @@ static void tp4_gemm_vnni_cols(int n, const void * GGML_RESTRICT vx, const void 
         for (int b = 0; b < nb; ++b) {
             const block_tp4x8 * xb = (const block_tp4x8 *) vx + b;
             const __m256 d8 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *) xb->d));
-            const __m256i sc = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *) xb->sc));
             __m256i sv[TP4_NSUB];
-            for (int i = 0; i < TP4_NSUB; ++i) {
-                sv[i] = _mm256_permutevar8x32_epi32(stbl, _mm256_srli_epi32(sc, 4 + 3*i));
-            }
+            tp4x8_sub_scales(xb, sv);
             // V[8h + k]: lane r = weights 32h + 4k .. 32h + 4k + 3 of row r, plus 128
             __m256i V[16];
             {
