@@ -608,8 +608,8 @@ static inline __attribute__((always_inline)) void tp4_gemm_q8(const int vnni, in
     }
 }
 
-// 8 vectors of 8 int32 (one per row) -> t[k] = int32 k of rows 0..7
-static inline __attribute__((always_inline)) void tp_transpose8_epi32_tp4(const __m256i w[TP_NR], __m256i t[8]) {
+// 8 vectors of 8 int32 (one per row) -> t[k] = int32 k of rows 0..7 (AVX2; the VNNI kernels below use it too)
+static inline __attribute__((always_inline)) void tp_transpose8x8_epi32(const __m256i w[TP_NR], __m256i t[8]) {
     const __m256i t0 = _mm256_unpacklo_epi32(w[0], w[1]), t1 = _mm256_unpackhi_epi32(w[0], w[1]);
     const __m256i t2 = _mm256_unpacklo_epi32(w[2], w[3]), t3 = _mm256_unpackhi_epi32(w[2], w[3]);
     const __m256i t4 = _mm256_unpacklo_epi32(w[4], w[5]), t5 = _mm256_unpackhi_epi32(w[4], w[5]);
@@ -660,8 +660,8 @@ static void tp4_gemm_avx2_cols(int n, const void * GGML_RESTRICT vx, const void 
                     u[0][r] = _mm256_shuffle_epi8(cb, _mm256_and_si256(q, m4));
                     u[1][r] = _mm256_shuffle_epi8(cb, _mm256_and_si256(_mm256_srli_epi16(q, 4), m4));
                 }
-                tp_transpose8_epi32_tp4(u[0], W);
-                tp_transpose8_epi32_tp4(u[1], W + 8);
+                tp_transpose8x8_epi32(u[0], W);
+                tp_transpose8x8_epi32(u[1], W + 8);
                 for (int k = 0; k < 16; ++k) {
                     A[k] = _mm256_sign_epi8(W[k], W[k]);
                 }
@@ -716,21 +716,6 @@ static void tp4_gemm_vnni(int n, const void * vx, const void * vy, size_t by, in
 #pragma GCC push_options
 #pragma GCC target("avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512vnni")
 
-// 8 vectors of 8 int32 (one per row) -> t[k] = int32 k of rows 0..7
-static inline __attribute__((always_inline)) void tp4_transpose8x8(const __m256i w[TP_NR], __m256i t[8]) {
-    const __m256i t0 = _mm256_unpacklo_epi32(w[0], w[1]), t1 = _mm256_unpackhi_epi32(w[0], w[1]);
-    const __m256i t2 = _mm256_unpacklo_epi32(w[2], w[3]), t3 = _mm256_unpackhi_epi32(w[2], w[3]);
-    const __m256i t4 = _mm256_unpacklo_epi32(w[4], w[5]), t5 = _mm256_unpackhi_epi32(w[4], w[5]);
-    const __m256i t6 = _mm256_unpacklo_epi32(w[6], w[7]), t7 = _mm256_unpackhi_epi32(w[6], w[7]);
-    const __m256i u0 = _mm256_unpacklo_epi64(t0, t2), u1 = _mm256_unpackhi_epi64(t0, t2);
-    const __m256i u2 = _mm256_unpacklo_epi64(t1, t3), u3 = _mm256_unpackhi_epi64(t1, t3);
-    const __m256i u4 = _mm256_unpacklo_epi64(t4, t6), u5 = _mm256_unpackhi_epi64(t4, t6);
-    const __m256i u6 = _mm256_unpacklo_epi64(t5, t7), u7 = _mm256_unpackhi_epi64(t5, t7);
-    t[0] = _mm256_permute2x128_si256(u0, u4, 0x20); t[4] = _mm256_permute2x128_si256(u0, u4, 0x31);
-    t[1] = _mm256_permute2x128_si256(u1, u5, 0x20); t[5] = _mm256_permute2x128_si256(u1, u5, 0x31);
-    t[2] = _mm256_permute2x128_si256(u2, u6, 0x20); t[6] = _mm256_permute2x128_si256(u2, u6, 0x31);
-    t[3] = _mm256_permute2x128_si256(u3, u7, 0x20); t[7] = _mm256_permute2x128_si256(u3, u7, 0x31);
-}
 
 // acc + the products of the unsigned bytes u with the four signed bytes at p, broadcast (the {1to8} memory
 // form, one instruction: the compiler would load the broadcast separately)
@@ -769,8 +754,8 @@ static void tp4_gemm_vnni_cols(int n, const void * GGML_RESTRICT vx, const void 
                     u[0][r] = _mm256_shuffle_epi8(cb, _mm256_and_si256(q, m4));
                     u[1][r] = _mm256_shuffle_epi8(cb, _mm256_and_si256(_mm256_srli_epi16(q, 4), m4));
                 }
-                tp4_transpose8x8(u[0], V);
-                tp4_transpose8x8(u[1], V + 8);
+                tp_transpose8x8_epi32(u[0], V);
+                tp_transpose8x8_epi32(u[1], V + 8);
             }
             for (int c = 0; c < nc; ++c) {
                 const char * yc = (const char *) vy + (size_t) (c0 + c)*by;
