@@ -35,22 +35,10 @@ SIMD_MULTIPLY = {"smlal", "smlal2", "sdot", "smull", "smull2"}
 
 def loops(disassembly: str, symbol: str) -> list[list[str]]:
     """The mnemonics of each loop (backward branch) of one function."""
-    m = re.search(rf"^[0-9a-f]+ <{re.escape(symbol)}>:\n(.*?)(?:\n\n|\Z)", disassembly, re.S | re.M)
-    if not m:
+    ins, ranges = loop_ranges(disassembly, symbol)
+    if not ins:
         raise SystemExit(f"no {symbol} in the disassembly")
-    ins = []
-    for line in m.group(1).splitlines():
-        parts = line.split("\t")
-        if len(parts) >= 2 and re.fullmatch(r"\s*[0-9a-f]+:", parts[0]):
-            ins.append((int(parts[0].strip().rstrip(":"), 16), parts[1].split()[0], parts[2] if len(parts) > 2 else ""))
-    out = []
-    for addr, op, arg in ins:
-        t = re.search(r"\b([0-9a-f]+) <", arg)
-        if (op == "b" or op.startswith("b.") or op in ("cbz", "cbnz", "tbz", "tbnz")) and t:
-            target = int(t.group(1), 16)
-            if ins[0][0] <= target < addr:
-                out.append([o for a, o, _ in ins if target <= a <= addr])
-    return out
+    return [[o for a, o, _ in ins if first <= a <= last] for first, last in ranges]
 
 
 # the repacked tiles: label, symbol; ROW_LOOPS: GEMVs whose loop over a block runs a loop over its rows (times)
