@@ -16,17 +16,8 @@
 
 typedef void (*vec_dot_t)(int, float *, size_t, const void *, size_t, const void *, size_t, int);
 
-static uint64_t rng_state = 0x9e3779b97f4a7c15ull;
-static uint32_t rnd(void) {  // xorshift64*
-    rng_state ^= rng_state >> 12;
-    rng_state ^= rng_state << 25;
-    rng_state ^= rng_state >> 27;
-    return (uint32_t) ((rng_state * 2685821657736338717ull) >> 32);
-}
-static float gauss(void) {
-    const float u = (rnd() + 1.0f) / 4294967296.0f, v = rnd() / 4294967296.0f;
-    return sqrtf(-2.0f * logf(u)) * cosf(6.2831853f * v);
-}
+#define CHECK_SEED 0x9e3779b97f4a7c15ull
+#include "check_rng.h"
 
 static int failures = 0, compared = 0;
 

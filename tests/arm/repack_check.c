@@ -18,17 +18,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-static uint64_t rng_state = 0x2545f4914f6cdd1dull;
-static uint32_t rnd(void) {  // xorshift64*
-    rng_state ^= rng_state >> 12;
-    rng_state ^= rng_state << 25;
-    rng_state ^= rng_state >> 27;
-    return (uint32_t) ((rng_state * 2685821657736338717ull) >> 32);
-}
-static float gauss(void) {
-    const float u = (rnd() + 1.0f) / 4294967296.0f, v = rnd() / 4294967296.0f;
-    return sqrtf(-2.0f * logf(u)) * cosf(6.2831853f * v);
-}
+#define CHECK_SEED 0x2545f4914f6cdd1dull
+#include "check_rng.h"
 
 static int failures = 0, compared = 0;
 static const char * seen[16];
