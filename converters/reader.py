@@ -377,6 +377,16 @@ class GGUFFile:
             raise TritpackError("no general.architecture key", path=self.path)
         return arch
 
+    @property
+    def pools(self) -> bool:
+        """An encoder / embedding model: its architecture declares a pooling type (BERT and kin); a
+        file without an architecture does not."""
+        try:
+            arch = self.architecture
+        except TritpackError:
+            return False
+        return self.get(f"{arch}.pooling_type") is not None
+
     def tensor(self, name: str) -> TensorInfo:
         return self._by_name[name]
 

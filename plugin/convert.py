@@ -536,11 +536,7 @@ def _small_choice(src: GGUFFile, opts: ConvertOptions) -> tuple[str, str | None]
         return "none", None  # TP1 is for ternary weights, exact without one
     if opts.dry_run:
         return "none", "no imatrix in a dry run (the conversion itself makes one when the model fits in memory)"
-    try:
-        pooled = src.get(f"{src.architecture}.pooling_type") is not None
-    except TritpackError:
-        pooled = False
-    if pooled:
+    if src.pools:
         return "none", ("no imatrix: llama-imatrix does not run embedding models; --imatrix FILE gives one "
                         "(bench/minilm_imatrix.py makes one for BERT)")
     if src.get("tokenizer.ggml.tokens") is None:

@@ -78,12 +78,7 @@ def is_embedding_model(path: str | Path) -> bool:
     """An encoder / embedding model: its architecture declares a pooling type (BERT and kin)."""
     from .converters.reader import GGUFFile
 
-    f = GGUFFile(path)
-    try:
-        arch = f.architecture
-    except TritpackError:
-        return False
-    return f.get(f"{arch}.pooling_type") is not None
+    return GGUFFile(path).pools
 
 
 # ----------------------------------------------------------------------------- results
