@@ -10,8 +10,9 @@
 // TP4 multiplies with Q8_0 activations, as its plain vec_dot (tp4-cpu.c) does, and gives the same
 // integer sums per 32 weights: sum_i s_i * sum_j cb[q_j] * y_j over the two sub-blocks i of a Q8_0 block.
 // The float result adds d_row * d_y * sum in the plain generic vec_dot's order (block by block, first
-// half then second), so the repacked product equals ggml_vec_dot_tp4_q8_0_generic's to the bit where
-// both are compiled alike, and the AVX2 vec_dot's up to float summation order. A row's 8 int32 lanes
+// half then second), so the repacked product equals ggml_vec_dot_tp4_q8_0_generic's up to the rounding
+// of each multiply-add (the VNNI kernels fuse it) and the AVX2 vec_dot's up to float summation order
+// (tests/test_repack.py bounds both). A row's 8 int32 lanes
 // of one 32-weight half hold sums of 4 products each (lanes 0..3: sub-block 2h, 4..7: sub-block
 // 2h+1); two rounds of hadd over the 8 rows leave, per sub-block, one int32 per row, multiplied by the
 // 8 rows' sub-block scales (vpermd of a table by the 3-bit codes) and added. The products:
@@ -987,7 +988,9 @@ void ggml_tritpack_gemm(enum ggml_type type, int n, const void * GGML_RESTRICT v
             if (tritpack_gemm_have_vnni() && ncols >= TP4_VNNI_COLS) {
                 tp4_gemm_vnni_cols(n, vx, vy, by, ncols, s, bs);
             } else if (tritpack_gemm_have_vnni()) {
-                tp4_gemv_vnni(n, vx, vy, s);  // one column
+                for (int c = 0; c < ncols; ++c) {  // one column (below TP4_VNNI_COLS)
+                    tp4_gemv_vnni(n, vx, (const char *) vy + c*by, s + c*bs);
+                }
             } else if (ncols >= TP4_AVX2_COLS) {
                 tp4_gemm_avx2_cols(n, vx, vy, by, ncols, s, bs);
             } else {
