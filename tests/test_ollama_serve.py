@@ -395,6 +395,39 @@ def _go_stream(client: httpx.Client, path: str, body: dict) -> list[dict]:
     return objs
 
 
+def test_explaining_a_failed_request_does_not_stall_the_event_loop():
+    """Runner.explain asks the RPC helpers whether they still answer (a TCP connect each, up to 2 s):
+    that runs in a worker thread, so the server keeps answering other requests meanwhile."""
+    from tritpack_gguf.errors import TritpackError
+    from tritpack_gguf.ollama_server.registry import ApiError
+    from tritpack_gguf.ollama_server.runners import Runner
+    from tritpack_gguf.programs import HelperWatch
+
+    class SlowWatch(HelperWatch):
+        def explain(self, e: TritpackError) -> TritpackError:
+            time.sleep(0.6)  # as a connect to a silent helper host
+            return TritpackError(f"RPC server 10.0.0.9:50052 stopped answering; {e.message}")
+
+    async def go():
+        r = Runner(("m", "generate"), None, None, None, watch=SlowWatch(["10.0.0.9:50052"]))
+        ticks = 0
+
+        async def tick():
+            nonlocal ticks
+            while True:
+                await asyncio.sleep(0.05)
+                ticks += 1
+
+        t = asyncio.create_task(tick())
+        told = await r.explain(ApiError(500, "llama-server failed"))
+        t.cancel()
+        return told, ticks
+
+    told, ticks = asyncio.run(go())
+    assert told.status == 500 and told.message.startswith("RPC server 10.0.0.9:50052 stopped answering")
+    assert ticks >= 6, ticks  # about 12 in 0.6 s; 0 if explain held the loop
+
+
 def test_ndjson_lines_survive_unicode_line_breaks():
     from tritpack_gguf.ollama_server.api import _line
 

@@ -370,7 +370,7 @@ async def generate(request: web.Request) -> web.StreamResponse:
         except ApiError as e:
             if out.resp is None:
                 raise
-            last = {"error": r.explain(e).message}
+            last = {"error": (await r.explain(e)).message}
         finally:
             resp.close()
         return await out.end(last)
@@ -470,7 +470,7 @@ async def chat(request: web.Request) -> web.StreamResponse:
         except ApiError as e:
             if out.resp is None:
                 raise
-            last = {"error": r.explain(e).message}
+            last = {"error": (await r.explain(e)).message}
         finally:
             resp.close()
         return await out.end(last)

@@ -73,13 +73,16 @@ class Runner:
     def alive(self) -> bool:
         return self.server is not None and self.server.proc.poll() is None
 
-    def explain(self, e: ApiError) -> ApiError:
-        """A failure of a request on this runner, reworded when an RPC helper went away."""
+    async def explain(self, e: ApiError) -> ApiError:
+        """A failure of a request on this runner, reworded when an RPC helper went away. Asking the
+        helpers is a TCP connect to each (up to 2 s): it runs in a worker thread, not on the event loop
+        that serves every other request."""
         if self.failure:
             return ApiError(500, self.failure)
         if not self.watch:
             return e
-        return ApiError(e.status, self.watch.explain(TritpackError(e.message)).message)
+        told = await asyncio.to_thread(self.watch.explain, TritpackError(e.message))
+        return ApiError(e.status, told.message)
 
     def size(self) -> int:
         return self.model.blob.stat().st_size + self.facts.kv_bytes_per_token * self.spec.ctx * self.spec.parallel \
@@ -152,7 +155,7 @@ class Runners:
         try:
             yield r, load_ns
         except ApiError as e:
-            raise r.explain(e) from None
+            raise (await r.explain(e)) from None
         finally:
             r.active -= 1
             r.last_used = time.monotonic()
@@ -191,7 +194,8 @@ class Runners:
             await asyncio.get_running_loop().run_in_executor(None, server.wait_ready, LOAD_TIMEOUT_S)
         except TritpackError as e:
             server.stop(grace=5)
-            raise ApiError(500, f"cannot load {m.short!r}: {r.watch.explain(e)}") from None
+            told = await asyncio.to_thread(r.watch.explain, e)
+            raise ApiError(500, f"cannot load {m.short!r}: {told}") from None
         except BaseException:  # the client left while it loaded: no child is left behind
             server.stop(grace=5)
             raise
