@@ -336,9 +336,9 @@ def _plan_tiers(src: GGUFFile, opts: ConvertOptions, g: GGML, q: Quantizer,
     else:
         budget = opts.budget if opts.budget is not None else int(opts.bpw * n_weights / 8)
     # the token embedding is the output too when there is no output matrix, unless the model has none
-    # (an embedding model: it pools instead)
-    tied = ("output.weight" not in {t.name for t in src.tensors}
-            and src.get(f"{src.architecture}.pooling_type") is None)
+    # (an embedding model: it pools instead; a file without an architecture counts as tied, the side
+    # that keeps the embedding at 4 bits or more)
+    tied = "output.weight" not in {t.name for t in src.tensors} and not src.pools
     tiered: list[tuple[TensorPlan, TensorInfo, list[Q]]] = []
     for p, t in zip(plans, src.tensors):
         if not p.quantize or p.lossless:
