@@ -193,7 +193,7 @@ class Runners:
         try:
             await asyncio.get_running_loop().run_in_executor(None, server.wait_ready, LOAD_TIMEOUT_S)
         except TritpackError as e:
-            server.stop(grace=5)
+            await asyncio.to_thread(server.stop, grace=5)
             told = await asyncio.to_thread(r.watch.explain, e)
             raise ApiError(500, f"cannot load {m.short!r}: {told}") from None
         except BaseException:  # the client left while it loaded: no child is left behind
