@@ -537,11 +537,25 @@ static inline __attribute__((always_inline)) __m256i tp4_rows_sum(const __m256i 
     return _mm256_add_epi32(_mm256_mullo_epi32(lo, slo), _mm256_mullo_epi32(hi, shi));
 }
 
+// the 8 rows of a tile block looked up in their codebooks, w[h][r] = row r's weights 32h..32h+31 as bytes:
+// the entries xor `flip` (0x80: the entry plus 128 as an unsigned byte, for vpdpbusd; 0: the entry)
+static inline __attribute__((always_inline)) void tp4x8_entries(const block_tp4x8 * xb, const __m256i flip, __m256i w[2][TP_NR]) {
+    const __m256i m4 = _mm256_set1_epi8(0x0f);
+#pragma GCC unroll 8
+    for (int r = 0; r < TP_NR; ++r) {
+        const unsigned scr = xb->sc[r][0] | ((unsigned) xb->sc[r][1] << 8);
+        const __m256i cb = _mm256_xor_si256(
+            _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *) tp4_codebooks[scr & 15])), flip);
+        const __m256i q = _mm256_loadu_si256((const __m256i *) xb->qs[r]);
+        w[0][r] = _mm256_shuffle_epi8(cb, _mm256_and_si256(q, m4));
+        w[1][r] = _mm256_shuffle_epi8(cb, _mm256_and_si256(_mm256_srli_epi16(q, 4), m4));
+    }
+}
+
 // TP4 x Q8_0, a few columns, AVX2 without VNNI: row by row, |entry| by vpmaddubsw with sign(y, entry)
 static void tp4_gemm_avx2(int n, const void * GGML_RESTRICT vx, const void * GGML_RESTRICT vy, size_t by, int ncols,
                           float * GGML_RESTRICT s, size_t bs) {
     const int nb = n / QK_TP4;
-    const __m256i m4   = _mm256_set1_epi8(0x0f);
     const __m256i one  = _mm256_set1_epi16(1);
     for (int c0 = 0; c0 < ncols; c0 += TP_NCOL) {
         const int nc = ncols - c0 < TP_NCOL ? ncols - c0 : TP_NCOL;
@@ -554,17 +568,13 @@ static void tp4_gemm_avx2(int n, const void * GGML_RESTRICT vx, const void * GGM
             const __m256 d8 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *) xb->d));
             __m256i sv[TP4_NSUB];
             tp4x8_sub_scales(xb, sv);
-            // row r, half h (weights 32h..32h+31): |entry| and entry
-            __m256i wa[TP_NR][2], ws[TP_NR][2];
+            // half h (weights 32h..32h+31), row r: the entry and its absolute value
+            __m256i ws[2][TP_NR], wa[2][TP_NR];
+            tp4x8_entries(xb, _mm256_setzero_si256(), ws);
 #pragma GCC unroll 8
             for (int r = 0; r < TP_NR; ++r) {
-                const unsigned scr = xb->sc[r][0] | ((unsigned) xb->sc[r][1] << 8);
-                const __m256i cb = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *) tp4_codebooks[scr & 15]));
-                const __m256i q  = _mm256_loadu_si256((const __m256i *) xb->qs[r]);
-                ws[r][0] = _mm256_shuffle_epi8(cb, _mm256_and_si256(q, m4));
-                ws[r][1] = _mm256_shuffle_epi8(cb, _mm256_and_si256(_mm256_srli_epi16(q, 4), m4));
-                wa[r][0] = _mm256_sign_epi8(ws[r][0], ws[r][0]);
-                wa[r][1] = _mm256_sign_epi8(ws[r][1], ws[r][1]);
+                wa[0][r] = _mm256_sign_epi8(ws[0][r], ws[0][r]);
+                wa[1][r] = _mm256_sign_epi8(ws[1][r], ws[1][r]);
             }
             for (int c = 0; c < nc; ++c) {
                 const block_q8_0 * y = (const block_q8_0 *) ((const char *) vy + (c0 + c)*by) + 2*b;
@@ -574,7 +584,7 @@ static void tp4_gemm_avx2(int n, const void * GGML_RESTRICT vx, const void * GGM
                     __m256i p[TP_NR];
 #pragma GCC unroll 8
                     for (int r = 0; r < TP_NR; ++r) {
-                        p[r] = _mm256_madd_epi16(_mm256_maddubs_epi16(wa[r][h], _mm256_sign_epi8(yv, ws[r][h])), one);
+                        p[r] = _mm256_madd_epi16(_mm256_maddubs_epi16(wa[h][r], _mm256_sign_epi8(yv, ws[h][r])), one);
                     }
                     const __m256i isum = tp4_rows_sum(p, sv[2*h], sv[2*h + 1]);
                     const __m256 dd = _mm256_mul_ps(d8, _mm256_set1_ps(GGML_CPU_FP16_TO_FP32(y[h].d)));
@@ -612,7 +622,6 @@ static void tp4_gemm_avx2_cols(int n, const void * GGML_RESTRICT vx, const void 
                                float * GGML_RESTRICT s, size_t bs) {
     const int nb = n / QK_TP4;
     const size_t q8 = (size_t) (n / QK8_0) * sizeof(block_q8_0);  // then the float scales (tritpack_quantize_act)
-    const __m256i m4   = _mm256_set1_epi8(0x0f);
     const __m256i lo16 = _mm256_set1_epi32(0xffff);
     for (int c0 = 0; c0 < ncols; c0 += TP_NCOL) {
         const int nc = ncols - c0 < TP_NCOL ? ncols - c0 : TP_NCOL;
@@ -632,14 +641,7 @@ static void tp4_gemm_avx2_cols(int n, const void * GGML_RESTRICT vx, const void 
             __m256i W[16], A[16];
             {
                 __m256i u[2][TP_NR];
-#pragma GCC unroll 8
-                for (int r = 0; r < TP_NR; ++r) {
-                    const unsigned scr = xb->sc[r][0] | ((unsigned) xb->sc[r][1] << 8);
-                    const __m256i cb = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *) tp4_codebooks[scr & 15]));
-                    const __m256i q = _mm256_loadu_si256((const __m256i *) xb->qs[r]);
-                    u[0][r] = _mm256_shuffle_epi8(cb, _mm256_and_si256(q, m4));
-                    u[1][r] = _mm256_shuffle_epi8(cb, _mm256_and_si256(_mm256_srli_epi16(q, 4), m4));
-                }
+                tp4x8_entries(xb, _mm256_setzero_si256(), u);
                 tp_transpose8x8_epi32(u[0], W);
                 tp_transpose8x8_epi32(u[1], W + 8);
                 for (int k = 0; k < 16; ++k) {
@@ -700,7 +702,6 @@ static void tp4_gemm_vnni_cols(int n, const void * GGML_RESTRICT vx, const void 
                                float * GGML_RESTRICT s, size_t bs) {
     const int nb = n / QK_TP4;
     const size_t q8 = (size_t) (n / QK8_0) * sizeof(block_q8_0);  // then float d[n/32], int32 -128*sums[n/16]
-    const __m256i m4   = _mm256_set1_epi8(0x0f);
     const __m256i k80  = _mm256_set1_epi8((char) 0x80);
     for (int c0 = 0; c0 < ncols; c0 += TP_NCOL) {
         const int nc = ncols - c0 < TP_NCOL ? ncols - c0 : TP_NCOL;
@@ -717,15 +718,7 @@ static void tp4_gemm_vnni_cols(int n, const void * GGML_RESTRICT vx, const void 
             __m256i V[16];
             {
                 __m256i u[2][TP_NR];
-#pragma GCC unroll 8
-                for (int r = 0; r < TP_NR; ++r) {
-                    const unsigned scr = xb->sc[r][0] | ((unsigned) xb->sc[r][1] << 8);
-                    const __m256i cb = _mm256_xor_si256(
-                        _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *) tp4_codebooks[scr & 15])), k80);
-                    const __m256i q = _mm256_loadu_si256((const __m256i *) xb->qs[r]);
-                    u[0][r] = _mm256_shuffle_epi8(cb, _mm256_and_si256(q, m4));
-                    u[1][r] = _mm256_shuffle_epi8(cb, _mm256_and_si256(_mm256_srli_epi16(q, 4), m4));
-                }
+                tp4x8_entries(xb, k80, u);
                 tp_transpose8x8_epi32(u[0], V);
                 tp_transpose8x8_epi32(u[1], V + 8);
             }
@@ -770,7 +763,6 @@ static void tp4_gemv_vnni(int n, const void * GGML_RESTRICT vx, const void * GGM
     const block_q8_0 * y = (const block_q8_0 *) vy;
     const float * yd = (const float *) ((const char *) vy + (size_t) (n / QK8_0) * sizeof(block_q8_0));
     const int32_t * ybias = (const int32_t *) (yd + n / QK8_0);
-    const __m256i m4  = _mm256_set1_epi8(0x0f);
     const __m256i k80 = _mm256_set1_epi8((char) 0x80);
     __m256 acc = _mm256_setzero_ps();
     for (int b = 0; b < nb; ++b) {
@@ -779,15 +771,7 @@ static void tp4_gemv_vnni(int n, const void * GGML_RESTRICT vx, const void * GGM
         __m256i sv[TP4_NSUB];
         tp4x8_sub_scales(xb, sv);
         __m256i w[2][TP_NR];
-#pragma GCC unroll 8
-        for (int r = 0; r < TP_NR; ++r) {
-            const unsigned scr = xb->sc[r][0] | ((unsigned) xb->sc[r][1] << 8);
-            const __m256i cb = _mm256_xor_si256(
-                _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *) tp4_codebooks[scr & 15])), k80);
-            const __m256i q = _mm256_loadu_si256((const __m256i *) xb->qs[r]);
-            w[0][r] = _mm256_shuffle_epi8(cb, _mm256_and_si256(q, m4));
-            w[1][r] = _mm256_shuffle_epi8(cb, _mm256_and_si256(_mm256_srli_epi16(q, 4), m4));
-        }
+        tp4x8_entries(xb, k80, w);
 #pragma GCC unroll 2
         for (int h = 0; h < 2; ++h) {
             const __m256i yv = _mm256_loadu_si256((const __m256i *) y[2*b + h].qs);
