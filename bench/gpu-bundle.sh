@@ -13,7 +13,7 @@
 #   bench/gpu-bundle.sh --rehearse           the CPU build as a stand-in (no CUDA build; CI, tests)
 #   ... --out DIR                            another folder than .gpu-bundle
 #
-# The first CUDA build takes about an hour on 2 cores (tritpack-gguf build --cuda --arch 90-real --portable,
+# The first CUDA build takes about 20 minutes on 2 cores (tritpack-gguf build --cuda --arch 90-real --portable,
 # cached like every build); later runs with nothing changed return in seconds.
 set -euo pipefail
 cd "$(dirname "$0")/.."
