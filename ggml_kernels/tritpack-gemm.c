@@ -44,10 +44,15 @@
 // 16 int32 lanes = 8 rows x 2 pairs, or AVX2 with two halves of 4 rows; a few columns run the GEMV
 // once each. TP1 GEMM decodes a tile block once into 32 vectors "pair p of rows 0..7" (w = c - 1) and
 // multiplies each with the column's pair p broadcast, four columns at a time, the lanes being the rows.
+// Without AVX-512, TP1's AVX2 GEMV and GEMM take AVX-VNNI's vpdpwssd (VEX, ymm) for their products where
+// the CPU has it (Intel's client cores): one instruction for vpmaddwd + vpaddd, measured 1.1x-1.2x for
+// the GEMV and 1.7x for a 64-column GEMM (bench/results/cpu-repack-xeon.md).
 //
 // The SIMD paths are compiled with the target pragma below and chosen at run time (the CPU's AVX2, FMA
 // and F16C; AVX512-VNNI/VL for TP4's vpdpbusd; AVX512-F/BW/VBMI/VNNI for TP1's GEMV, a function with
-// its own target attribute); otherwise the generic path runs. All give the same integer block sums.
+// its own target attribute; AVX-VNNI for TP1's AVX2 kernels, inline asm); otherwise the generic path
+// runs. All give the same integer block sums. GGML_TRITPACK_NO_VNNI=1 keeps to the plain AVX2 paths,
+// GGML_TRITPACK_NO_AVX512=1 to the AVX2 ones with AVX-VNNI, GGML_TRITPACK_GENERIC=1 to the generic C.
 
 #define GGML_COMMON_DECL_C
 #include "ggml-common.h"
@@ -274,6 +279,17 @@ static void tp1_gemm_generic(int n, const void * GGML_RESTRICT vx, const void * 
 #define TP_DOT(acc, w, y) _mm256_add_epi32(acc, _mm256_madd_epi16(w, y))
 #endif
 
+// vpdpwssd on ymm in its VEX form (AVX-VNNI: Intel's client cores from Alder Lake on, which lack
+// AVX-512), as inline asm so that the functions around it keep this file's AVX2 target; run only where
+// the CPU has it (tritpack_gemm_have_avxvnni). The same int32 sums as vpmaddwd + vpaddd (a pair of
+// int16 products cannot overflow here: the weights are -1..2). TP_DOTV(v, ...) picks it when v is 1,
+// a constant in each of the two functions an _impl below is inlined into.
+static inline __attribute__((always_inline)) __m256i tp_dpwssd_vex(__m256i acc, const __m256i w, const __m256i y) {
+    __asm__("%{vex%} vpdpwssd %2, %1, %0" : "+x"(acc) : "x"(w), "x"(y));
+    return acc;
+}
+#define TP_DOTV(v, acc, w, y) ((v) ? tp_dpwssd_vex(acc, w, y) : TP_DOT(acc, w, y))
+
 // ---- TP1 x TPQ16 ----
 
 // pair p (int16 elements 2p, 2p+1) of an activation block in all eight int32 lanes
@@ -331,7 +347,8 @@ static inline const int32_t * tp1_act_sums(const void * y, int nb) {
 }
 
 // GEMV: the codes c = w + 1 (0..2) straight into the products; sum c*y - sum y = sum w*y per row block
-static void tp1_gemv_avx2(int n, const void * GGML_RESTRICT vx, const void * GGML_RESTRICT vy, float * GGML_RESTRICT s) {
+static inline __attribute__((always_inline)) void tp1_gemv_avx2_impl(int n, const void * GGML_RESTRICT vx, const void * GGML_RESTRICT vy,
+                                                                      float * GGML_RESTRICT s, const int vnni) {
     const int nb = n / 64;
     const block_tp1x8 * x = (const block_tp1x8 *) vx;
     const block_tpq16 * y = (const block_tpq16 *) vy;
@@ -348,9 +365,9 @@ static void tp1_gemv_avx2(int n, const void * GGML_RESTRICT vx, const void * GGM
             __m256i a0 = _mm256_setzero_si256(), a1 = a0, a2 = a0;
 #pragma GCC unroll 5
             for (int l = 0; l < 5; ++l) {
-                a0 = TP_DOT(a0, _mm256_mulhi_epu16(X[0], k3), tp_quad(yb, l));
-                a1 = TP_DOT(a1, _mm256_mulhi_epu16(X[1], k3), tp_quad(yb, 5 + l));
-                a2 = TP_DOT(a2, _mm256_mulhi_epu16(X[2], k3), tp_quad(yb, 10 + l));
+                a0 = TP_DOTV(vnni, a0, _mm256_mulhi_epu16(X[0], k3), tp_quad(yb, l));
+                a1 = TP_DOTV(vnni, a1, _mm256_mulhi_epu16(X[1], k3), tp_quad(yb, 5 + l));
+                a2 = TP_DOTV(vnni, a2, _mm256_mulhi_epu16(X[2], k3), tp_quad(yb, 10 + l));
                 if (l < 4) {
                     X[0] = tp_times3(X[0]);
                     X[1] = tp_times3(X[1]);
@@ -362,7 +379,7 @@ static void tp1_gemv_avx2(int n, const void * GGML_RESTRICT vx, const void * GGM
         __m256i XC = tp1x8_slot12_avx2(xb);
         __m256i ac = _mm256_madd_epi16(_mm256_mulhi_epu16(XC, k3), tp_pair(yb, 30));
         XC = tp_times3(XC);
-        ac = TP_DOT(ac, _mm256_mulhi_epu16(XC, k3), tp_pair(yb, 31));
+        ac = TP_DOTV(vnni, ac, _mm256_mulhi_epu16(XC, k3), tp_pair(yb, 31));
         // hadd: rows 0, 1, 4, 5 | 2, 3, 6, 7 -> rows 0..7
         __m256i rows = _mm256_permute4x64_epi64(_mm256_hadd_epi32(a[0], a[1]), 0xd8);
         rows = _mm256_sub_epi32(_mm256_add_epi32(rows, ac), _mm256_set1_epi32(ysum[b]));
@@ -399,11 +416,11 @@ static inline __attribute__((always_inline)) void tp1x8_decode_pairs_avx2(const 
     wt[31] = _mm256_sub_epi16(_mm256_mulhi_epu16(tp_times3(XC), k3), one);
 }
 
-static void tp1_gemm_avx2(int n, const void * GGML_RESTRICT vx, const void * GGML_RESTRICT vy, size_t by, int ncols,
-                          float * GGML_RESTRICT s, size_t bs) {
+static inline __attribute__((always_inline)) void tp1_gemm_avx2_impl(int n, const void * GGML_RESTRICT vx, const void * GGML_RESTRICT vy,
+                                                                      size_t by, int ncols, float * GGML_RESTRICT s, size_t bs, const int vnni) {
     if (ncols < 3) {
         for (int c = 0; c < ncols; ++c) {
-            tp1_gemv_avx2(n, vx, (const char *) vy + c*by, s + c*bs);
+            tp1_gemv_avx2_impl(n, vx, (const char *) vy + c*by, s + c*bs, vnni);
         }
         return;
     }
@@ -433,14 +450,14 @@ static void tp1_gemm_avx2(int n, const void * GGML_RESTRICT vx, const void * GGM
                 __m256i e0 = a0, e1 = a0, e2 = a0, e3 = a0;
 #pragma GCC unroll 16
                 for (int p = 0; p < 32; p += 2) {
-                    a0 = TP_DOT(a0, wt[p], tp_pair(y0, p));
-                    a1 = TP_DOT(a1, wt[p], tp_pair(y1, p));
-                    a2 = TP_DOT(a2, wt[p], tp_pair(y2, p));
-                    a3 = TP_DOT(a3, wt[p], tp_pair(y3, p));
-                    e0 = TP_DOT(e0, wt[p + 1], tp_pair(y0, p + 1));
-                    e1 = TP_DOT(e1, wt[p + 1], tp_pair(y1, p + 1));
-                    e2 = TP_DOT(e2, wt[p + 1], tp_pair(y2, p + 1));
-                    e3 = TP_DOT(e3, wt[p + 1], tp_pair(y3, p + 1));
+                    a0 = TP_DOTV(vnni, a0, wt[p], tp_pair(y0, p));
+                    a1 = TP_DOTV(vnni, a1, wt[p], tp_pair(y1, p));
+                    a2 = TP_DOTV(vnni, a2, wt[p], tp_pair(y2, p));
+                    a3 = TP_DOTV(vnni, a3, wt[p], tp_pair(y3, p));
+                    e0 = TP_DOTV(vnni, e0, wt[p + 1], tp_pair(y0, p + 1));
+                    e1 = TP_DOTV(vnni, e1, wt[p + 1], tp_pair(y1, p + 1));
+                    e2 = TP_DOTV(vnni, e2, wt[p + 1], tp_pair(y2, p + 1));
+                    e3 = TP_DOTV(vnni, e3, wt[p + 1], tp_pair(y3, p + 1));
                 }
                 a0 = _mm256_add_epi32(a0, e0);
                 a1 = _mm256_add_epi32(a1, e1);
@@ -456,10 +473,10 @@ static void tp1_gemm_avx2(int n, const void * GGML_RESTRICT vx, const void * GGM
                 __m256i a0 = _mm256_setzero_si256(), a1 = a0, a2 = a0, a3 = a0;
 #pragma GCC unroll 8
                 for (int p = 0; p < 32; p += 4) {
-                    a0 = TP_DOT(a0, wt[p + 0], tp_pair(y0, p + 0));
-                    a1 = TP_DOT(a1, wt[p + 1], tp_pair(y0, p + 1));
-                    a2 = TP_DOT(a2, wt[p + 2], tp_pair(y0, p + 2));
-                    a3 = TP_DOT(a3, wt[p + 3], tp_pair(y0, p + 3));
+                    a0 = TP_DOTV(vnni, a0, wt[p + 0], tp_pair(y0, p + 0));
+                    a1 = TP_DOTV(vnni, a1, wt[p + 1], tp_pair(y0, p + 1));
+                    a2 = TP_DOTV(vnni, a2, wt[p + 2], tp_pair(y0, p + 2));
+                    a3 = TP_DOTV(vnni, a3, wt[p + 3], tp_pair(y0, p + 3));
                 }
                 a0 = _mm256_add_epi32(_mm256_add_epi32(a0, a1), _mm256_add_epi32(a2, a3));
                 acc[c] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(a0), _mm256_mul_ps(d8, _mm256_set1_ps(y0->d)), acc[c]);
@@ -469,6 +486,17 @@ static void tp1_gemm_avx2(int n, const void * GGML_RESTRICT vx, const void * GGM
             _mm256_storeu_ps(s + (c0 + c)*bs, acc[c]);
         }
     }
+}
+
+// the AVX2 kernels as such, and with AVX-VNNI's vpdpwssd for the products (the same sums)
+static void tp1_gemm_avx2(int n, const void * GGML_RESTRICT vx, const void * GGML_RESTRICT vy, size_t by, int ncols,
+                          float * GGML_RESTRICT s, size_t bs) {
+    tp1_gemm_avx2_impl(n, vx, vy, by, ncols, s, bs, 0);
+}
+
+static void tp1_gemm_avxvnni(int n, const void * GGML_RESTRICT vx, const void * GGML_RESTRICT vy, size_t by, int ncols,
+                             float * GGML_RESTRICT s, size_t bs) {
+    tp1_gemm_avx2_impl(n, vx, vy, by, ncols, s, bs, 1);
 }
 
 // quantize_row_tpq16_ref, the same bits: roundf (half away from zero) is truncation plus one where the
@@ -675,6 +703,7 @@ static void tp4_gemm_avx2_cols(int n, const void * GGML_RESTRICT vx, const void 
 }
 
 #undef TP_DOT
+#undef TP_DOTV
 #pragma GCC pop_options
 
 // ---- TP4 x Q8_0, several columns: AVX512-VNNI with the rows in the lanes ----
@@ -802,13 +831,25 @@ static int tritpack_gemm_have_avx2(void) {
     return have;
 }
 
-// AVX512-VNNI with VL (vpdpbusd on ymm), unless GGML_TRITPACK_NO_VNNI is set (to check the AVX2 path)
+// AVX512-VNNI with VL (vpdpbusd on ymm), unless GGML_TRITPACK_NO_VNNI (the plain AVX2 paths) or
+// GGML_TRITPACK_NO_AVX512 (the AVX2 paths with AVX-VNNI where the CPU has it) is set, to check them
 static int tritpack_gemm_have_vnni(void) {
     static int have = -1;
     if (have < 0) {
         __builtin_cpu_init();
         have = __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512f") &&
-               __builtin_cpu_supports("avx512bw") && getenv("GGML_TRITPACK_NO_VNNI") == NULL;
+               __builtin_cpu_supports("avx512bw") && getenv("GGML_TRITPACK_NO_VNNI") == NULL &&
+               getenv("GGML_TRITPACK_NO_AVX512") == NULL;
+    }
+    return have;
+}
+
+// AVX-VNNI (VEX vpdpwssd on ymm) for TP1's AVX2 kernels, unless GGML_TRITPACK_NO_VNNI is set
+static int tritpack_gemm_have_avxvnni(void) {
+    static int have = -1;
+    if (have < 0) {
+        __builtin_cpu_init();
+        have = __builtin_cpu_supports("avxvnni") && getenv("GGML_TRITPACK_NO_VNNI") == NULL;
     }
     return have;
 }
@@ -985,6 +1026,8 @@ void ggml_tritpack_gemm(enum ggml_type type, int n, const void * GGML_RESTRICT v
             for (int c = 0; c < ncols; ++c) {
                 tp1_gemv_avx512(n, vx, (const char *) vy + c*by, s + c*bs);
             }
+        } else if (tritpack_gemm_have_avxvnni()) {
+            tp1_gemm_avxvnni(n, vx, vy, by, ncols, s, bs);
         } else {
             tp1_gemm_avx2(n, vx, vy, by, ncols, s, bs);
         }

@@ -141,10 +141,23 @@ def test_driver_mul_mat_and_mul_mat_id_through_the_buffer(patched_build, tmp_pat
     assert r.stdout.count(" ok") >= 18
 
 
-def test_avx2_path_without_vnni(patched_build):
-    """The AVX2 TP4 path (vpmaddubsw), which this machine's AVX512-VNNI would hide: the same checks in a
-    process where GGML_TRITPACK_NO_VNNI turns vpdpbusd off (chosen once per process)."""
-    env = dict(os.environ, GGML_TRITPACK_NO_VNNI="1")
+def _cpu_flags() -> set[str]:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return set()
+    return {f for line in text.splitlines() if line.startswith("flags") for f in line.split(":", 1)[1].split()}
+
+
+@pytest.mark.parametrize("switch", ["GGML_TRITPACK_NO_VNNI", "GGML_TRITPACK_NO_AVX512"])
+def test_avx2_paths(patched_build, switch):
+    """The AVX2 kernels, which this machine's AVX-512 would hide, in a process of their own (the choice is
+    made once per process): GGML_TRITPACK_NO_VNNI, the plain AVX2 paths (TP4's vpmaddubsw, TP1's
+    vpmaddwd); GGML_TRITPACK_NO_AVX512, TP1's AVX2 kernels with AVX-VNNI's vpdpwssd where the CPU has it
+    (Intel's client cores; a Xeon from Sapphire Rapids on has it too)."""
+    if switch == "GGML_TRITPACK_NO_AVX512" and "avx_vnni" not in _cpu_flags():
+        pytest.skip("this CPU has no AVX-VNNI (the flag avx_vnni in /proc/cpuinfo)")
+    env = dict(os.environ, **{switch: "1"})
     r = subprocess.run([sys.executable, "-m", "pytest", __file__, "-q", "-p", "no:cacheprovider", "-k", "matches"],
                        capture_output=True, text=True, env=env, timeout=600)
     assert r.returncode == 0 and " passed" in r.stdout, r.stdout[-3000:]
