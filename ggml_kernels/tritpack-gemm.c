@@ -19,6 +19,8 @@
 //   - one column (the GEMV of decode) with AVX512-VNNI (run-time check), tp4_gemv_vnni: the codebook
 //     entries plus 128 as unsigned bytes, one vpdpbusd with the activations per 32 weights, and the
 //     128 * (sum of the activations) taken off per sub-block after the hadds, once for the 8 rows;
+//     the same body with AVX-VNNI's VEX vpdpbusd (tp4_gemv_avxvnni) for up to 7 columns where the CPU
+//     has AVX-VNNI but AVX-512 is not used (Intel's client cores; 1.24x-1.34x the AVX2 kernel);
 //   - a few columns without VNNI, tp4_gemm_avx2: the sign trick, |w| x sign(y, w) by vpmaddubsw
 //     (|pair| <= 2*127*127), then vpmaddwd by 1.
 // From two columns on, with AVX512-VNNI, tp4_gemm_vnni_cols turns a tile block around once instead
@@ -702,6 +704,63 @@ static void tp4_gemm_avx2_cols(int n, const void * GGML_RESTRICT vx, const void 
     }
 }
 
+// acc + the products of the unsigned bytes u and the signed bytes v, four to an int32 lane: vpdpbusd on
+// ymm in its EVEX form (AVX512-VNNI/VL) or its VEX form (AVX-VNNI), as inline asm so that one body
+// (tp4_gemv_vnni_impl) serves both; inlined into the AVX-512 function, "v" lets the EVEX form use ymm16-31
+static inline __attribute__((always_inline)) __m256i tp_dpbusd(__m256i acc, const __m256i u, const __m256i v, const int vex) {
+    if (vex) {
+        __asm__("%{vex%} vpdpbusd %2, %1, %0" : "+x"(acc) : "x"(u), "x"(v));
+    } else {
+        __asm__("%{evex%} vpdpbusd %2, %1, %0" : "+v"(acc) : "v"(u), "v"(v));
+    }
+    return acc;
+}
+
+// TP4 x Q8_0, one column (decode), AVX512-VNNI or AVX-VNNI: row by row as tp4_gemm_avx2 (a row's halves of 32 weights
+// looked up in its codebook plus 128, unsigned), each multiplied with the column's Q8_0 block by one
+// vpdpbusd from zero; the 128 * (sum of the activations) that the unsigned entries add is taken off
+// after the lanes are summed, per sub-block and once for all 8 rows (the -128 * sums of 16 that
+// ggml_tritpack_quantize_act stores), before the sub-block scales multiply. Against the former
+// version (the AVX2 kernel's body with vpdpbusd, each row's accumulator started from the bias):
+// 282 us instead of 320 us for 2048 x 5632 on one thread (bench/repack-matvec.cpp; Q4_0 repacked 312).
+static inline __attribute__((always_inline)) void tp4_gemv_vnni_impl(int n, const void * GGML_RESTRICT vx, const void * GGML_RESTRICT vy,
+                                                                      float * GGML_RESTRICT s, const int vex) {
+    const int nb = n / QK_TP4;
+    const block_q8_0 * y = (const block_q8_0 *) vy;
+    const float * yd = (const float *) ((const char *) vy + (size_t) (n / QK8_0) * sizeof(block_q8_0));
+    const int32_t * ybias = (const int32_t *) (yd + n / QK8_0);
+    const __m256i k80 = _mm256_set1_epi8((char) 0x80);
+    __m256 acc = _mm256_setzero_ps();
+    for (int b = 0; b < nb; ++b) {
+        const block_tp4x8 * xb = (const block_tp4x8 *) vx + b;
+        const __m256 d8 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *) xb->d));
+        __m256i sv[TP4_NSUB];
+        tp4x8_sub_scales(xb, sv);
+        __m256i w[2][TP_NR];
+        tp4x8_entries(xb, k80, w);
+#pragma GCC unroll 2
+        for (int h = 0; h < 2; ++h) {
+            const __m256i yv = _mm256_loadu_si256((const __m256i *) y[2*b + h].qs);
+            __m256i p[TP_NR];
+#pragma GCC unroll 8
+            for (int r = 0; r < TP_NR; ++r) {
+                p[r] = tp_dpbusd(_mm256_setzero_si256(), w[h][r], yv, vex);
+            }
+            __m256i lo, hi;
+            tp4_rows_lohi(p, &lo, &hi);
+            lo = _mm256_add_epi32(lo, _mm256_set1_epi32(ybias[4*b + 2*h]));
+            hi = _mm256_add_epi32(hi, _mm256_set1_epi32(ybias[4*b + 2*h + 1]));
+            const __m256i isum = _mm256_add_epi32(_mm256_mullo_epi32(lo, sv[2*h]), _mm256_mullo_epi32(hi, sv[2*h + 1]));
+            acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_mul_ps(d8, _mm256_broadcast_ss(yd + 2*b + h)), acc);
+        }
+    }
+    _mm256_storeu_ps(s, acc);
+}
+
+static void tp4_gemv_avxvnni(int n, const void * GGML_RESTRICT vx, const void * GGML_RESTRICT vy, float * GGML_RESTRICT s) {
+    tp4_gemv_vnni_impl(n, vx, vy, s, 1);
+}
+
 #undef TP_DOT
 #undef TP_DOTV
 #pragma GCC pop_options
@@ -780,44 +839,9 @@ static void tp4_gemm_vnni_cols(int n, const void * GGML_RESTRICT vx, const void 
     }
 }
 
-// TP4 x Q8_0, one column (decode), AVX512-VNNI: row by row as tp4_gemm_avx2 (a row's halves of 32 weights
-// looked up in its codebook plus 128, unsigned), each multiplied with the column's Q8_0 block by one
-// vpdpbusd from zero; the 128 * (sum of the activations) that the unsigned entries add is taken off
-// after the lanes are summed, per sub-block and once for all 8 rows (the -128 * sums of 16 that
-// ggml_tritpack_quantize_act stores), before the sub-block scales multiply. Against the former
-// version (the AVX2 kernel's body with vpdpbusd, each row's accumulator started from the bias):
-// 282 us instead of 320 us for 2048 x 5632 on one thread (bench/repack-matvec.cpp; Q4_0 repacked 312).
+// TP4's one-column kernel (tp4_gemv_vnni_impl, above) with EVEX vpdpbusd, the registers of AVX-512
 static void tp4_gemv_vnni(int n, const void * GGML_RESTRICT vx, const void * GGML_RESTRICT vy, float * GGML_RESTRICT s) {
-    const int nb = n / QK_TP4;
-    const block_q8_0 * y = (const block_q8_0 *) vy;
-    const float * yd = (const float *) ((const char *) vy + (size_t) (n / QK8_0) * sizeof(block_q8_0));
-    const int32_t * ybias = (const int32_t *) (yd + n / QK8_0);
-    const __m256i k80 = _mm256_set1_epi8((char) 0x80);
-    __m256 acc = _mm256_setzero_ps();
-    for (int b = 0; b < nb; ++b) {
-        const block_tp4x8 * xb = (const block_tp4x8 *) vx + b;
-        const __m256 d8 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *) xb->d));
-        __m256i sv[TP4_NSUB];
-        tp4x8_sub_scales(xb, sv);
-        __m256i w[2][TP_NR];
-        tp4x8_entries(xb, k80, w);
-#pragma GCC unroll 2
-        for (int h = 0; h < 2; ++h) {
-            const __m256i yv = _mm256_loadu_si256((const __m256i *) y[2*b + h].qs);
-            __m256i p[TP_NR];
-#pragma GCC unroll 8
-            for (int r = 0; r < TP_NR; ++r) {
-                p[r] = _mm256_dpbusd_epi32(_mm256_setzero_si256(), w[h][r], yv);
-            }
-            __m256i lo, hi;
-            tp4_rows_lohi(p, &lo, &hi);
-            lo = _mm256_add_epi32(lo, _mm256_set1_epi32(ybias[4*b + 2*h]));
-            hi = _mm256_add_epi32(hi, _mm256_set1_epi32(ybias[4*b + 2*h + 1]));
-            const __m256i isum = _mm256_add_epi32(_mm256_mullo_epi32(lo, sv[2*h]), _mm256_mullo_epi32(hi, sv[2*h + 1]));
-            acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_mul_ps(d8, _mm256_broadcast_ss(yd + 2*b + h)), acc);
-        }
-    }
-    _mm256_storeu_ps(s, acc);
+    tp4_gemv_vnni_impl(n, vx, vy, s, 0);
 }
 
 #pragma GCC pop_options
@@ -844,7 +868,8 @@ static int tritpack_gemm_have_vnni(void) {
     return have;
 }
 
-// AVX-VNNI (VEX vpdpwssd on ymm) for TP1's AVX2 kernels, unless GGML_TRITPACK_NO_VNNI is set
+// AVX-VNNI (VEX vpdpwssd, vpdpbusd on ymm) for TP1's AVX2 kernels and TP4's one-column kernel, unless
+// GGML_TRITPACK_NO_VNNI is set
 static int tritpack_gemm_have_avxvnni(void) {
     static int have = -1;
     if (have < 0) {
@@ -1015,6 +1040,10 @@ void ggml_tritpack_gemm(enum ggml_type type, int n, const void * GGML_RESTRICT v
             } else if (tritpack_gemm_have_vnni()) {
                 for (int c = 0; c < ncols; ++c) {  // one column (below TP4_VNNI_COLS)
                     tp4_gemv_vnni(n, vx, (const char *) vy + c*by, s + c*bs);
+                }
+            } else if (ncols < TP4_AVX2_COLS && tritpack_gemm_have_avxvnni()) {
+                for (int c = 0; c < ncols; ++c) {  // AVX-VNNI without AVX-512: the one-column kernel, VEX
+                    tp4_gemv_avxvnni(n, vx, (const char *) vy + c*by, s + c*bs);
                 }
             } else if (ncols >= TP4_AVX2_COLS) {
                 tp4_gemm_avx2_cols(n, vx, vy, by, ncols, s, bs);

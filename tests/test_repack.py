@@ -153,8 +153,9 @@ def _cpu_flags() -> set[str]:
 def test_avx2_paths(patched_build, switch):
     """The AVX2 kernels, which this machine's AVX-512 would hide, in a process of their own (the choice is
     made once per process): GGML_TRITPACK_NO_VNNI, the plain AVX2 paths (TP4's vpmaddubsw, TP1's
-    vpmaddwd); GGML_TRITPACK_NO_AVX512, TP1's AVX2 kernels with AVX-VNNI's vpdpwssd where the CPU has it
-    (Intel's client cores; a Xeon from Sapphire Rapids on has it too)."""
+    vpmaddwd); GGML_TRITPACK_NO_AVX512, TP1's AVX2 kernels with AVX-VNNI's vpdpwssd and TP4's one-column
+    kernel with its vpdpbusd, where the CPU has AVX-VNNI (Intel's client cores; a Xeon from Sapphire
+    Rapids on has it too)."""
     if switch == "GGML_TRITPACK_NO_AVX512" and "avx_vnni" not in _cpu_flags():
         pytest.skip("this CPU has no AVX-VNNI (the flag avx_vnni in /proc/cpuinfo)")
     env = dict(os.environ, **{switch: "1"})
