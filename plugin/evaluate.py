@@ -166,7 +166,7 @@ def _run(cmd: list[str], lib_dir: Path, what: str, path: Path, log: Path | None 
     return out
 
 
-_NUM = r"([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?|nan|-?inf)"
+_NUM = r"([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?|-?nan|-?inf)"
 
 
 def _grab(pattern: str, out: str, n: int = 1) -> tuple[float, ...] | None:

@@ -113,3 +113,44 @@ def test_second_build_is_cached(patched_build):
     assert again.seconds < 10
     for out in again.outputs:
         assert Path(out).exists(), out
+
+
+def test_log_lines_are_not_lost_at_exit(lib_dir):
+    """Patch 0014: llama.cpp's programs print through a queue that a worker thread drains; a program
+    that ends while the worker waits on a slow reader keeps its last lines (llama-perplexity's
+    statistics were lost so). The child logs 200 lines into a 4 KiB pipe that nobody reads until it has
+    either exited (lines lost) or waits at exit for the reader (patched)."""
+    import fcntl
+    import os
+    import sys
+
+    from tritpack_gguf.programs import program_env
+
+    lines = 200
+    child = (
+        "import ctypes, sys\n"
+        f"lib = ctypes.CDLL({str(lib_dir / 'libllama-common.so')!r})\n"
+        "log = lib._Z27common_log_default_callback14ggml_log_levelPKcPv  # (level, text, user_data)\n"
+        "log.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_void_p]\n"
+        f"for i in range({lines}):\n"
+        "    log(0, b'line %03d %s\\n' % (i, b'x' * 90), None)  # GGML_LOG_LEVEL_NONE: stdout\n"
+        "sys.stderr.write('logged\\n'); sys.stderr.flush()\n")
+    r, w = os.pipe()
+    fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, 4096)
+    proc = subprocess.Popen([sys.executable, "-c", child], stdout=w, stderr=subprocess.PIPE,
+                            env=program_env(lib_dir))
+    os.close(w)
+    try:
+        assert proc.stderr.readline() == b"logged\n"
+        try:
+            proc.wait(timeout=2)  # unpatched: exits now, the worker killed with the pipe full
+        except subprocess.TimeoutExpired:
+            pass                  # patched: waits at exit for the worker
+        with os.fdopen(r, "rb") as f:
+            out = f.read()
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    got = out.decode().splitlines()
+    assert len(got) == lines and got[-1].startswith(f"line {lines - 1:03d} "), (len(got), got[-1:])

@@ -103,6 +103,9 @@ Same top p: 80.221 ± 0.624 %
     assert r["perplexity"] == pytest.approx(22.287463) and r["perplexity_err"] == pytest.approx(0.929764)
     assert r["kld_mean"] == pytest.approx(0.104114) and r["kld_p99"] == pytest.approx(0.510299)
     assert r["same_top"] == pytest.approx(0.80221) and r["ppl_ratio"] == pytest.approx(1.103602)
+    # a model that computes NaN: glibc prints "-nan", and it is reported, not taken for missing output
+    nan = E.parse_kld_output("Mean    KLD:       -nan ±   0.000000\nMedian  KLD:        nan\n")
+    assert math.isnan(nan["kld_mean"]) and math.isnan(nan["kld_median"])
 
 
 def test_sentences_of():
