@@ -52,9 +52,10 @@
 //
 // The SIMD paths are compiled with the target pragma below and chosen at run time (the CPU's AVX2, FMA
 // and F16C; AVX512-VNNI/VL for TP4's vpdpbusd; AVX512-F/BW/VBMI/VNNI for TP1's GEMV, a function with
-// its own target attribute; AVX-VNNI for TP1's AVX2 kernels, inline asm); otherwise the generic path
-// runs. All give the same integer block sums. GGML_TRITPACK_NO_VNNI=1 keeps to the plain AVX2 paths,
-// GGML_TRITPACK_NO_AVX512=1 to the AVX2 ones with AVX-VNNI, GGML_TRITPACK_GENERIC=1 to the generic C.
+// its own target attribute; AVX-VNNI for TP1's AVX2 kernels and TP4's one-column kernel, inline asm);
+// otherwise the generic path runs. All give the same integer block sums. GGML_TRITPACK_NO_VNNI=1 keeps
+// to the plain AVX2 paths, GGML_TRITPACK_NO_AVX512=1 to the AVX2 ones with AVX-VNNI,
+// GGML_TRITPACK_GENERIC=1 to the generic C.
 
 #define GGML_COMMON_DECL_C
 #include "ggml-common.h"
