@@ -428,6 +428,69 @@ def test_explaining_a_failed_request_does_not_stall_the_event_loop():
     assert ticks >= 6, ticks  # about 12 in 0.6 s; 0 if explain held the loop
 
 
+def test_a_client_leaving_mid_load_does_not_stall_the_event_loop(tmp_path, monkeypatch):
+    """A client that leaves while its model loads: the half-loaded child is stopped (SIGTERM, up to 5 s
+    before SIGKILL) in a worker thread that runs to its end, so the server keeps answering the others
+    meanwhile, and stop_all waits for that child."""
+    from types import SimpleNamespace
+
+    from tritpack_gguf.ollama_server import runners as R
+
+    class LoadingServer:  # a llama-server that loads until it is stopped, and takes 0.6 s to stop
+        rpc: list = []
+
+        def __init__(self) -> None:
+            self.stopping, self.stopped = threading.Event(), threading.Event()
+
+        def wait_ready(self, timeout: float) -> None:
+            self.stopping.wait(timeout)
+
+        def stop(self, grace: float = 5) -> int:
+            self.stopping.set()
+            time.sleep(0.6)
+            self.stopped.set()
+            return 0
+
+    child = LoadingServer()
+    monkeypatch.setattr(R, "start_server", lambda *a, **k: child)
+    blob = tmp_path / "m.gguf"
+    blob.write_bytes(b"GGUF")
+    m = SimpleNamespace(short="m", blob=blob, digest="sha256:0")
+    facts = SimpleNamespace(kv_bytes_per_token=0, pooling=None, context_length=None)
+
+    async def go():
+        runners = R.Runners(session=None, log_dir=tmp_path / "logs", ctx=64, parallel=1, threads=1, ngl=0,
+                            keep_alive=300, max_loaded=1)
+        ticks = 0
+
+        async def tick():
+            nonlocal ticks
+            while True:
+                await asyncio.sleep(0.05)
+                ticks += 1
+
+        async def request():
+            async with runners.use(m, facts, {}, "generate", None):
+                raise AssertionError("the model never loads")
+
+        t = asyncio.create_task(tick())
+        req = asyncio.create_task(request())
+        await asyncio.sleep(0.2)
+        req.cancel()  # the client left
+        before, t_cancel = ticks, time.monotonic()
+        with pytest.raises(asyncio.CancelledError):
+            await req
+        await asyncio.sleep(max(0.0, t_cancel + 0.8 - time.monotonic()))
+        during = ticks - before
+        await runners.stop_all()
+        t.cancel()
+        return during
+
+    ticks = asyncio.run(go())
+    assert child.stopped.is_set()
+    assert ticks >= 8, ticks  # about 16 in 0.8 s; none while a stop held the loop for 0.6 s
+
+
 def test_ndjson_lines_survive_unicode_line_breaks():
     from tritpack_gguf.ollama_server.api import _line
 

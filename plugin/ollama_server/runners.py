@@ -23,6 +23,7 @@ import re
 import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import AsyncIterator
 
@@ -107,6 +108,7 @@ class Runners:
         self._runners: dict[tuple[str, str], Runner] = {}
         self._locks: dict[tuple[str, str], asyncio.Lock] = {}
         self._reaper: asyncio.Task | None = None
+        self._stopping: set[asyncio.Future] = set()   # children being stopped after an abandoned load
 
     # ------------------------------------------------------------------------------- settings
 
@@ -196,8 +198,12 @@ class Runners:
             await asyncio.to_thread(server.stop, grace=5)
             told = await asyncio.to_thread(r.watch.explain, e)
             raise ApiError(500, f"cannot load {m.short!r}: {told}") from None
-        except BaseException:  # the client left while it loaded: no child is left behind
-            server.stop(grace=5)
+        except BaseException:  # the client left while it loaded: no child is left behind, and the
+            # event loop serves the others meanwhile: a worker thread stops it (up to 5 s), to its end
+            # though this task is cancelled; stop_all waits for it
+            stopping = asyncio.get_running_loop().run_in_executor(None, partial(server.stop, grace=5))
+            self._stopping.add(stopping)
+            stopping.add_done_callback(self._stopping.discard)
             raise
         r.loaded_at = r.last_used = time.monotonic()
         self._runners[r.key] = r
@@ -226,7 +232,8 @@ class Runners:
     async def stop_all(self) -> None:
         if self._reaper:
             self._reaper.cancel()
-        await asyncio.gather(*(self._stop(r) for r in list(self._runners.values())), return_exceptions=True)
+        await asyncio.gather(*(self._stop(r) for r in list(self._runners.values())), *self._stopping,
+                             return_exceptions=True)
 
     # ------------------------------------------------------------------------------- keep_alive
 
