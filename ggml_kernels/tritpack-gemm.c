@@ -19,16 +19,17 @@
 //   - one column (the GEMV of decode) with AVX512-VNNI (run-time check), tp4_gemv_vnni: the codebook
 //     entries plus 128 as unsigned bytes, one vpdpbusd with the activations per 32 weights, and the
 //     128 * (sum of the activations) taken off per sub-block after the hadds, once for the 8 rows;
-//     the same body with AVX-VNNI's VEX vpdpbusd (tp4_gemv_avxvnni) for up to 7 columns where the CPU
-//     has AVX-VNNI but AVX-512 is not used (Intel's client cores; 1.24x-1.34x the AVX2 kernel);
+//     the same body with AVX-VNNI's VEX vpdpbusd (tp4_gemv_avxvnni) for one column where the CPU has
+//     AVX-VNNI but AVX-512 is not used (Intel's client cores; 1.24x-1.34x the AVX2 kernel);
 //   - a few columns without VNNI, tp4_gemm_avx2: the sign trick, |w| x sign(y, w) by vpmaddubsw
 //     (|pair| <= 2*127*127), then vpmaddwd by 1.
 // From two columns on, with AVX512-VNNI, tp4_gemm_vnni_cols turns a tile block around once instead
-// (rows in the int32 lanes, so no horizontal sums) and reuses it for every column of the pass; without
-// VNNI, tp4_gemm_avx2_cols does the same from eight columns on, with the sign trick. The VNNI kernels
-// need two more things per column, which ggml_tritpack_quantize_act stores after the Q8_0 blocks: their
-// scales as float and -128 times the sum of each 16 activations (the integer sums per 32 weights are
-// those above).
+// (rows in the int32 lanes, so no horizontal sums) and reuses it for every column of the pass; with
+// AVX-VNNI but not AVX-512, tp4_gemm_avxvnni_cols does the same in VEX form (one 32-weight half at a
+// time, the activations broadcast by vpbroadcastd); without VNNI, tp4_gemm_avx2_cols does it from eight
+// columns on, with the sign trick. The VNNI kernels need two more things per column, which
+// ggml_tritpack_quantize_act stores after the Q8_0 blocks: their scales as float and -128 times the sum
+// of each 16 activations (the integer sums per 32 weights are those above).
 //
 // TP1 multiplies with TPQ16 activations (int16 and a float scale per 64; tritpack-common.h), as its
 // plain vec_dot does, so that it stays exact on ternary models; the integer sum of every row block is
@@ -77,11 +78,14 @@
 
 #define TP_NR   8   // rows per tile
 #define TP_NCOL 32  // columns per pass: their activations stay in L2 while a tile's blocks are decoded
-#ifndef TP4_AVX2_COLS
-#define TP4_AVX2_COLS 8  // likewise without VNNI (measured: 1.27x at 32 columns, even at 8)
-#endif
 #ifndef TP4_VNNI_COLS
 #define TP4_VNNI_COLS 2  // from this many columns on, TP4 decodes a tile block once into the rows-in-lanes form
+#endif
+#ifndef TP4_AVXVNNI_COLS
+#define TP4_AVXVNNI_COLS 2  // likewise with AVX-VNNI (VEX) but not AVX-512 (measured: 1.28x at 2 columns)
+#endif
+#ifndef TP4_AVX2_COLS
+#define TP4_AVX2_COLS 8  // likewise without VNNI (measured: 1.27x at 32 columns, even at 8)
 #endif
 
 // ggml-cpu's from_float of Q8_0 (quants.h): the activations of TP4's plain vec_dot, the same bytes here
@@ -762,6 +766,60 @@ static void tp4_gemv_avxvnni(int n, const void * GGML_RESTRICT vx, const void * 
     tp4_gemv_vnni_impl(n, vx, vy, s, 1);
 }
 
+// TP4 x Q8_0, several columns, AVX-VNNI without AVX-512 (Intel's client cores): tp4_gemm_vnni_cols below
+// in VEX form, which has 16 registers and no broadcast from memory: a tile block's rows-in-lanes vectors
+// are made one 32-weight half at a time (8 of them, in registers for every column of the pass), and
+// each four activations are broadcast by vpbroadcastd
+static void tp4_gemm_avxvnni_cols(int n, const void * GGML_RESTRICT vx, const void * GGML_RESTRICT vy, size_t by, int ncols,
+                                  float * GGML_RESTRICT s, size_t bs) {
+    const int nb = n / QK_TP4;
+    const size_t q8 = (size_t) (n / QK8_0) * sizeof(block_q8_0);  // then float d[n/32], int32 -128*sums[n/16]
+    const __m256i k80  = _mm256_set1_epi8((char) 0x80);
+    for (int c0 = 0; c0 < ncols; c0 += TP_NCOL) {
+        const int nc = ncols - c0 < TP_NCOL ? ncols - c0 : TP_NCOL;
+        __m256 acc[TP_NCOL];
+        for (int c = 0; c < nc; ++c) {
+            acc[c] = _mm256_setzero_ps();
+        }
+        for (int b = 0; b < nb; ++b) {
+            const block_tp4x8 * xb = (const block_tp4x8 *) vx + b;
+            const __m256 d8 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *) xb->d));
+            __m256i sv[TP4_NSUB];
+            tp4x8_sub_scales(xb, sv);
+            __m256i u[2][TP_NR];
+            tp4x8_entries(xb, k80, u);
+#pragma GCC unroll 1
+            for (int h = 0; h < 2; ++h) {
+                // V[k]: lane r = weights 32h + 4k .. 32h + 4k + 3 of row r, plus 128
+                __m256i V[8];
+                tp_transpose8x8_epi32(u[h], V);
+                for (int c = 0; c < nc; ++c) {
+                    const char * yc = (const char *) vy + (size_t) (c0 + c)*by;
+                    const block_q8_0 * y = (const block_q8_0 *) yc + 2*b + h;
+                    const float * yd = (const float *) (yc + q8) + 2*b + h;
+                    const int32_t * yb = (const int32_t *) (yc + q8 + (size_t) (n / QK8_0)*sizeof(float)) + 4*b + 2*h;
+                    _mm_prefetch((const char *) (y + 2), _MM_HINT_T0);
+                    __m256i a0 = _mm256_set1_epi32(yb[0]);
+                    __m256i a1 = _mm256_set1_epi32(yb[1]);
+#pragma GCC unroll 4
+                    for (int k = 0; k < 4; ++k) {
+                        int32_t v0, v1;
+                        memcpy(&v0, y->qs + 4*k, sizeof(v0));
+                        memcpy(&v1, y->qs + 16 + 4*k, sizeof(v1));
+                        a0 = tp_dpbusd(a0, V[k],     _mm256_set1_epi32(v0), 1);
+                        a1 = tp_dpbusd(a1, V[4 + k], _mm256_set1_epi32(v1), 1);
+                    }
+                    const __m256i isum = _mm256_add_epi32(_mm256_mullo_epi32(a0, sv[2*h]), _mm256_mullo_epi32(a1, sv[2*h + 1]));
+                    acc[c] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_mul_ps(d8, _mm256_broadcast_ss(yd)), acc[c]);
+                }
+            }
+        }
+        for (int c = 0; c < nc; ++c) {
+            _mm256_storeu_ps(s + (c0 + c)*bs, acc[c]);
+        }
+    }
+}
+
 #undef TP_DOT
 #undef TP_DOTV
 #pragma GCC pop_options
@@ -1042,8 +1100,10 @@ void ggml_tritpack_gemm(enum ggml_type type, int n, const void * GGML_RESTRICT v
                 for (int c = 0; c < ncols; ++c) {  // one column (below TP4_VNNI_COLS)
                     tp4_gemv_vnni(n, vx, (const char *) vy + c*by, s + c*bs);
                 }
-            } else if (ncols < TP4_AVX2_COLS && tritpack_gemm_have_avxvnni()) {
-                for (int c = 0; c < ncols; ++c) {  // AVX-VNNI without AVX-512: the one-column kernel, VEX
+            } else if (tritpack_gemm_have_avxvnni() && ncols >= TP4_AVXVNNI_COLS) {
+                tp4_gemm_avxvnni_cols(n, vx, vy, by, ncols, s, bs);  // AVX-VNNI without AVX-512, VEX
+            } else if (tritpack_gemm_have_avxvnni()) {
+                for (int c = 0; c < ncols; ++c) {
                     tp4_gemv_avxvnni(n, vx, (const char *) vy + c*by, s + c*bs);
                 }
             } else if (ncols >= TP4_AVX2_COLS) {
