@@ -123,22 +123,50 @@ def test_model_logits_with_and_without_repack(tiny_models, name):
     assert np.mean(np.argmax(on, -1) == np.argmax(off, -1)) >= 0.8
 
 
-def test_driver_mul_mat_and_mul_mat_id_through_the_buffer(patched_build, tmp_path):
-    """tests/repack/driver.cpp: MUL_MAT (1 to 512 columns, rows of 576 and 896) and MUL_MAT_ID through
-    the CPU backend with the weights in CPU_TRITPACK, against the plain buffer."""
-    root = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def driver(patched_build, tmp_path_factory) -> Path:
+    """tests/repack/driver.cpp, compiled against the build."""
     lib = Path(patched_build.lib_dir)
-    exe = tmp_path / "driver"
+    exe = tmp_path_factory.mktemp("driver") / "driver"
     cc = subprocess.run(["g++", "-O2", "-std=c++17", f"-I{patched_build.source_dir}/ggml/include",
-                         f"-I{root / 'ggml_kernels'}", str(root / "tests" / "repack" / "driver.cpp"), "-o", str(exe),
+                         f"-I{ROOT / 'ggml_kernels'}", str(ROOT / "tests" / "repack" / "driver.cpp"), "-o", str(exe),
                          f"-L{lib}", "-lggml", "-lggml-base", "-lggml-cpu", f"-Wl,-rpath,{lib}"],
                         capture_output=True, text=True, timeout=600)
     assert cc.returncode == 0, cc.stderr[-3000:]
-    env = dict(os.environ)
-    env.pop("GGML_TRITPACK_NO_REPACK", None)
-    r = subprocess.run([str(exe)], capture_output=True, text=True, timeout=600, env=env)
+    return exe
+
+
+def _run_driver(exe: Path, **env: str) -> str:
+    e = dict(os.environ, **env)
+    e.pop("GGML_TRITPACK_NO_REPACK", None)
+    r = subprocess.run([str(exe)], capture_output=True, text=True, timeout=600, env=e)
     assert r.returncode == 0 and "all ok" in r.stdout, r.stdout + r.stderr[-2000:]
     assert r.stdout.count(" ok") >= 18
+    return r.stdout
+
+
+def test_driver_mul_mat_and_mul_mat_id_through_the_buffer(driver):
+    """tests/repack/driver.cpp: MUL_MAT (1 to 512 columns, rows of 576 and 896) and MUL_MAT_ID through
+    the CPU backend with the weights in CPU_TRITPACK, against the plain buffer."""
+    _run_driver(driver)
+
+
+def test_relinked_cpu_library_for_kernel_ab(patched_build, driver, tmp_path):
+    """bench/relink_cpu.py, the kernel A/Bs' tool: the build's libggml-cpu relinked with a tritpack-gemm.c
+    given as a file (here a copy of ours that marks itself) runs the driver through LD_LIBRARY_PATH."""
+    gemm = tmp_path / "gemm-variant.c"
+    gemm.write_text((ROOT / "ggml_kernels" / "tritpack-gemm.c").read_text()
+                    + "\nconst char tritpack_gemm_variant_mark[] = \"relinked\";\n")
+    out = tmp_path / "lib"
+    r = subprocess.run([sys.executable, str(ROOT / "bench" / "relink_cpu.py"), patched_build.build_dir, str(out),
+                        "--gemm", str(gemm)], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0 and "(1 objects recompiled)" in r.stdout, r.stdout + r.stderr[-3000:]
+    lib = out / "libggml-cpu.so.0"
+    assert b"relinked" in lib.read_bytes()
+    _run_driver(driver, LD_LIBRARY_PATH=str(out))
 
 
 def _cpu_flags() -> set[str]:
