@@ -395,6 +395,19 @@ def _go_stream(client: httpx.Client, path: str, body: dict) -> list[dict]:
     return objs
 
 
+class _Ticks:
+    """The event loop's turns, counted by a task that wakes every 50 ms: none while something holds the loop."""
+
+    def __init__(self) -> None:
+        self.n = 0
+        self.task = asyncio.create_task(self._run())
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(0.05)
+            self.n += 1
+
+
 def test_explaining_a_failed_request_does_not_stall_the_event_loop():
     """Runner.explain asks the RPC helpers whether they still answer (a TCP connect each, up to 2 s):
     that runs in a worker thread, so the server keeps answering other requests meanwhile."""
@@ -410,18 +423,10 @@ def test_explaining_a_failed_request_does_not_stall_the_event_loop():
 
     async def go():
         r = Runner(("m", "generate"), None, None, None, watch=SlowWatch(["10.0.0.9:50052"]))
-        ticks = 0
-
-        async def tick():
-            nonlocal ticks
-            while True:
-                await asyncio.sleep(0.05)
-                ticks += 1
-
-        t = asyncio.create_task(tick())
+        ticks = _Ticks()
         told = await r.explain(ApiError(500, "llama-server failed"))
-        t.cancel()
-        return told, ticks
+        ticks.task.cancel()
+        return told, ticks.n
 
     told, ticks = asyncio.run(go())
     assert told.status == 500 and told.message.startswith("RPC server 10.0.0.9:50052 stopped answering")
@@ -461,29 +466,21 @@ def test_a_client_leaving_mid_load_does_not_stall_the_event_loop(tmp_path, monke
     async def go():
         runners = R.Runners(session=None, log_dir=tmp_path / "logs", ctx=64, parallel=1, threads=1, ngl=0,
                             keep_alive=300, max_loaded=1)
-        ticks = 0
-
-        async def tick():
-            nonlocal ticks
-            while True:
-                await asyncio.sleep(0.05)
-                ticks += 1
-
         async def request():
             async with runners.use(m, facts, {}, "generate", None):
                 raise AssertionError("the model never loads")
 
-        t = asyncio.create_task(tick())
+        ticks = _Ticks()
         req = asyncio.create_task(request())
         await asyncio.sleep(0.2)
         req.cancel()  # the client left
-        before, t_cancel = ticks, time.monotonic()
+        before, t_cancel = ticks.n, time.monotonic()
         with pytest.raises(asyncio.CancelledError):
             await req
         await asyncio.sleep(max(0.0, t_cancel + 0.8 - time.monotonic()))
-        during = ticks - before
+        during = ticks.n - before
         await runners.stop_all()
-        t.cancel()
+        ticks.task.cancel()
         return during
 
     ticks = asyncio.run(go())
