@@ -7,7 +7,7 @@ LD_LIBRARY_PATH).
 
 BUILD_DIR is a build folder of `tritpack-gguf build` (its compile_commands.json and objects are used);
 --gemm compiles FILE.c in place of ggml_kernels/tritpack-gemm.c with that file's command; --stock-flags
-recompiles ggml-cpu's quants and repack sources (generic and x86) with these flags added, e.g. the
+recompiles ggml-cpu's own sources (all but ours in ggml_kernels/) with these flags added, e.g. the
 portable (AVX2) build's stock kernels as a native build on an AVX-VNNI CPU would compile them.
 """
 
@@ -20,9 +20,6 @@ import shlex
 import subprocess
 import sys
 from pathlib import Path
-
-STOCK = ("ggml-cpu/arch/x86/repack.cpp", "ggml-cpu/arch/x86/quants.c", "ggml-cpu/repack.cpp",
-         "ggml-cpu/quants.c", "ggml-cpu/ggml-cpu.c")
 
 
 def main() -> int:
@@ -42,8 +39,9 @@ def main() -> int:
     swap: dict[str, str] = {}
     for e in json.loads((build / "compile_commands.json").read_text()):
         src = e["file"]
-        is_gemm = src.endswith("ggml_kernels/tritpack-gemm.c") and "ggml-cpu" in e["command"]
-        if not (is_gemm and a.gemm) and not (src.endswith(STOCK) and a.stock_flags):
+        ours = "/ggml_kernels/" in src
+        is_gemm = src.endswith("ggml_kernels/tritpack-gemm.c")
+        if not (is_gemm and a.gemm) and not (a.stock_flags and not ours):
             continue
         cmd = shlex.split(e["command"])
         i = cmd.index("-o")
@@ -53,7 +51,7 @@ def main() -> int:
         cmd[i + 1] = str(out / obj.replace("/", "_"))
         if is_gemm and a.gemm:
             cmd[cmd.index(src)] = str(a.gemm.resolve())
-        if src.endswith(STOCK):
+        if not ours:
             cmd += shlex.split(a.stock_flags)
         subprocess.run(cmd, cwd=e["directory"], check=True)
         swap[obj] = cmd[i + 1]
