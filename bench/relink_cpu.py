@@ -27,7 +27,7 @@ def main() -> int:
     ap.add_argument("build", type=Path)
     ap.add_argument("out", type=Path)
     ap.add_argument("--gemm", type=Path, help="a tritpack-gemm.c to compile instead of the build's")
-    ap.add_argument("--stock-flags", default="", help="flags added to ggml-cpu's own quants/repack sources")
+    ap.add_argument("--stock-flags", default="", help="flags added to ggml-cpu's own sources (all but ggml_kernels/)")
     a = ap.parse_args()
     build, out = a.build.resolve(), a.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
